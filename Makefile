@@ -1,0 +1,54 @@
+# batchscale: every target does its own set-up on a fresh machine.
+#   make sweep                      the default study (experiments/default.yaml), then its report
+#   make sweep SPEC=... ADDRESS=... another spec, optionally on a Ray cluster (ray://... or host:port)
+#   make test                       the test suite
+#   make bench                      benchmarks (trial loop vs bare PyTorch, memory at 32K, sweep overhead)
+#   make report RESULTS=results/x   rebuild a sweep's report
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SPEC   ?= experiments/default.yaml
+NAME   ?=
+ADDRESS ?=
+ARGS   ?=
+RESULTS ?= results/default
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup data browser test sweep report reproduce bench clean
+
+# torch first, bounded below 2.14: on a CPU machine that takes the local CPU build instead of a
+# multi-GB CUDA one (docs/install.md). Then the project with its test extras.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch>=2.4,<2.14"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -c "import torch, ray, optuna, pandas, pyarrow, matplotlib, harness"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP) data
+
+data:
+	@scripts/install-debian-packages.sh dataset-fashion-mnist bible-kjv
+
+browser:
+	@scripts/install-debian-packages.sh chromium
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+
+sweep: setup
+	$(BIN)/batchscale sweep $(SPEC) $(if $(NAME),--name $(NAME)) $(if $(ADDRESS),--address $(ADDRESS)) $(ARGS)
+
+report: setup
+	$(BIN)/batchscale report $(RESULTS)
+
+reproduce: setup
+	$(BIN)/batchscale reproduce $(or $(STUDY),mnist_lstm)
+
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

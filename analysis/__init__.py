@@ -1,0 +1,4 @@
+"""Analysis of a results store: aggregation, tables, plots, the report, paper claims.
+
+Reads only ``results/<sweep>/`` (``harness.store``); never imports Ray.
+"""

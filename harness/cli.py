@@ -1,0 +1,294 @@
+"""The ``batchscale`` command.
+
+    batchscale train SPEC [--set KEY=VALUE ...]       one trial in this process
+    batchscale schedule SPEC [--batch-size B ...]     resolved recipes and the LR at every step
+    batchscale sweep SPEC [--address ...]             a study on Ray Tune (see harness.sweep)
+    batchscale report RESULTS_DIR                     tables, plots and the HTML report
+    batchscale reproduce NAME                         a LEGW paper study, claim by claim
+    batchscale list                                   workloads, methods, optimizers
+
+Bad input prints one line ``batchscale: error: ...`` and exits non-zero (2 for a spec error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness.errors import BatchscaleError
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="YAML spec file (see experiments/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any key of the spec (dotted, value in YAML), e.g. --set budget.epochs=2")
+    p.add_argument("--data-dir", help="folder holding datasets (else BATCHSCALE_DATA_DIR, then Debian paths)")
+
+
+def _overrides(args) -> list[str]:
+    extra = [f"data_dir={args.data_dir}"] if getattr(args, "data_dir", None) else []
+    return [*args.overrides, *extra]
+
+
+# --- train --------------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from harness.spec import load_spec
+    from harness.store import write_table, write_json_atomic
+    from harness.trial import Trial
+
+    spec = load_spec(args.spec, _overrides(args), kind="trial")
+    trial = Trial(spec)
+    r = trial.recipe
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"results/train/{spec.workload}-{r.method}-b{r.batch_size}-s{spec.seed}-{stamp}")
+    print(f"{spec.workload}: {r.method} at B={r.batch_size} (k={r.scale:g}): peak LR {r.peak_lr:.4g}, warmup "
+          f"{r.warmup_steps} steps ({r.warmup_epochs:g} epochs), {r.total_steps} steps, micro-batch "
+          f"{trial.micro_batch_size}, {trial.device}")
+    for w in r.warnings:
+        print(f"warning: {w}")
+
+    metric = trial.workload.metric
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=args.quiet) as bar:
+        task = bar.add_task("train", total=r.total_steps, info="")
+        last = [0.0]
+
+        def on_step(t):
+            now = time.monotonic()
+            if now - last[0] > 0.2:
+                bar.update(task, completed=t.step)
+                last[0] = now
+
+        def on_eval(t, row):
+            bar.update(task, completed=t.step, info=f"epoch {row['epoch']:.2f} loss {row['train_loss']:.4f} "
+                                                     f"{metric} {row['metric']:.4f}")
+
+        result = trial.run(on_eval=on_eval, on_step=on_step)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / "measurements.parquet", result.measurements)
+    write_json_atomic(out / "recipe.json", r.model_dump(mode="json"))
+    write_json_atomic(out / "summary.json", result.summary)
+    write_json_atomic(out / "spec.json", spec.model_dump(mode="json"))
+    s = result.summary
+    best = f"{s['best_metric']:.4f}" if s["best_metric"] is not None else "n/a"
+    print(f"{result.status}: {s['steps']} steps, {s['train_seconds']:.1f} s training "
+          f"({s['throughput']:.0f} examples/s), best {metric} {best}"
+          + (f", diverged at step {s['diverged_step']}" if s["diverged_step"] else ""))
+    print(f"results in {out}")
+    return 0
+
+
+# --- schedule -----------------------------------------------------------------------------------
+
+
+def _schedule_recipes(args):
+    from harness.scaling import resolve
+    from harness.spec import RecipeSpec, SweepSpec, load_spec
+
+    spec = load_spec(args.spec, _overrides(args))
+    if isinstance(spec, RecipeSpec):
+        base, n = spec.recipe, spec.dataset_size
+        batches = args.batch_size or spec.batch_sizes or [base.base_batch_size]
+        methods = args.method or spec.methods
+    else:
+        wl = spec.workload_obj()
+        n = wl.load().train_size
+        if isinstance(spec, SweepSpec):
+            base = spec.base_recipe(args.optimizer or spec.optimizers()[0])
+            batches = args.batch_size or spec.axes.batch_sizes
+            methods = args.method or [m for m in spec.axes.methods if m != "tuned"] or ["legw"]
+        else:
+            base = spec.base_recipe()
+            batches = args.batch_size or [spec.batch_size or base.base_batch_size]
+            methods = args.method or [spec.method]
+        epochs = spec.budget.epochs or (spec.budget.examples / n if spec.budget.examples else None)
+        return [resolve(base, b, m, n, epochs=epochs) for m in methods for b in batches]
+    return [resolve(base, b, m, n) for m in methods for b in batches]
+
+
+def recipe_table(recipes) -> list[str]:
+    import math
+
+    head = (f"{'method':>12} {'batch':>7} {'k':>6} {'peak_lr':>10} {'log2 lr':>8} {'warmup_ep':>10} "
+            f"{'warmup_st':>9} {'total_st':>9} {'steps/ep':>9}")
+    lines = [head]
+    for r in recipes:
+        lines.append(f"{r.method:>12} {r.batch_size:>7} {r.scale:>6g} {r.peak_lr:>10.5g} {math.log2(r.peak_lr):>8.3f} "
+                     f"{r.warmup_epochs:>10.5g} {r.warmup_steps:>9} {r.total_steps:>9} {r.steps_per_epoch:>9.2f}")
+    for r in recipes:
+        for w in r.warnings:
+            lines.append(f"warning: {r.method} B={r.batch_size}: {w}")
+    return lines
+
+
+def cmd_schedule(args) -> int:
+    from harness.schedules import lr_table
+
+    recipes = _schedule_recipes(args)
+    table = recipe_table(recipes)
+    if args.recipe_only:
+        print("\n".join(table))
+    else:
+        print("\n".join("# " + line for line in table))
+        print("method,batch_size,step,epoch,lr")
+        out = sys.stdout
+        for r in recipes:
+            for step, epoch, lr in lr_table(r, args.every):
+                out.write(f"{r.method},{r.batch_size},{step},{epoch:.6g},{lr:.8g}\n")
+    if args.plot:
+        from analysis.plots import plot_schedules
+
+        plot_schedules(recipes, Path(args.plot))
+        print(f"# plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+# --- sweep --------------------------------------------------------------------------------------
+
+
+def cmd_sweep(args) -> int:
+    from harness.progress import SweepProgress
+    from harness.spec import apply_overrides, load_spec, read_yaml
+    from harness.sweep import Sweep
+
+    spec = load_spec(args.spec, _overrides(args), kind="sweep")
+    given = {"file": str(args.spec), "spec": read_yaml(args.spec), "overrides": _overrides(args)}
+    given["effective"] = apply_overrides(given["spec"], given["overrides"])
+    name = args.name or spec.name
+    wl = spec.workload_obj()
+    sweep = Sweep(spec, given, results_root=args.results, name=name, address=args.address, storage=args.storage,
+                  progress=None if args.quiet else SweepProgress(name, wl.metric))
+    try:
+        out = sweep.run()
+    except KeyboardInterrupt:
+        print(f"interrupted: finished trials are saved in {sweep.store.root}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(out["counts"].items())) or "no trials"
+    if out.get("already_finished"):
+        print(f"sweep '{out['name']}' already finished ({counts}); nothing to do. Results in {out['path']}")
+    else:
+        print(f"sweep '{out['name']}' {out['status']} in {out['wall_seconds'] / 60:.1f} min: {counts}")
+        print(f"results in {out['path']} (sweep.json, trials.parquet, measurements.parquet)")
+    for study, info in sorted(out["studies"].items()):
+        if info.get("best_peak_lr"):
+            print(f"  {study}: best peak LR {info['best_peak_lr']:.4g} ({wl.metric} {info['best_metric']:.4f})")
+    if not args.no_report:
+        return cmd_report(argparse.Namespace(results=out["path"], quiet=args.quiet))
+    print(f"report: batchscale report {out['path']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.store import ResultsStore
+
+    meta, trials, _ = ResultsStore(args.results).load()
+    if trials.empty:
+        print(f"{args.results}: no trials recorded yet")
+        return 0
+    metric = meta["workload"]["metric"]
+    table = trials.pivot_table(index="batch_size", columns=["optimizer", "method"], values="final_metric",
+                               aggfunc="mean")
+    print(f"final {metric} (mean over seeds) by batch size and method:")
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
+    status = trials.groupby("status").size().to_dict()
+    print("trials by status: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
+    return 0
+
+
+# --- list ---------------------------------------------------------------------------------------
+
+
+def cmd_list(args) -> int:
+    from harness.optimizers import OPTIMIZERS
+    from harness.scaling import AUTOMATIC_METHODS, METHODS
+    from harness.workloads import WORKLOADS, workload_names
+
+    print("workloads:")
+    for name in workload_names():
+        w = WORKLOADS[name]
+        print(f"  {name:<14} {w.summary} [{w.metric}, {'higher' if w.higher_is_better else 'lower'} is better; "
+              f"optimizers: {', '.join(w.base_recipes)}]")
+    print("methods:")
+    for m in METHODS.values():
+        print(f"  {m.name:<14} {m.summary} (lr {m.lr_rule}, warmup {m.warmup_rule})")
+    for name, summary in AUTOMATIC_METHODS.items():
+        print(f"  {name:<14} {summary}")
+    print("  <lr>+<warmup>  any LR rule (none, linear, sqrt) with any warmup rule (none, fixed, legw)")
+    print("optimizers:")
+    for o in OPTIMIZERS.values():
+        print(f"  {o.name:<14} {o.summary}; params: {json.dumps(o.defaults)}")
+    return 0
+
+
+# --- wiring -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchscale", description="Large-batch training experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="run one trial in this process")
+    _add_spec_args(p)
+    p.add_argument("--out", help="output folder (default results/train/<workload>-<method>-b<B>-s<seed>-<time>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("schedule", help="print resolved recipes and the LR at every step (CSV)")
+    _add_spec_args(p)
+    p.add_argument("--batch-size", type=int, action="append", help="batch size (repeatable; default: the spec's)")
+    p.add_argument("--method", action="append", help="method (repeatable; default: the spec's)")
+    p.add_argument("--optimizer", help="optimizer of a sweep spec (default: its first)")
+    p.add_argument("--every", type=int, default=1, help="print every N-th step (default 1)")
+    p.add_argument("--recipe-only", action="store_true", help="print the recipe table only")
+    p.add_argument("--plot", help="draw the schedules to this image file (PNG/SVG/PDF)")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("sweep", help="run a study on Ray Tune (local by default, or a cluster)")
+    _add_spec_args(p)
+    p.add_argument("--name", help="sweep name: results/<name>/ (default: the spec's name, or its file name)")
+    p.add_argument("--address", help="Ray cluster address (host:port or ray://host:10001); default RAY_ADDRESS, "
+                                     "else an embedded local Ray")
+    p.add_argument("--storage", help="Ray Tune storage path: a folder all nodes share, or a cloud URL "
+                                     "(default results/<name>/ray)")
+    p.add_argument("--results", default="results", help="results root folder (default results/)")
+    p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
+    p.add_argument("--quiet", action="store_true", help="no live view")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="summarize a sweep's results store")
+    p.add_argument("results", help="a sweep's results folder, e.g. results/default")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("list", help="list workloads, methods and optimizers")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except BatchscaleError as e:
+        print(f"batchscale: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("batchscale: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `batchscale schedule ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

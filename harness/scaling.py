@@ -1,0 +1,280 @@
+"""Scaling rules: turn a recipe tuned at batch B0 into the recipe at batch B.
+
+A base recipe is what somebody tuned at B0: peak LR eta0, warmup w0 epochs, a decay, an epoch
+budget E and an optimizer. Moving to B (k = B/B0) needs two independent choices:
+
+* the LR rule: ``none`` (eta0), ``linear`` (eta0*k, Goyal et al. 2017) or ``sqrt`` (eta0*sqrt(k),
+  Hoffer et al. 2017; the variance of the gradient estimate falls as 1/B);
+* the warmup rule: ``none``, ``fixed`` (w0 epochs at every B; Goyal et al. use 5) or ``legw``
+  (w0*k epochs: "linear-epoch gradual warmup", You et al. 2019, which keeps the number of warmup
+  *iterations* constant because an epoch has k times fewer steps).
+
+The epoch budget stays E at every B, so a large batch takes k times fewer steps. With LEGW the
+warmup share of the run grows with k and reaches the whole run at k*w0 >= E; we warn about that
+rather than clip it, because clipping would silently change the method being measured.
+
+Step arithmetic: every optimizer step consumes exactly B examples of an endless stream of
+shuffled epochs (see ``harness.data.stream``), so an epoch is N/B steps, a fractional number.
+Epoch quantities become steps by rounding *up*: ``ceil(epochs * N / B)``. This keeps LEGW's
+warmup constant in steps (391 at every batch for the published ImageNet recipe), which
+``ceil(N/B)`` steps per epoch would not (400 at 32K).
+
+This module is pure Python (pydantic, no torch) so rules test without a model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from harness.errors import SpecError
+from harness.optimizers import OPTIMIZERS, optimizer_params
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- decays (applied after warmup; see harness.schedules) -------------------------------------
+
+
+class ConstantDecay(_Frozen):
+    kind: Literal["constant"] = "constant"
+
+
+class PolyDecay(_Frozen):
+    """LR falls from the peak at the end of warmup to ``end_factor * peak`` at the last step."""
+
+    kind: Literal["poly"] = "poly"
+    power: PositiveFloat = 1.0
+    end_factor: NonNegativeFloat = 0.0
+
+
+class CosineDecay(_Frozen):
+    kind: Literal["cosine"] = "cosine"
+    end_factor: NonNegativeFloat = 0.0
+
+
+class ExponentialDecay(_Frozen):
+    """Multiply by ``gamma`` once per epoch, from the (0-based) epoch ``start_epoch`` on.
+
+    Zaremba et al.'s PTB-small (LR 1, halved every epoch after the 4th) is ``gamma: 0.5,
+    start_epoch: 4``.
+    """
+
+    kind: Literal["exponential"] = "exponential"
+    gamma: Annotated[float, Field(gt=0, le=1)]
+    start_epoch: NonNegativeFloat = 1.0
+
+
+class MultiStepDecay(_Frozen):
+    """Multiply by ``gamma`` at each milestone epoch (Goyal et al.: 30, 60, 80 with 0.1)."""
+
+    kind: Literal["multistep"] = "multistep"
+    milestones_epochs: Annotated[list[PositiveFloat], Field(min_length=1)]
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+Decay = Annotated[
+    Union[ConstantDecay, PolyDecay, CosineDecay, ExponentialDecay, MultiStepDecay],
+    Field(discriminator="kind"),
+]
+DECAY_KINDS = ("constant", "poly", "cosine", "exponential", "multistep")
+
+
+class OptimizerSpec(BaseModel):
+    """``{name: momentum, momentum: 0.9, weight_decay: 5e-4}``; parameters are checked against
+    the optimizer registry, so a misspelt one is an error that lists the allowed ones."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @model_validator(mode="after")
+    def _known(self) -> "OptimizerSpec":
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; allowed: {', '.join(OPTIMIZERS)}")
+        allowed = OPTIMIZERS[self.name].defaults
+        for key in self.model_extra or {}:
+            if key not in allowed:
+                raise ValueError(
+                    f"unknown parameter {key!r} for optimizer {self.name!r}; allowed: {', '.join(allowed)}"
+                )
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Registry defaults overlaid with what the spec set."""
+        return optimizer_params(self.name, dict(self.model_extra or {}))
+
+
+class BaseRecipe(_Frozen):
+    """A recipe tuned at ``base_batch_size``; every workload states one per optimizer."""
+
+    base_batch_size: PositiveInt
+    peak_lr: PositiveFloat
+    warmup_epochs: NonNegativeFloat = 0.0
+    # Where a warmup ramp starts: 0 (LEGW, You et al.) or the unscaled eta0 (Goyal et al.:
+    # "from eta0 to k*eta0"). Methods may set it; see METHODS.
+    warmup_init: Literal["zero", "base"] = "zero"
+    epochs: PositiveFloat
+    decay: Decay = ConstantDecay()
+    optimizer: OptimizerSpec
+    grad_clip_norm: PositiveFloat | None = None
+    source: str = ""
+
+
+# --- methods ------------------------------------------------------------------------------------
+
+LR_RULES = {"none": lambda k: 1.0, "linear": lambda k: k, "sqrt": math.sqrt}
+WARMUP_RULES = {"none": lambda w0, k: 0.0, "fixed": lambda w0, k: w0, "legw": lambda w0, k: w0 * k}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    lr_rule: str
+    warmup_rule: str
+    warmup_init: str | None  # None keeps the base recipe's
+    summary: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("goyal", "linear", "fixed", "base", "Linear LR, fixed warmup ramping eta0 -> k*eta0 (Goyal et al. 2017)"),
+        Method("legw", "sqrt", "legw", "zero", "Sqrt LR, warmup linear in epochs from 0 (You et al. 2019)"),
+        Method("sqrt", "sqrt", "fixed", None, "Sqrt LR, fixed warmup (Hoffer et al. 2017)"),
+        Method("linear-legw", "linear", "legw", "zero", "Linear LR with LEGW warmup"),
+        Method("none", "none", "fixed", None, "Control: the base recipe unchanged at every batch size"),
+    )
+}
+#: Methods that are not a fixed rule: they choose the LR themselves (see harness.sweep and
+#: harness.autotune). Listed here so that specs validate them in one place.
+AUTOMATIC_METHODS = {
+    "tuned": "Per-batch Optuna search of the peak LR (Shallue et al. 2018)",
+}
+
+
+def get_method(name: str) -> Method:
+    """A named method, or ``<lr_rule>+<warmup_rule>`` such as ``sqrt+none``."""
+    if name in METHODS:
+        return METHODS[name]
+    if "+" in name:
+        lr_rule, _, warmup_rule = name.partition("+")
+        if lr_rule in LR_RULES and warmup_rule in WARMUP_RULES:
+            return Method(name, lr_rule, warmup_rule, None, f"{lr_rule} LR, {warmup_rule} warmup")
+    raise SpecError("method", name, f"allowed: {', '.join(all_method_names())} or <lr>+<warmup> "
+                    f"with lr in {{{', '.join(LR_RULES)}}} and warmup in {{{', '.join(WARMUP_RULES)}}}")
+
+
+def all_method_names() -> list[str]:
+    return [*METHODS, *AUTOMATIC_METHODS]
+
+
+def validate_method(name: str) -> str:
+    if name not in AUTOMATIC_METHODS:
+        get_method(name)
+    return name
+
+
+# --- resolution ------------------------------------------------------------------------------------
+
+
+class ResolvedRecipe(_Frozen):
+    """Everything a schedule and an optimizer need at one batch size."""
+
+    method: str
+    lr_rule: str
+    warmup_rule: str
+    batch_size: int
+    base_batch_size: int
+    scale: float
+    dataset_size: int
+    steps_per_epoch: float
+    epochs: float
+    total_steps: int
+    base_peak_lr: float
+    peak_lr: float
+    warmup_epochs: float
+    warmup_steps: int
+    warmup_start_lr: float
+    decay: Decay
+    optimizer: OptimizerSpec
+    grad_clip_norm: float | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def warmup_fraction(self) -> float:
+        return self.warmup_steps / self.total_steps
+
+
+def epochs_to_steps(epochs: float, dataset_size: int, batch_size: int) -> int:
+    """``ceil(epochs * N / B)``; the tolerance keeps exact products (10*N/B == 40) from rounding up."""
+    return math.ceil(epochs * dataset_size / batch_size - 1e-9)
+
+
+def resolve(
+    base: BaseRecipe,
+    batch_size: int,
+    method: str,
+    dataset_size: int,
+    *,
+    epochs: float | None = None,
+    peak_lr: float | None = None,
+    warmup_epochs: float | None = None,
+    lr_method_label: str | None = None,
+) -> ResolvedRecipe:
+    """The recipe at ``batch_size`` under ``method``.
+
+    ``peak_lr`` / ``warmup_epochs`` replace what the rule would give (a tuned trial chooses its own
+    LR but keeps the rule's warmup); ``epochs`` replaces the base budget.
+    """
+    if batch_size <= 0:
+        raise SpecError("batch_size", batch_size, "allowed: a positive integer")
+    if dataset_size <= 0:
+        raise SpecError("dataset_size", dataset_size, "allowed: a positive integer")
+    rule = get_method(method)
+    k = batch_size / base.base_batch_size
+    lr = base.peak_lr * LR_RULES[rule.lr_rule](k) if peak_lr is None else float(peak_lr)
+    w_epochs = WARMUP_RULES[rule.warmup_rule](base.warmup_epochs, k) if warmup_epochs is None else warmup_epochs
+    total_epochs = base.epochs if epochs is None else epochs
+    total = max(1, epochs_to_steps(total_epochs, dataset_size, batch_size))
+    warm = epochs_to_steps(w_epochs, dataset_size, batch_size) if w_epochs > 0 else 0
+    init = rule.warmup_init or base.warmup_init
+    start = min(base.peak_lr, lr) if init == "base" else 0.0
+
+    warnings = []
+    if warm >= total:
+        warnings.append(
+            f"warmup ({warm} steps, {w_epochs:g} epochs) covers the whole run ({total} steps, "
+            f"{total_epochs:g} epochs): the peak LR is never left"
+        )
+    elif warm > total / 2:
+        warnings.append(f"warmup takes {warm} of {total} steps ({100 * warm / total:.0f}%): more than half the run")
+    if batch_size > dataset_size:
+        warnings.append(f"batch size {batch_size} exceeds the dataset ({dataset_size} examples): a step spans epochs")
+
+    return ResolvedRecipe(
+        method=lr_method_label or rule.name,
+        lr_rule="given" if peak_lr is not None else rule.lr_rule,
+        warmup_rule="given" if warmup_epochs is not None else rule.warmup_rule,
+        batch_size=batch_size,
+        base_batch_size=base.base_batch_size,
+        scale=k,
+        dataset_size=dataset_size,
+        steps_per_epoch=dataset_size / batch_size,
+        epochs=total_epochs,
+        total_steps=total,
+        base_peak_lr=base.peak_lr,
+        peak_lr=lr,
+        warmup_epochs=w_epochs,
+        warmup_steps=warm,
+        warmup_start_lr=start,
+        decay=base.decay,
+        optimizer=base.optimizer,
+        grad_clip_norm=base.grad_clip_norm,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,381 @@
+"""Experiment specs: YAML -> validated objects, ``--set`` overrides, one-line errors.
+
+Layers, lowest first (as in init2winit): the workload's defaults (its base recipe per optimizer),
+the YAML file, then ``--set a.b=c`` overrides. A spec with an ``axes`` key is a sweep spec
+(``batchscale sweep``); without, it describes one trial (``batchscale train``).
+
+Every problem is a ``SpecError``: exit code 2 and one line naming the key, the value and what is
+allowed. Nothing is half-applied: a spec is validated whole before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
+                      ValidationError, model_validator)
+
+from harness.errors import BatchscaleError, SpecError
+from harness.optimizers import OPTIMIZERS
+from harness.scaling import AUTOMATIC_METHODS, BaseRecipe, validate_method
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Budget(Strict):
+    """Training length: epochs or examples (one of them); the recipe's epochs when neither."""
+
+    epochs: PositiveFloat | None = None
+    examples: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.epochs is not None and self.examples is not None:
+            raise ValueError("give budget.epochs or budget.examples, not both")
+        return self
+
+
+class Target(Strict):
+    """A metric value to reach; the first evaluation reaching it is recorded (and may stop the run)."""
+
+    metric: str
+    value: float
+    stop: bool = False
+
+
+class EvalSpec(Strict):
+    #: Evaluations per epoch (at least one per epoch); ignored when ``every_examples`` is set.
+    per_epoch: Annotated[float, Field(ge=1)] = 2.0
+    every_examples: PositiveInt | None = None
+    #: Evaluate on the first n held-out examples only; all when unset.
+    max_examples: PositiveInt | None = None
+
+
+class Divergence(Strict):
+    """NaN/inf always diverges; so does a training loss above ``loss_factor`` x the first step's."""
+
+    loss_factor: Annotated[float, Field(gt=1)] | None = 5.0
+
+
+class Resources(Strict):
+    cpus: PositiveInt = 1
+    gpus: NonNegativeFloat = 0.0
+
+
+class Common(Strict):
+    """What trial and sweep specs share."""
+
+    workload: str
+    workload_options: dict[str, Any] = {}
+    data_dir: str | None = None
+    budget: Budget = Budget()
+    target: Target | None = None
+    eval: EvalSpec = EvalSpec()
+    divergence: Divergence = Divergence()
+    micro_batch_size: PositiveInt | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Measure the gradient noise scale (needs two or more micro-batches per step).
+    noise_scale: bool = True
+
+    def workload_obj(self):
+        from harness.workloads import get_workload
+
+        return get_workload(self.workload, self.workload_options, self.data_dir)
+
+    def _check_target(self, wl) -> None:
+        if self.target and self.target.metric != wl.metric:
+            raise SpecError("target.metric", self.target.metric, f"allowed: {wl.metric!r} (the metric of {wl.name})")
+
+
+class TrialSpec(Common):
+    optimizer: str | None = None
+    #: Overrides of the workload's base recipe for this optimizer (any BaseRecipe field).
+    recipe: dict[str, Any] = {}
+    batch_size: PositiveInt | None = None
+    method: str = "legw"
+    #: Explicit peak LR / warmup replacing the rule's (tuned trials set them).
+    peak_lr: PositiveFloat | None = None
+    warmup_epochs: NonNegativeFloat | None = None
+    seed: NonNegativeInt = 0
+    threads: PositiveInt | None = None
+
+    def check(self) -> "TrialSpec":
+        """Cross-field validation that needs the registries (no data is loaded)."""
+        wl = self.workload_obj()
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise SpecError("optimizer", self.optimizer, f"allowed: {', '.join(OPTIMIZERS)}")
+        validate_method(self.method)
+        if self.method in AUTOMATIC_METHODS and self.method == "tuned" and self.peak_lr is None:
+            raise SpecError("method", self.method, "a single trial cannot be 'tuned'; run a sweep, or give peak_lr")
+        base = _base_recipe(wl, self.optimizer, self.recipe, "recipe")
+        batch = self.batch_size or base.base_batch_size
+        _check_micro(self.micro_batch_size, batch, "batch_size")
+        self._check_target(wl)
+        return self
+
+    def base_recipe(self) -> BaseRecipe:
+        return _base_recipe(self.workload_obj(), self.optimizer, self.recipe, "recipe")
+
+
+class Axes(Strict):
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [256 * 2**i for i in range(8)]
+    methods: Annotated[list[str], Field(min_length=1)] = ["goyal", "legw", "sqrt", "linear-legw"]
+    #: Default: the workload's default optimizer.
+    optimizers: Annotated[list[str], Field(min_length=1)] | None = None
+    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0]
+
+
+class Asha(Strict):
+    """ASHA early stopping for tuned studies; time is examples seen, fair across batch sizes."""
+
+    grace_epochs: PositiveFloat = 1.0
+    reduction_factor: Annotated[float, Field(gt=1)] = 3.0
+
+
+class Tuning(Strict):
+    """The ``tuned`` method: one Optuna study per (batch size, optimizer, seed)."""
+
+    trials: PositiveInt = 8
+    #: LR searched log-uniformly over [min/f, max*f] of what the none/linear/sqrt rules predict.
+    lr_range_factor: Annotated[float, Field(ge=1)] = 2.0
+    #: Warmup rule of tuned trials (their LR is searched, their warmup follows this rule) ...
+    warmup_rule: Literal["none", "fixed", "legw"] = "legw"
+    #: ... unless the warmup is searched too, log-uniformly in epochs over this range.
+    search_warmup: bool = False
+    warmup_epochs_range: tuple[PositiveFloat, PositiveFloat] = (0.01, 2.0)
+    asha: Asha | None = None
+    sampler_seed: NonNegativeInt = 0
+
+
+class Claim(Strict):
+    """A checkable expectation of a paper (``batchscale reproduce``); see analysis.reproduce."""
+
+    id: str
+    text: str
+    kind: str
+    params: dict[str, Any] = {}
+    published: str | None = None
+
+
+class SweepSpec(Common):
+    name: str | None = None
+    description: str = ""
+    #: Overrides of the base recipe for every optimizer, then per optimizer.
+    recipe: dict[str, Any] = {}
+    recipes: dict[str, dict[str, Any]] = {}
+    axes: Axes = Axes()
+    resources: Resources = Resources()
+    tuning: Tuning = Tuning()
+    #: Retries of a trial that raised or was killed, before it is recorded as ``error``.
+    retries: NonNegativeInt = 1
+    max_concurrent: PositiveInt | None = None
+    claims: list[Claim] = []
+
+    def check(self) -> "SweepSpec":
+        wl = self.workload_obj()
+        for i, name in enumerate(self.optimizers()):
+            if name not in OPTIMIZERS:
+                raise SpecError(f"axes.optimizers[{i}]", name, f"allowed: {', '.join(OPTIMIZERS)}")
+            _base_recipe(wl, name, _merge(self.recipe, self.recipes.get(name, {})), "recipe")
+        for name in self.recipes:
+            if name not in self.optimizers():
+                raise SpecError(f"recipes.{name}", "...", f"allowed: the sweep's optimizers {self.optimizers()}")
+        for i, method in enumerate(self.axes.methods):
+            try:
+                validate_method(method)
+            except SpecError as e:
+                raise SpecError(f"axes.methods[{i}]", method, e.allowed) from None
+        for i, b in enumerate(self.axes.batch_sizes):
+            _check_micro(self.micro_batch_size, b, f"axes.batch_sizes[{i}]")
+        self._check_target(wl)
+        return self
+
+    def optimizers(self) -> list[str]:
+        return self.axes.optimizers or [self.workload_obj().default_optimizer]
+
+    def base_recipe(self, optimizer: str) -> BaseRecipe:
+        return _base_recipe(self.workload_obj(), optimizer, _merge(self.recipe, self.recipes.get(optimizer, {})), "recipe")
+
+    def trial_spec(self, optimizer: str, method: str, batch_size: int, seed: int, **extra) -> TrialSpec:
+        common = self.model_dump(include=set(Common.model_fields))
+        return TrialSpec(**common, optimizer=optimizer, method=method, batch_size=batch_size, seed=seed,
+                         recipe=_merge(self.recipe, self.recipes.get(optimizer, {})), threads=self.resources.cpus,
+                         **extra)
+
+    def grid(self) -> list[tuple[str, str, int, int]]:
+        """(optimizer, method, batch size, seed) of every cell, in a stable order."""
+        return list(itertools.product(self.optimizers(), self.axes.methods, self.axes.batch_sizes, self.axes.seeds))
+
+
+class RecipeSpec(Strict):
+    """A recipe without a workload, for ``batchscale schedule`` (e.g. the LEGW ImageNet recipe)."""
+
+    name: str | None = None
+    description: str = ""
+    dataset_size: PositiveInt
+    recipe: BaseRecipe
+    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] | None = None
+    methods: Annotated[list[str], Field(min_length=1)] = ["legw"]
+
+    def check(self) -> "RecipeSpec":
+        for i, method in enumerate(self.methods):
+            if method in AUTOMATIC_METHODS:
+                raise SpecError(f"methods[{i}]", method, "allowed: a scaling rule (automatic methods need a sweep)")
+            validate_method(method)
+        return self
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _check_micro(micro: int | None, batch: int, batch_key: str) -> None:
+    if micro is not None and batch % micro:
+        raise SpecError("micro_batch_size", micro, f"allowed: a divisor of {batch_key} ({batch})")
+
+
+def _base_recipe(wl, optimizer: str | None, overrides: dict, key: str) -> BaseRecipe:
+    try:
+        return wl.base_recipe(optimizer, overrides)
+    except ValidationError as e:
+        raise _spec_error(e, BaseRecipe, prefix=key) from None
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2-style floats: ``1e-3`` is a number (PyYAML's 1.1 rules make it a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?[\d_]*(?:[eE][-+]?\d+)|\.\d+(?:[eE][-+]?\d+)?|\d[\d_]*\.[\d_]*)$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError("--set", text, "allowed: KEY=VALUE with a dotted key, e.g. --set batch_size=4096")
+    try:
+        value = yaml_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SpecError(".".join(path[: i + 1]), child, f"allowed: a mapping (cannot set {'.'.join(path)})")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BatchscaleError(f"spec file not found: {path}")
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError("(file)", str(path), f"not valid YAML{where}: {getattr(e, 'problem', e)}", str(path)) from None
+    if not isinstance(data, dict):
+        raise SpecError("(file)", type(data).__name__, "allowed: a YAML mapping at the top level", str(path))
+    return data
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] = (), data: dict | None = None,
+              kind: Literal["trial", "sweep", "any"] = "any") -> TrialSpec | SweepSpec | RecipeSpec:
+    """Read, override, validate. ``kind`` refuses the other kind of spec with a clear message;
+    ``any`` also accepts a workload-free recipe spec (``dataset_size`` + ``recipe``)."""
+    source = str(path) if path else None
+    raw = apply_overrides(read_yaml(path) if path else (data or {}), list(overrides))
+    if kind == "any" and "workload" not in raw and "dataset_size" in raw:
+        try:
+            return RecipeSpec.model_validate(raw).check()
+        except ValidationError as e:
+            raise _spec_error(e, RecipeSpec, source=source) from None
+    is_sweep = "axes" in raw
+    if kind == "trial" and is_sweep:
+        raise SpecError("axes", "...", "a trial spec has no 'axes'; run this sweep spec with 'batchscale sweep'", source)
+    if kind == "sweep" and not is_sweep:
+        raise SpecError("axes", None, "a sweep spec needs 'axes' (batch_sizes, methods, optimizers, seeds); "
+                        "run a single trial with 'batchscale train'", source)
+    cls = SweepSpec if is_sweep else TrialSpec
+    if is_sweep and not raw.get("name") and path:
+        raw["name"] = Path(path).stem
+    try:
+        spec = cls.model_validate(raw)
+        return spec.check()
+    except ValidationError as e:
+        raise _spec_error(e, cls, source=source) from None
+    except SpecError as e:
+        if source and not e.source:
+            raise SpecError(e.key, e.value, e.allowed, source) from None
+        raise
+
+
+def _spec_error(e: ValidationError, model: type[BaseModel], prefix: str = "", source: str | None = None) -> SpecError:
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc) or "(spec)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, err["loc"][:-1])
+        hint = f"unknown key; allowed keys: {', '.join(allowed)}" if allowed else "unknown key"
+        return SpecError(key, err.get("input"), hint, source)
+    if err["type"] == "missing":
+        return SpecError(key, None, "this key is required", source)
+    msg = err["msg"].removeprefix("Value error, ")
+    return SpecError(key, err.get("input"), f"allowed: {msg[0].lower()}{msg[1:]}" if msg else "invalid", source)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at ``loc``, following model-typed fields and the tags of
+    discriminated unions (``decay.poly.<key>``)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        models = _models_in(current)
+        if len(models) > 1:  # a discriminated union: this part is the tag
+            current = next((m for m in models if "kind" in m.model_fields
+                            and part in get_args(m.model_fields["kind"].annotation)), None)
+            continue
+        if not models or part not in models[0].model_fields:
+            return []
+        current = models[0].model_fields[part].annotation
+    models = _models_in(current)
+    return list(models[0].model_fields) if len(models) == 1 else []
+
+
+def _models_in(annotation) -> list:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]

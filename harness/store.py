@@ -1,0 +1,215 @@
+"""The results store: ``results/<sweep-name>/``, readable without Ray.
+
+* ``sweep.json``: schema version, the spec as given and as resolved, the trial list, versions,
+  git commit, host, CPU/GPU, start and end times, the sweep's status;
+* ``trials.parquet``: one row per trial (``TRIAL_SCHEMA``);
+* ``measurements.parquet``: one row per evaluation per trial (``MEASUREMENT_SCHEMA``).
+
+Every write goes to a temporary file in the same folder and is renamed over the old one, so a
+crash at any moment leaves the previous complete version. Trials are written as they finish.
+Readers check ``schema_version``; a newer major version is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness.errors import BatchscaleError
+
+SCHEMA_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+STATUSES = ("complete", "diverged", "error", "incomplete")
+
+TRIAL_SCHEMA = pa.schema([
+    ("trial_id", pa.string()), ("workload", pa.string()), ("optimizer", pa.string()), ("method", pa.string()),
+    ("batch_size", pa.int64()), ("seed", pa.int64()), ("study", pa.string()), ("tuned_index", pa.int64()),
+    ("status", pa.string()), ("metric_name", pa.string()), ("higher_is_better", pa.bool_()),
+    ("final_metric", pa.float64()), ("best_metric", pa.float64()),
+    ("peak_lr", pa.float64()), ("warmup_epochs", pa.float64()), ("warmup_steps", pa.int64()),
+    ("total_steps", pa.int64()), ("steps_per_epoch", pa.float64()), ("dataset_size", pa.int64()),
+    ("micro_batch_size", pa.int64()), ("steps", pa.int64()), ("examples_seen", pa.int64()),
+    ("train_seconds", pa.float64()), ("wall_seconds", pa.float64()), ("throughput", pa.float64()),
+    ("target_reached", pa.bool_()), ("steps_to_target", pa.int64()), ("examples_to_target", pa.int64()),
+    ("seconds_to_target", pa.float64()), ("diverged_step", pa.int64()), ("device", pa.string()),
+    ("threads", pa.int64()), ("recipe_warnings", pa.string()), ("error", pa.string()), ("extra", pa.string()),
+])
+
+MEASUREMENT_SCHEMA = pa.schema([
+    ("trial_id", pa.string()), ("step", pa.int64()), ("examples", pa.int64()), ("epoch", pa.float64()),
+    ("train_loss", pa.float64()), ("eval_loss", pa.float64()), ("metric", pa.float64()), ("lr", pa.float64()),
+    ("train_seconds", pa.float64()), ("noise_scale", pa.float64()), ("gain", pa.float64()),
+])
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for everyone who may read
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    _atomic_write(Path(path), write)
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def to_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
+    if schema is None:
+        return pa.Table.from_pylist(rows)
+    names = set(schema.names)
+    clean = []
+    for row in rows:
+        extra = {k: v for k, v in row.items() if k not in names}
+        out = {k: row.get(k) for k in schema.names}
+        if "extra" in names and extra:
+            out["extra"] = json.dumps(extra, default=_json_default)
+        for k, v in out.items():
+            if isinstance(v, float) and v != v and schema.field(k).type != pa.float64():
+                out[k] = None
+            elif isinstance(v, (list, tuple)) and schema.field(k).type == pa.string():
+                out[k] = "; ".join(map(str, v))
+        clean.append(out)
+    return pa.Table.from_pylist(clean, schema=schema)
+
+
+def write_table(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> None:
+    table = to_table(rows, schema)
+    _atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+
+
+def environment() -> dict[str, Any]:
+    """Versions and machine of this process (the driver)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(pkg):
+        try:
+            return version(pkg)
+        except PackageNotFoundError:
+            return None
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+            "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            **{pkg: v(pkg) for pkg in ("batchscale", "torch", "ray", "optuna", "pandas", "pyarrow", "numpy")},
+            "git_commit": _git_commit()}
+    try:
+        import torch
+
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - informative only
+        info["gpu"] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ResultsStore:
+    """One sweep's folder. The driver writes; analysis reads (``load``), without Ray."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.meta_path = self.root / "sweep.json"
+        self.trials_path = self.root / "trials.parquet"
+        self.measurements_path = self.root / "measurements.parquet"
+
+    def exists(self) -> bool:
+        return self.meta_path.is_file()
+
+    # -- metadata ---------------------------------------------------------------------------------
+    def read_meta(self) -> dict[str, Any]:
+        if not self.exists():
+            raise BatchscaleError(f"no results store at {self.root} (sweep.json missing); run 'batchscale sweep' first")
+        meta = json.loads(self.meta_path.read_text())
+        version = meta.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise BatchscaleError(f"{self.meta_path}: schema_version {version!r} is newer than this batchscale "
+                                  f"reads ({SCHEMA_VERSION}); upgrade batchscale")
+        return meta
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        write_json_atomic(self.meta_path, {"schema_version": SCHEMA_VERSION, **meta})
+
+    def update_meta(self, **fields) -> dict[str, Any]:
+        meta = self.read_meta()
+        meta.update(fields)
+        self.write_meta({k: v for k, v in meta.items() if k != "schema_version"})
+        return meta
+
+    # -- trials and measurements --------------------------------------------------------------------
+    def trial_rows(self) -> list[dict[str, Any]]:
+        return pq.read_table(self.trials_path).to_pylist() if self.trials_path.is_file() else []
+
+    def measurement_rows(self) -> list[dict[str, Any]]:
+        return pq.read_table(self.measurements_path).to_pylist() if self.measurements_path.is_file() else []
+
+    def record(self, trial: dict[str, Any], measurements: list[dict[str, Any]]) -> None:
+        """Insert or replace one trial and its measurements (two atomic rewrites)."""
+        tid = trial["trial_id"]
+        if trial.get("status") not in STATUSES:
+            raise ValueError(f"trial status {trial.get('status')!r} not in {STATUSES}")
+        trials = [t for t in self.trial_rows() if t["trial_id"] != tid] + [trial]
+        rows = [m for m in self.measurement_rows() if m["trial_id"] != tid]
+        rows += [{**m, "trial_id": tid} for m in measurements]
+        write_table(self.measurements_path, rows, MEASUREMENT_SCHEMA)
+        write_table(self.trials_path, trials, TRIAL_SCHEMA)
+
+    def load(self):
+        """``(meta, trials DataFrame, measurements DataFrame)`` for analysis."""
+        meta = self.read_meta()
+        trials = pq.read_table(self.trials_path).to_pandas() if self.trials_path.is_file() else \
+            TRIAL_SCHEMA.empty_table().to_pandas()
+        measurements = pq.read_table(self.measurements_path).to_pandas() if self.measurements_path.is_file() else \
+            MEASUREMENT_SCHEMA.empty_table().to_pandas()
+        return meta, trials, measurements

@@ -1,0 +1,387 @@
+"""Sweeps on Ray Tune: spec -> trials -> Ray Tune -> trial loop -> results store.
+
+A sweep spec's grid (optimizers x methods x batch sizes x seeds) runs as one Tune experiment
+(``grid``); the ``tuned`` method runs as one Optuna study per (optimizer, batch size, seed), each
+its own Tune experiment with ``OptunaSearch`` and an SQLite storage in the sweep's folder that
+optuna-dashboard can open. Every trial is ``harness.trial.Trial``: the sweep adds scheduling,
+checkpoints and bookkeeping, never training logic.
+
+Ray: an embedded local Ray by default (started for the sweep, stopped after), or an existing
+cluster with ``--address`` / ``RAY_ADDRESS``. Only the current Tune API is used (``Tuner``,
+``TuneConfig``, ``RunConfig``, ``tune.report``, ``tune.get_checkpoint``); nothing from
+``ray.air`` or ``ray.train`` inside the trainable (``ray.train.report`` errors every trial on 2.60).
+
+Resume: each evaluation reports a checkpoint (the whole ``Trial.state_dict``). Running the same
+command again restores each unfinished Tune experiment (``Tuner.restore``): finished trials are
+not rerun, unfinished ones continue from their last checkpoint. Our own store is the source of
+truth for what finished, so a lost Ray folder costs only the unfinished trials' progress.
+A different spec under an existing name is refused.
+
+Failures: a trial that raises or whose worker dies is retried ``retries`` times from its last
+checkpoint (``FailureConfig``), then recorded as ``error`` with its message. Divergence is a
+result (``diverged``), reported by the trial loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import BatchscaleError, SweepConflict
+from harness.scaling import LR_RULES, WARMUP_RULES, resolve
+from harness.spec import SweepSpec, TrialSpec
+from harness.store import ResultsStore, environment, now
+from harness.tune_callback import DRIVER as _DRIVER
+from harness.tune_callback import StoreCallback, trial_row
+
+FINAL = ("complete", "diverged", "error")
+
+
+# --- the trainable (runs in Ray workers) -------------------------------------------------------------
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """One trial inside Tune: build, restore from the last checkpoint if any, run, report."""
+    import torch
+    from ray import tune
+
+    from harness.trial import Trial
+
+    config = config.get("cell", config)  # grid trials carry {"cell": {"trial_id", "trial"}}
+    spec_fields = dict(config["trial"])
+    for key in ("peak_lr", "warmup_epochs"):  # chosen by the searcher in tuned studies
+        if key in config:
+            spec_fields[key] = config[key]
+    trial = Trial(TrialSpec.model_validate(spec_fields))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
+    worst = 0.0 if trial.workload.higher_is_better else 1e9
+
+    def metrics(t, row, final=False):
+        m = row["metric"]
+        return {
+            "objective": m if m == m else worst,  # NaN (diverged) -> the worst value, for the searcher
+            "examples": t.stream.position,
+            "step": t.step,
+            "total_steps": t.recipe.total_steps,
+            "trial_status": t.status if final else "running",
+            "metric": m,
+            "train_loss": row["train_loss"],
+            "measurements": json.dumps(t.measurements),
+            "summary": json.dumps(t.summary()) if final else "",
+        }
+
+    def on_eval(t, row):
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(t.state_dict(), Path(folder) / "trial.pt")
+            tune.report(metrics(t, row), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    result = trial.run(on_eval=on_eval)
+    last = result.measurements[-1] if result.measurements else {"metric": float("nan"), "train_loss": float("nan")}
+    tune.report(metrics(trial, last, final=True))
+
+
+# --- planning -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Study:
+    """One tuned study: an Optuna search of the peak LR at one (optimizer, batch size, seed)."""
+
+    name: str
+    optimizer: str
+    batch_size: int
+    seed: int
+    lr_range: tuple[float, float]
+    trial: dict[str, Any]
+    warmup_epochs: float | None  # the warmup rule's value, unless warmup is searched too
+
+
+@dataclass
+class Plan:
+    grid: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial_id -> TrialSpec fields
+    studies: list[Study] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the trial list of sweep.json
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    data = spec.model_dump(mode="json", exclude={"name", "description", "claims"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan(spec: SweepSpec, dataset_size: int) -> Plan:
+    p = Plan()
+    wl = spec.workload_obj()
+    cuda = spec.resources.gpus > 0
+    from harness.trial import auto_micro_batch
+
+    for optimizer, method, batch, seed in spec.grid():
+        base = spec.base_recipe(optimizer)
+        epochs = spec.budget.epochs or (spec.budget.examples / dataset_size if spec.budget.examples else None)
+        micro = spec.micro_batch_size or auto_micro_batch(batch, wl.micro_batch_cap(cuda))
+        if method == "tuned":
+            k = batch / base.base_batch_size
+            lrs = [base.peak_lr * rule(k) for rule in LR_RULES.values()]
+            f = spec.tuning.lr_range_factor
+            w_epochs = None if spec.tuning.search_warmup else WARMUP_RULES[spec.tuning.warmup_rule](base.warmup_epochs, k)
+            name = f"{optimizer}-tuned-b{batch}-s{seed}"
+            trial = spec.trial_spec(optimizer, "tuned", batch, seed).model_dump(mode="json")
+            p.studies.append(Study(name, optimizer, batch, seed, (min(lrs) / f, max(lrs) * f), trial, w_epochs))
+            p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch, "seed": seed,
+                           "trials": spec.tuning.trials, "lr_range": [min(lrs) / f, max(lrs) * f],
+                           "warmup_epochs": w_epochs, "micro_batch_size": micro})
+            continue
+        trial_id = f"{optimizer}-{method}-b{batch}-s{seed}"
+        p.grid[trial_id] = spec.trial_spec(optimizer, method, batch, seed).model_dump(mode="json")
+        r = resolve(base, batch, method, dataset_size, epochs=epochs)
+        p.rows.append({"trial_id": trial_id, "optimizer": optimizer, "method": method, "batch_size": batch,
+                       "seed": seed, "peak_lr": r.peak_lr, "warmup_epochs": r.warmup_epochs,
+                       "warmup_steps": r.warmup_steps, "total_steps": r.total_steps, "micro_batch_size": micro,
+                       "warnings": list(r.warnings)})
+    return p
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, given: dict[str, Any], results_root: str | Path = "results",
+                 name: str | None = None, address: str | None = None, storage: str | None = None,
+                 progress=None):
+        self.spec = spec
+        self.given = given
+        self.name = name or spec.name or "sweep"
+        self.store = ResultsStore(Path(results_root) / self.name)
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.storage = storage or str((self.store.root / "ray").resolve())
+        self.progress = progress
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _check_existing(self, digest: str) -> dict[str, Any] | None:
+        if not self.store.exists():
+            return None
+        meta = self.store.read_meta()
+        if meta.get("spec_hash") != digest:
+            old = meta.get("spec_resolved", {})
+            new = self.spec.model_dump(mode="json")
+            changed = sorted(k for k in set(old) | set(new) if k not in ("name", "description", "claims")
+                             and old.get(k) != new.get(k))
+            raise SweepConflict(
+                f"{self.store.root} holds sweep '{self.name}' run with a different spec (changed: "
+                f"{', '.join(changed) or 'details'}); give --name for a new sweep, or delete that folder to start over")
+        return meta
+
+    def finished_ids(self) -> set[str]:
+        return {t["trial_id"] for t in self.store.trial_rows() if t["status"] in FINAL}
+
+    # -- run --------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        digest = spec_hash(self.spec)
+        meta = self._check_existing(digest)
+        if meta and meta.get("status") == "finished":
+            return {"already_finished": True, **self.outcome(meta)}
+
+        wl = self.spec.workload_obj()
+        wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
+        dataset_size = wl.load().train_size
+        the_plan = plan(self.spec, dataset_size)
+        session = {"started_at": now(), "address": self.address or "local"}
+        if meta is None:
+            meta = {
+                "name": self.name, "status": "running", "spec_hash": digest,
+                "spec_given": self.given, "spec_resolved": self.spec.model_dump(mode="json"),
+                "workload": {"name": wl.name, "metric": wl.metric, "higher_is_better": wl.higher_is_better,
+                             "dataset_size": dataset_size, "summary": wl.summary,
+                             "base_recipes": {o: self.spec.base_recipe(o).model_dump(mode="json")
+                                              for o in self.spec.optimizers()}},
+                "trials": the_plan.rows, "studies": {}, "environment": environment(),
+                "started_at": session["started_at"], "finished_at": None, "sessions": [session],
+                "storage": self.storage,
+            }
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            self.store.write_meta(meta)
+        else:
+            meta = self.store.update_meta(status="running", sessions=[*meta.get("sessions", []), session])
+
+        _DRIVER.update(store=self.store, progress=self.progress)
+        started = time.monotonic()
+        self._init_ray()
+        try:
+            if self.progress:
+                self.progress.start(total=len(the_plan.grid) + sum(self.spec.tuning.trials for _ in the_plan.studies),
+                                    done=self.finished_ids())
+            self._run_grid(the_plan)
+            for study in the_plan.studies:
+                self._run_study(study)
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            if self.progress:
+                self.progress.stop()
+            self._mark_unfinished_incomplete()
+            self._shutdown_ray()
+            _DRIVER.clear()
+        meta = self.store.update_meta(status=status, finished_at=now() if status == "finished" else None,
+                                      sessions=[*self.store.read_meta()["sessions"][:-1],
+                                                {**session, "ended_at": now(), "status": status}])
+        out = self.outcome(meta)
+        out["wall_seconds"] = time.monotonic() - started
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        return out
+
+    def outcome(self, meta) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for t in self.store.trial_rows():
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        return {"name": self.name, "path": str(self.store.root), "status": meta.get("status"), "counts": counts,
+                "studies": meta.get("studies", {})}
+
+    # -- Ray ---------------------------------------------------------------------------------------------
+    def _init_ray(self) -> None:
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store replaces Tune's CSV/JSON logs
+        # Ctrl-C raises KeyboardInterrupt in the driver (Tune's own handler would swallow it and let
+        # the next study start); experiment state and our store are saved as trials finish.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our view reports
+        import ray
+
+        env = {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
+        runtime_env = {"env_vars": env} if env else None
+        if self.address:
+            ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
+                     configure_logging=True, logging_level="ERROR")
+
+    def _shutdown_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def _tune_common(self, experiment: str, *, num_samples: int = 1, search_alg=None, scheduler=None,
+                     metric: str | None = None, mode: str | None = None):
+        from ray import tune
+
+        spec = self.spec
+        trainable = tune.with_resources(tune_trial, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+        tune_config = tune.TuneConfig(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
+                                      metric=metric, mode=mode, reuse_actors=True,
+                                      max_concurrent_trials=spec.max_concurrent,
+                                      trial_dirname_creator=_trial_dirname)
+        run_config = tune.RunConfig(
+            name=experiment, storage_path=self.storage, callbacks=[StoreCallback(experiment)], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        )
+        return trainable, tune_config, run_config
+
+    def _fit(self, experiment: str, build) -> None:
+        """Restore ``experiment`` if Tune can, else build a new Tuner; then fit."""
+        from ray import tune
+
+        path = f"{self.storage.rstrip('/')}/{experiment}"
+        trainable, _, _ = self._tune_common(experiment)
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            tuner = build()
+            if tuner is None:
+                return
+        tuner.fit()
+
+    def _run_grid(self, p: Plan) -> None:
+        from ray import tune
+
+        done = self.finished_ids()
+        pending = [tid for tid in p.grid if tid not in done]
+        if not pending:
+            return
+
+        def build():
+            trainable, tune_config, run_config = self._tune_common("grid")
+            cells = [{"trial_id": tid, "trial": p.grid[tid]} for tid in pending]
+            return tune.Tuner(trainable, param_space={"cell": tune.grid_search(cells)}, tune_config=tune_config,
+                              run_config=run_config)
+
+        self._fit("grid", build)
+
+    def _run_study(self, study: Study) -> None:
+        from ray import tune
+        from ray.tune.search.optuna import OptunaSearch
+
+        meta = self.store.read_meta()
+        if meta.get("studies", {}).get(study.name, {}).get("status") == "finished":
+            return
+        spec, wl = self.spec, self.spec.workload_obj()
+        mode = "max" if wl.higher_is_better else "min"
+        storage_url = f"sqlite:///{(self.store.root / 'optuna.db').resolve()}"
+
+        def build():
+            import optuna
+
+            sampler = optuna.samplers.TPESampler(seed=spec.tuning.sampler_seed + study.batch_size)
+            searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, storage=storage_url,
+                                    sampler=sampler)
+            scheduler = None
+            if spec.tuning.asha:
+                from ray.tune.schedulers import ASHAScheduler
+
+                n = wl.load().train_size
+                epochs = spec.budget.epochs or (spec.budget.examples / n if spec.budget.examples else
+                                                spec.base_recipe(study.optimizer).epochs)
+                scheduler = ASHAScheduler(time_attr="examples", grace_period=int(spec.tuning.asha.grace_epochs * n),
+                                          max_t=int(math.ceil(epochs * n)) + study.batch_size,
+                                          reduction_factor=spec.tuning.asha.reduction_factor)
+            space = {"study": study.name, "trial": study.trial,
+                     "peak_lr": tune.loguniform(*study.lr_range)}
+            if spec.tuning.search_warmup:
+                space["warmup_epochs"] = tune.loguniform(*spec.tuning.warmup_epochs_range)
+            else:
+                space["warmup_epochs"] = study.warmup_epochs
+            trainable, tune_config, run_config = self._tune_common(
+                study.name, num_samples=spec.tuning.trials, search_alg=searcher, scheduler=scheduler,
+                metric="objective", mode=mode)
+            return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+
+        self._fit(study.name, build)
+        rows = [t for t in self.store.trial_rows() if t.get("study") == study.name]
+        scored = [t for t in rows if t["status"] == "complete" and t["final_metric"] is not None]
+        best = (max if wl.higher_is_better else min)(scored, key=lambda t: t["final_metric"]) if scored else None
+        studies = dict(self.store.read_meta().get("studies", {}))
+        studies[study.name] = {
+            "status": "finished", "optimizer": study.optimizer, "batch_size": study.batch_size, "seed": study.seed,
+            "trials": len(rows), "lr_range": list(study.lr_range), "storage": storage_url,
+            "best_peak_lr": best["peak_lr"] if best else None, "best_metric": best["final_metric"] if best else None,
+            "best_trial_id": best["trial_id"] if best else None,
+        }
+        self.store.update_meta(studies=studies)
+
+    def _mark_unfinished_incomplete(self) -> None:
+        """Trials that started but did not finish stay visible as ``incomplete`` until resumed."""
+        done = self.finished_ids()
+        for trial_id, (cfg_meta, last) in list(_DRIVER.get("running", {}).items()):
+            if trial_id not in done and last:
+                summary = {"steps": last.get("step"), "examples_seen": last.get("examples")}
+                self.store.record(trial_row(cfg_meta, "incomplete", summary),
+                                  json.loads(last.get("measurements") or "[]"))
+
+
+def _trial_dirname(trial) -> str:
+    return str(trial.trial_id)
+
+
+def clean_ray_folder(store_root: Path) -> None:
+    shutil.rmtree(store_root / "ray", ignore_errors=True)

@@ -1,0 +1,278 @@
+"""The trial loop: one training run of one resolved recipe.
+
+Large batches on small memory come from gradient accumulation: a logical batch of B examples is
+split into micro-batches of m (B % m == 0); each micro-batch's mean loss is scaled by m/B before
+``backward``, so the summed gradient is exactly the gradient of the mean loss over all B examples
+and the update equals one big-batch update up to float rounding (no BatchNorm in our workloads;
+with it, statistics would be per micro-batch, i.e. ghost batch norm). The micro-batch size is
+recorded with every result.
+
+Time: only training steps run on the clock (data gathering included); evaluation is off the
+clock, as AlgoPerf counts time-to-result. ``loss.item()`` once per step syncs a GPU, so the clock
+is right there too, and it feeds the divergence check.
+
+Determinism: one seed gives three (model init, data order, training RNG). Same spec, seed and
+thread count give identical measurements on a CPU; a checkpoint holds everything needed to
+continue bit for bit (model, optimizer, stream position, RNG states, counters, measurements).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from harness.data.stream import ExampleStream
+from harness.errors import BatchscaleError
+from harness.optimizers import build_optimizer
+from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve
+from harness.schedules import lr_at
+from harness.spec import TrialSpec
+
+CHECKPOINT_VERSION = 1
+
+
+def auto_micro_batch(batch_size: int, cap: int) -> int:
+    """The largest divisor of ``batch_size`` that is at most ``cap``."""
+    for m in range(min(cap, batch_size), 0, -1):
+        if batch_size % m == 0:
+            return m
+    return 1
+
+
+def derive_seeds(seed: int) -> dict[str, int]:
+    init, data, train = np.random.SeedSequence(seed).generate_state(3, np.uint32)
+    return {"init": int(init), "data": int(data), "train": int(train)}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BatchscaleError("device: 'cuda' was asked for but torch.cuda.is_available() is False; "
+                              "allowed here: 'auto' or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrialResult:
+    status: str  # complete | diverged
+    recipe: ResolvedRecipe
+    measurements: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Trial:
+    def __init__(self, spec: TrialSpec):
+        self.spec = spec
+        self.workload = wl = spec.workload_obj()
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.device = pick_device(spec.device)
+        data = wl.load()
+        self.data = data.to(self.device) if self.device.type != "cpu" else data
+        self.recipe = self._resolve(spec, data.train_size)
+        self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(
+            self.recipe.batch_size, wl.micro_batch_cap(self.device.type == "cuda"))
+        self.seeds = derive_seeds(spec.seed)
+
+        torch.manual_seed(self.seeds["init"])
+        self.model = wl.build_model().to(self.device)
+        self.optimizer = build_optimizer(self.model, self.recipe.optimizer.name, self.recipe.peak_lr,
+                                         self.recipe.optimizer.params)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        torch.manual_seed(self.seeds["train"])
+        self.stream = ExampleStream(data.train_size, self.seeds["data"], self.device)
+        n = data.train_size
+        self.eval_every = spec.eval.every_examples or math.ceil(n / spec.eval.per_epoch)
+
+        self.step = 0
+        self.train_seconds = 0.0
+        self.wall_seconds = 0.0
+        self.measurements: list[dict[str, Any]] = []
+        self.status = "running"
+        self.initial_loss: float | None = None
+        self.diverged_step: int | None = None
+        self.target_hit: dict[str, Any] | None = None
+        self.next_eval = self.eval_every
+        self._loss_sum, self._loss_steps = 0.0, 0
+
+    @staticmethod
+    def _resolve(spec: TrialSpec, dataset_size: int) -> ResolvedRecipe:
+        base = spec.base_recipe()
+        batch = spec.batch_size or base.base_batch_size
+        epochs = spec.budget.epochs or (spec.budget.examples / dataset_size if spec.budget.examples else None)
+        automatic = spec.method in AUTOMATIC_METHODS
+        return resolve(base, batch, "none+none" if automatic else spec.method, dataset_size, epochs=epochs,
+                       peak_lr=spec.peak_lr, warmup_epochs=spec.warmup_epochs,
+                       lr_method_label=spec.method if automatic else None)
+
+    # -- one optimizer update -------------------------------------------------------------------
+    def _train_step(self) -> float:
+        r, m = self.recipe, self.micro_batch_size
+        lr = lr_at(self.step, r)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        idx = self.stream.take(r.batch_size)
+        train = self.data.train
+        self.optimizer.zero_grad(set_to_none=True)
+        scale = m / r.batch_size
+        total = None
+        for start in range(0, r.batch_size, m):
+            part = idx[start:start + m]
+            loss = self.workload.loss(self.model, tuple(t[part] for t in train)) * scale
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if r.grad_clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, r.grad_clip_norm)
+        self.optimizer.step()
+        self.step += 1
+        return total.item()
+
+    # -- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        self.model.eval()
+        ev = self.data.eval
+        n = min(len(ev[0]), self.spec.eval.max_examples or len(ev[0]))
+        bs = self.workload.eval_batch_size
+        sums = np.zeros(3)
+        for start in range(0, n, bs):
+            sums += self.workload.eval_sums(self.model, tuple(t[start:min(start + bs, n)] for t in ev))
+        self.model.train()
+        loss, metric = self.workload.finish_eval(*(float(v) for v in sums))
+        return float(loss), float(metric)
+
+    def _record(self, evaluate: bool = True) -> dict[str, Any]:
+        eval_loss, metric = self.evaluate() if evaluate else (math.nan, math.nan)
+        r = self.recipe
+        row = {
+            "step": self.step,
+            "examples": self.stream.position,
+            "epoch": self.stream.position / r.dataset_size,
+            "train_loss": self._loss_sum / max(1, self._loss_steps),
+            "eval_loss": eval_loss,
+            "metric": metric,
+            "lr": lr_at(max(0, self.step - 1), r),
+            "train_seconds": self.train_seconds,
+        }
+        self._loss_sum, self._loss_steps = 0.0, 0
+        self.measurements.append(row)
+        target = self.spec.target
+        if target and self.target_hit is None and evaluate and self._reached(metric, target.value):
+            self.target_hit = {"step": self.step, "examples": self.stream.position, "train_seconds": self.train_seconds}
+            if target.stop:
+                self.status = "complete"
+        return row
+
+    def _reached(self, metric: float, value: float) -> bool:
+        return metric >= value if self.workload.higher_is_better else metric <= value
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, on_eval: Callable[["Trial", dict], None] | None = None,
+            on_step: Callable[["Trial"], None] | None = None) -> TrialResult:
+        self.model.train()
+        total = self.recipe.total_steps
+        factor = self.spec.divergence.loss_factor
+        wall_start = time.perf_counter() - self.wall_seconds
+        while self.status == "running" and self.step < total:
+            t0 = time.perf_counter()
+            loss = self._train_step()
+            self.train_seconds += time.perf_counter() - t0
+            if self.initial_loss is None:
+                self.initial_loss = loss
+            self._loss_sum += loss
+            self._loss_steps += 1
+            if not math.isfinite(loss) or (factor is not None and loss > factor * self.initial_loss):
+                self.status, self.diverged_step = "diverged", self.step
+                self.wall_seconds = time.perf_counter() - wall_start
+                row = self._record(evaluate=False)
+                if on_eval:
+                    on_eval(self, row)
+                break
+            if on_step:
+                on_step(self)
+            if self.stream.position >= self.next_eval or self.step == total:
+                while self.next_eval <= self.stream.position:
+                    self.next_eval += self.eval_every
+                row = self._record()
+                self.wall_seconds = time.perf_counter() - wall_start
+                if on_eval:
+                    on_eval(self, row)
+        if self.status == "running":
+            self.status = "complete"
+        self.wall_seconds = time.perf_counter() - wall_start
+        return TrialResult(self.status, self.recipe, list(self.measurements), self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        r, wl = self.recipe, self.workload
+        metrics = [row["metric"] for row in self.measurements if not math.isnan(row["metric"])]
+        best = (max if wl.higher_is_better else min)(metrics) if metrics else None
+        hit = self.target_hit or {}
+        return {
+            "status": self.status,
+            "metric_name": wl.metric,
+            "higher_is_better": wl.higher_is_better,
+            "final_metric": metrics[-1] if metrics and self.status != "diverged" else None,
+            "best_metric": best,
+            "steps": self.step,
+            "examples_seen": self.stream.position,
+            "train_seconds": self.train_seconds,
+            "wall_seconds": self.wall_seconds,
+            "throughput": self.stream.position / self.train_seconds if self.train_seconds else None,
+            "target_reached": self.target_hit is not None,
+            "steps_to_target": hit.get("step"),
+            "examples_to_target": hit.get("examples"),
+            "seconds_to_target": hit.get("train_seconds"),
+            "diverged_step": self.diverged_step,
+            "micro_batch_size": self.micro_batch_size,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "peak_lr": r.peak_lr,
+            "warmup_steps": r.warmup_steps,
+            "warmup_epochs": r.warmup_epochs,
+            "total_steps": r.total_steps,
+            "steps_per_epoch": r.steps_per_epoch,
+            "dataset_size": r.dataset_size,
+            "recipe_warnings": list(r.warnings),
+        }
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "recipe": self.recipe.model_dump(mode="json"),
+            "micro_batch_size": self.micro_batch_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "counters": {
+                "step": self.step, "position": self.stream.position, "train_seconds": self.train_seconds,
+                "wall_seconds": self.wall_seconds, "status": self.status, "initial_loss": self.initial_loss,
+                "diverged_step": self.diverged_step, "target_hit": self.target_hit, "next_eval": self.next_eval,
+                "loss_sum": self._loss_sum, "loss_steps": self._loss_steps,
+            },
+            "measurements": list(self.measurements),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise BatchscaleError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+        if state["recipe"] != self.recipe.model_dump(mode="json") or state["micro_batch_size"] != self.micro_batch_size:
+            raise BatchscaleError("checkpoint belongs to a different recipe or micro-batch size; refusing to mix")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        c = state["counters"]
+        self.step, self.stream.position = c["step"], c["position"]
+        self.train_seconds, self.wall_seconds, self.status = c["train_seconds"], c["wall_seconds"], c["status"]
+        self.initial_loss, self.diverged_step, self.target_hit = c["initial_loss"], c["diverged_step"], c["target_hit"]
+        self.next_eval, self._loss_sum, self._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]
+        self.measurements = list(state["measurements"])

@@ -1,0 +1,76 @@
+"""Shared fixtures: small datasets written in the real file formats, an isolated cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from harness.data.idx import write_idx
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Generated data goes to a temporary cache, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BATCHSCALE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    mp.delenv("BATCHSCALE_DATA_DIR", raising=False)
+    yield
+    mp.undo()
+
+
+def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 uint8 images whose class is a bright vertical band: every row (time step) shows it."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n).astype(np.uint8)
+    x = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(y):
+        x[i, :, 2 + 2 * label: 5 + 2 * label] = 230
+    return x, y
+
+
+def write_fashion_mnist(folder, n_train: int = 512, n_test: int = 128, gz: bool = True) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    x, y = make_images(n_train, 0)
+    xt, yt = make_images(n_test, 1)
+    write_idx(folder / f"train-images-idx3-ubyte{ext}", x)
+    write_idx(folder / f"train-labels-idx1-ubyte{ext}", y)
+    write_idx(folder / f"t10k-images-idx3-ubyte{ext}", xt)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{ext}", yt)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A data folder laid out as users lay theirs out: <root>/fashion-mnist, <root>/mnist, <root>/ptb."""
+    root = tmp_path_factory.mktemp("data")
+    write_fashion_mnist(root / "fashion-mnist")
+    write_fashion_mnist(root / "mnist", gz=False)
+    write_ptb(root / "ptb")
+    return root
+
+
+PTB_SENTENCES = [
+    "the cat sat on the mat",
+    "the dog sat on the log",
+    "a cat and a dog met on the mat",
+    "N cats sat on N mats",
+]
+
+
+def write_ptb(folder) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 400), ("valid", 40), ("test", 40)):
+        lines = [PTB_SENTENCES[i] for i in rng.integers(0, len(PTB_SENTENCES), n)]
+        if split == "test":
+            lines.append("an unseen zebra sat")
+        (folder / f"ptb.{split}.txt").write_text("".join(f" {line} \n" for line in lines))
+
+
+def tiny_trial(data_dir, **over) -> dict:
+    """A fast fmnist_lstm trial spec (dict) on the fixture data."""
+    spec = {"workload": "fmnist_lstm", "data_dir": str(data_dir), "batch_size": 64, "method": "legw",
+            "budget": {"epochs": 1}, "threads": 1, "eval": {"per_epoch": 2}}
+    for k, v in over.items():
+        spec[k] = v
+    return spec

@@ -1,0 +1,136 @@
+import math
+
+import pytest
+import torch
+
+from harness.spec import load_spec
+from harness.trial import Trial, auto_micro_batch
+from tests.conftest import tiny_trial
+
+
+def trial(data_dir, **over) -> Trial:
+    return Trial(load_spec(data=tiny_trial(data_dir, **over)))
+
+
+def flat_params(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("workload,opts,batch", [
+    ("fmnist_lstm", {}, 256),
+    ("ptb_lstm_lm", {"unrolled_steps": 5}, 64),
+])
+def test_accumulated_micro_batches_equal_one_big_batch(data_dir, workload, opts, batch):
+    """Same examples, same start: the update from 8 accumulated micro-batches equals one big batch."""
+    params = {}
+    for micro in (batch, batch // 8):
+        t = trial(data_dir, workload=workload, workload_options=opts, batch_size=batch, micro_batch_size=micro,
+                  method="none", optimizer="momentum", recipe={"warmup_epochs": 0, "peak_lr": 0.5})
+        before = flat_params(t.model)
+        t._train_step()
+        t._train_step()  # two steps: momentum state included
+        params[micro] = flat_params(t.model) - before
+    big, acc = params[batch], params[batch // 8]
+    rel = (acc - big).norm() / big.norm()
+    assert big.norm() > 0 and rel <= 1e-5, f"relative error {rel:.2e}"
+
+
+def test_same_spec_and_seed_give_identical_measurements(data_dir):
+    a = trial(data_dir, seed=7).run().measurements
+    b = trial(data_dir, seed=7).run().measurements
+    c = trial(data_dir, seed=8).run().measurements
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+    assert strip(a) != strip(c)
+
+
+def test_checkpoint_resumes_bit_for_bit(data_dir):
+    full_trial = trial(data_dir, budget={"epochs": 2})
+    full = full_trial.run()
+
+    first = trial(data_dir, budget={"epochs": 2})
+    stop_after = {}
+
+    def interrupt(t, row):
+        if len(t.measurements) == 2 and not stop_after:
+            stop_after["state"] = t.state_dict()
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.run(on_eval=interrupt)
+    second = trial(data_dir, budget={"epochs": 2})
+    torch.manual_seed(12345)  # a fresh process has other RNG state: the checkpoint must restore it
+    second.load_state_dict(stop_after["state"])
+    resumed = second.run()
+    key = lambda rows: [(r["step"], r["examples"], r["train_loss"], r["eval_loss"], r["metric"]) for r in rows]  # noqa: E731
+    assert key(resumed.measurements) == key(full.measurements)
+    assert torch.equal(flat_params(second.model), flat_params(full_trial.model))
+
+
+def test_checkpoint_of_another_recipe_is_refused(data_dir):
+    state = trial(data_dir).state_dict()
+    with pytest.raises(Exception, match="different recipe"):
+        trial(data_dir, batch_size=128).load_state_dict(state)
+
+
+def test_divergence_is_a_status_with_its_step_not_a_crash(data_dir):
+    t = trial(data_dir, method="none", recipe={"peak_lr": 1e4, "warmup_epochs": 0})
+    res = t.run()
+    assert res.status == "diverged"
+    assert res.summary["diverged_step"] is not None and res.summary["diverged_step"] <= res.recipe.total_steps
+    assert res.summary["final_metric"] is None
+    assert math.isnan(res.measurements[-1]["metric"])
+
+
+def test_loss_blow_up_factor_also_diverges(data_dir):
+    t = trial(data_dir, method="none", recipe={"peak_lr": 50.0, "warmup_epochs": 0}, divergence={"loss_factor": 1.5})
+    assert t.run().status == "diverged"
+
+
+def test_target_is_recorded_at_first_evaluation_reaching_it_and_can_stop(data_dir):
+    spec = dict(budget={"epochs": 4}, eval={"per_epoch": 4}, target={"metric": "accuracy", "value": 0.5})
+    full = trial(data_dir, **spec).run()
+    s = full.summary
+    assert s["target_reached"], full.measurements
+    first = next(r for r in full.measurements if r["metric"] >= 0.5)
+    assert (s["steps_to_target"], s["examples_to_target"], s["seconds_to_target"]) == (
+        first["step"], first["examples"], first["train_seconds"])
+    stopped = trial(data_dir, **{**spec, "target": {"metric": "accuracy", "value": 0.5, "stop": True}}).run()
+    assert stopped.status == "complete" and stopped.summary["steps"] == s["steps_to_target"] < s["steps"]
+
+
+def test_unreached_target_is_null_not_a_number(data_dir):
+    s = trial(data_dir, target={"metric": "accuracy", "value": 1.01}).run().summary
+    assert not s["target_reached"] and s["steps_to_target"] is None and s["seconds_to_target"] is None
+
+
+def test_evaluation_cadence_and_records(data_dir):
+    res = trial(data_dir, budget={"epochs": 3}, eval={"per_epoch": 2}).run()
+    rows = res.measurements
+    assert [round(r["epoch"]) for r in rows][-1] == 3
+    assert all(b["epoch"] - a["epoch"] <= 1.0 for a, b in zip(rows, rows[1:]))
+    assert len(rows) == 6
+    assert rows[-1]["step"] == res.recipe.total_steps
+    assert set(rows[0]) >= {"step", "examples", "epoch", "train_loss", "eval_loss", "metric", "lr", "train_seconds"}
+    assert all(a["train_seconds"] <= b["train_seconds"] for a, b in zip(rows, rows[1:]))
+    # evaluation time is off the training clock
+    assert res.summary["train_seconds"] < res.summary["wall_seconds"]
+
+
+def test_budget_in_examples(data_dir):
+    res = trial(data_dir, budget={"examples": 1000}).run()
+    assert res.recipe.total_steps == math.ceil(1000 / 64) and res.summary["examples_seen"] == 16 * 64
+
+
+def test_auto_micro_batch_is_the_largest_divisor_under_the_cap(data_dir):
+    assert auto_micro_batch(32768, 512) == 512
+    assert auto_micro_batch(1000, 256) == 250
+    assert auto_micro_batch(100, 256) == 100
+    assert trial(data_dir, batch_size=4096).micro_batch_size == 512
+
+
+def test_unavailable_cuda_is_a_clear_error(data_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(Exception, match="'cuda' was asked for"):
+        trial(data_dir, device="cuda")
