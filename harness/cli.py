@@ -189,20 +189,47 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.store import ResultsStore
+    from analysis.report import build_report
 
-    meta, trials, _ = ResultsStore(args.results).load()
-    if trials.empty:
-        print(f"{args.results}: no trials recorded yet")
-        return 0
-    metric = meta["workload"]["metric"]
-    table = trials.pivot_table(index="batch_size", columns=["optimizer", "method"], values="final_metric",
-                               aggfunc="mean")
-    print(f"final {metric} (mean over seeds) by batch size and method:")
-    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
-    status = trials.groupby("status").size().to_dict()
-    print("trials by status: " + ", ".join(f"{k} {v}" for k, v in sorted(status.items())))
+    try:
+        out = build_report(args.results)
+    except ValueError as e:
+        raise BatchscaleError(str(e)) from None
+    if not args.quiet:
+        for table in out["tables"]:
+            print(table.title)
+            print(table.display.to_string())
+            print()
+        _print_verdicts(out["verdicts"])
+    print(f"report: {out['html']} (and report.md, tables/, plots/ beside it)")
     return 0
+
+
+def _print_verdicts(verdicts) -> None:
+    if not verdicts:
+        return
+    print("paper claims:")
+    for v in verdicts:
+        print(f"  [{v.verdict}] {v.text}")
+        print(f"      measured: {v.measured}")
+        if v.published:
+            print(f"      published: {v.published}")
+    print()
+
+
+def cmd_reproduce(args) -> int:
+    spec_path = Path(args.name)
+    if not spec_path.suffix:
+        spec_path = Path("experiments/paper") / f"{args.name}.yaml"
+    if not spec_path.is_file():
+        import glob
+
+        known = sorted(Path(p).stem for p in glob.glob("experiments/paper/*.yaml") if "recipe" not in p)
+        raise BatchscaleError(f"reproduce: no study {args.name!r} ({spec_path} not found); allowed: {', '.join(known)}")
+    sweep_args = argparse.Namespace(spec=str(spec_path), overrides=args.overrides, data_dir=args.data_dir,
+                                    name=args.name_override, address=args.address, storage=None,
+                                    results=args.results, no_report=False, quiet=args.quiet)
+    return cmd_sweep(sweep_args)
 
 
 # --- list ---------------------------------------------------------------------------------------
@@ -265,10 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no live view")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="summarize a sweep's results store")
+    p = sub.add_parser("report", help="tables, plots and the HTML report of a sweep's results")
     p.add_argument("results", help="a sweep's results folder, e.g. results/default")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="do not print the tables")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="run (or reuse) a LEGW paper study and judge its claims")
+    p.add_argument("name", help="a study of experiments/paper/ (e.g. mnist_lstm) or a spec path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data-dir")
+    p.add_argument("--name", dest="name_override", help="sweep name (default: the study's)")
+    p.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
+    p.add_argument("--results", default="results")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("list", help="list workloads, methods and optimizers")
     p.set_defaults(func=cmd_list)

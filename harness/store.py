@@ -34,7 +34,7 @@ STATUSES = ("complete", "diverged", "error", "incomplete")
 
 TRIAL_SCHEMA = pa.schema([
     ("trial_id", pa.string()), ("workload", pa.string()), ("optimizer", pa.string()), ("method", pa.string()),
-    ("batch_size", pa.int64()), ("seed", pa.int64()), ("study", pa.string()), ("tuned_index", pa.int64()),
+    ("batch_size", pa.int64()), ("seed", pa.int64()), ("study", pa.string()),
     ("status", pa.string()), ("metric_name", pa.string()), ("higher_is_better", pa.bool_()),
     ("final_metric", pa.float64()), ("best_metric", pa.float64()),
     ("peak_lr", pa.float64()), ("warmup_epochs", pa.float64()), ("warmup_steps", pa.int64()),

@@ -48,14 +48,26 @@ FINAL = ("complete", "diverged", "error")
 # --- the trainable (runs in Ray workers) -------------------------------------------------------------
 
 
+REGISTRY_ENV = "BATCHSCALE_FINISHED_REGISTRY"
+
+
 def tune_trial(config: dict[str, Any]) -> None:
-    """One trial inside Tune: build, restore from the last checkpoint if any, run, report."""
+    """One trial inside Tune: build, restore from the last checkpoint if any, run, report.
+
+    A trial this sweep already recorded as finished (Tune's experiment snapshot can lag a few
+    seconds behind a killed driver) is not trained again: the driver's registry hands back its
+    stored final report, which is reported as is.
+    """
     import torch
     from ray import tune
 
     from harness.trial import Trial
 
     config = config.get("cell", config)  # grid trials carry {"cell": {"trial_id", "trial"}}
+    finished = _finished_report(config.get("trial_id") or f"{config['study']}-{tune.get_context().get_trial_id()}")
+    if finished:
+        tune.report(finished)
+        return
     spec_fields = dict(config["trial"])
     for key in ("peak_lr", "warmup_epochs"):  # chosen by the searcher in tuned studies
         if key in config:
@@ -65,30 +77,68 @@ def tune_trial(config: dict[str, Any]) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
-    worst = 0.0 if trial.workload.higher_is_better else 1e9
-
-    def metrics(t, row, final=False):
-        m = row["metric"]
-        return {
-            "objective": m if m == m else worst,  # NaN (diverged) -> the worst value, for the searcher
-            "examples": t.stream.position,
-            "step": t.step,
-            "total_steps": t.recipe.total_steps,
-            "trial_status": t.status if final else "running",
-            "metric": m,
-            "train_loss": row["train_loss"],
-            "measurements": json.dumps(t.measurements),
-            "summary": json.dumps(t.summary()) if final else "",
-        }
+    worst = worst_objective(trial.workload.higher_is_better)
 
     def on_eval(t, row):
         with tempfile.TemporaryDirectory() as folder:
             torch.save(t.state_dict(), Path(folder) / "trial.pt")
-            tune.report(metrics(t, row), checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(report_metrics(t.measurements, t.summary(), "running", worst),
+                        checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = trial.run(on_eval=on_eval)
-    last = result.measurements[-1] if result.measurements else {"metric": float("nan"), "train_loss": float("nan")}
-    tune.report(metrics(trial, last, final=True))
+    tune.report(report_metrics(result.measurements, result.summary, result.status, worst))
+
+
+def worst_objective(higher_is_better: bool) -> float:
+    """What a diverged trial (NaN metric) tells the searcher."""
+    return 0.0 if higher_is_better else 1e9
+
+
+def report_metrics(measurements: list[dict], summary: dict, status: str, worst: float) -> dict[str, Any]:
+    """One ``tune.report``: the latest evaluation, and the whole history so far (the driver keeps
+    the latest only, so a resumed trial's earlier evaluations are never lost)."""
+    last = measurements[-1] if measurements else {}
+    m = last.get("metric", float("nan"))
+    return {
+        "objective": m if m == m else worst,
+        "examples": summary.get("examples_seen", 0),
+        "step": summary.get("steps", 0),
+        "total_steps": summary.get("total_steps"),
+        "trial_status": status,
+        "metric": m,
+        "train_loss": last.get("train_loss", float("nan")),
+        "measurements": json.dumps(measurements),
+        "summary": json.dumps(summary) if status != "running" else "",
+    }
+
+
+def _finished_report(trial_id: str) -> dict[str, Any] | None:
+    name = os.environ.get(REGISTRY_ENV)
+    if not name:
+        return None
+    import ray
+
+    try:
+        registry = ray.get_actor(name)
+    except ValueError:
+        return None
+    return ray.get(registry.get.remote(trial_id))
+
+
+def _registry_class():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class FinishedTrials:
+        """Final reports of trials already in the store, by trial id (lives as long as the driver)."""
+
+        def __init__(self, reports: dict[str, dict[str, Any]]):
+            self.reports = reports
+
+        def get(self, trial_id: str):
+            return self.reports.get(trial_id)
+
+    return FinishedTrials
 
 
 # --- planning -------------------------------------------------------------------------------------
@@ -184,6 +234,20 @@ class Sweep:
     def finished_ids(self) -> set[str]:
         return {t["trial_id"] for t in self.store.trial_rows() if t["status"] in FINAL}
 
+    def _finished_reports(self) -> dict[str, dict[str, Any]]:
+        """The final ``tune.report`` of every finished trial, rebuilt from the store."""
+        higher = self.spec.workload_obj().higher_is_better
+        by_trial: dict[str, list] = {}
+        for m in self.store.measurement_rows():
+            by_trial.setdefault(m.pop("trial_id"), []).append(m)
+        out = {}
+        for t in self.store.trial_rows():
+            if t["status"] in FINAL:
+                summary = {k: v for k, v in t.items() if k not in ("error", "extra")}
+                out[t["trial_id"]] = report_metrics(by_trial.get(t["trial_id"], []), summary, t["status"],
+                                                    worst_objective(higher))
+        return out
+
     # -- run --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         digest = spec_hash(self.spec)
@@ -213,7 +277,7 @@ class Sweep:
         else:
             meta = self.store.update_meta(status="running", sessions=[*meta.get("sessions", []), session])
 
-        _DRIVER.update(store=self.store, progress=self.progress)
+        _DRIVER.update(store=self.store, progress=self.progress, finished=self.finished_ids())
         started = time.monotonic()
         self._init_ray()
         try:
@@ -257,13 +321,16 @@ class Sweep:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our view reports
         import ray
 
+        self.registry_name = f"batchscale-finished-{self.name}-{os.getpid()}"
         env = {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
-        runtime_env = {"env_vars": env} if env else None
+        env[REGISTRY_ENV] = self.registry_name
+        runtime_env = {"env_vars": env}
         if self.address:
             ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False)
         else:
             ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
                      configure_logging=True, logging_level="ERROR")
+        self._registry = _registry_class().options(name=self.registry_name).remote(self._finished_reports())
 
     def _shutdown_ray(self) -> None:
         import ray
@@ -284,7 +351,7 @@ class Sweep:
         run_config = tune.RunConfig(
             name=experiment, storage_path=self.storage, callbacks=[StoreCallback(experiment)], verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see tune_callback.drop_checkpoints
         )
         return trainable, tune_config, run_config
 
@@ -327,14 +394,16 @@ class Sweep:
             return
         spec, wl = self.spec, self.spec.workload_obj()
         mode = "max" if wl.higher_is_better else "min"
-        storage_url = f"sqlite:///{(self.store.root / 'optuna.db').resolve()}"
+        storage_url = f"sqlite:///{(self.store.root / 'optuna.db').resolve()}"  # optuna-dashboard <url>
 
         def build():
             import optuna
 
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
             sampler = optuna.samplers.TPESampler(seed=spec.tuning.sampler_seed + study.batch_size)
-            searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, storage=storage_url,
-                                    sampler=sampler)
+            # In memory: Tune checkpoints the searcher with the experiment, so a restored study and
+            # its searcher agree; the SQLite copy for optuna-dashboard is written from our store.
+            searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, sampler=sampler)
             scheduler = None
             if spec.tuning.asha:
                 from ray.tune.schedulers import ASHAScheduler
@@ -358,6 +427,8 @@ class Sweep:
 
         self._fit(study.name, build)
         rows = [t for t in self.store.trial_rows() if t.get("study") == study.name]
+        export_optuna_study(study, rows, self.store.measurement_rows(), mode, storage_url,
+                            spec.tuning.search_warmup and spec.tuning.warmup_epochs_range)
         scored = [t for t in rows if t["status"] == "complete" and t["final_metric"] is not None]
         best = (max if wl.higher_is_better else min)(scored, key=lambda t: t["final_metric"]) if scored else None
         studies = dict(self.store.read_meta().get("studies", {}))
@@ -377,6 +448,37 @@ class Sweep:
                 summary = {"steps": last.get("step"), "examples_seen": last.get("examples")}
                 self.store.record(trial_row(cfg_meta, "incomplete", summary),
                                   json.loads(last.get("measurements") or "[]"))
+
+
+def export_optuna_study(study: Study, rows: list[dict], measurements: list[dict], mode: str, storage_url: str,
+                        warmup_range) -> None:
+    """Write a finished study to SQLite (``optuna-dashboard sqlite:///.../optuna.db``)."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    try:
+        optuna.delete_study(study_name=study.name, storage=storage_url)
+    except KeyError:
+        pass
+    st = optuna.create_study(study_name=study.name, storage=storage_url,
+                             direction="maximize" if mode == "max" else "minimize")
+    dists = {"peak_lr": FloatDistribution(*study.lr_range, log=True)}
+    if warmup_range:
+        dists["warmup_epochs"] = FloatDistribution(*warmup_range, log=True)
+    curves: dict[str, dict[int, float]] = {}
+    for m in measurements:
+        if m["metric"] == m["metric"]:
+            curves.setdefault(m["trial_id"], {})[int(m["examples"])] = m["metric"]
+    states = {"complete": TrialState.COMPLETE, "incomplete": TrialState.PRUNED}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for t in rows:  # in the order they finished
+        state = states.get(t["status"], TrialState.FAIL)
+        curve = curves.get(t["trial_id"], {})
+        st.add_trial(optuna.trial.create_trial(
+            params={k: t[k] for k in dists}, distributions=dists, intermediate_values=curve,
+            value=t["final_metric"] if state == TrialState.COMPLETE else None, state=state,
+            user_attrs={"trial_id": t["trial_id"], "status": t["status"], "batch_size": t["batch_size"]}))
 
 
 def _trial_dirname(trial) -> str:

@@ -8,12 +8,15 @@ in ``DRIVER`` after a restore, instead of dragging the old ones along.
 from __future__ import annotations
 
 import json
+import posixpath
 from typing import Any
 
+from pyarrow.fs import FileSelector, FileType
 from ray import tune
 
-#: The running driver's ``store`` (ResultsStore), ``progress`` (view or None) and ``running``
-#: (trial_id -> (identity, last result)) of trials that reported but did not end yet.
+#: The running driver's ``store`` (ResultsStore), ``progress`` (view or None), ``finished``
+#: (trial ids already final in the store) and ``running`` (trial_id -> (identity, last result))
+#: of trials that reported but did not end yet.
 DRIVER: dict[str, Any] = {}
 
 
@@ -40,9 +43,8 @@ class StoreCallback(tune.Callback):
                 "batch_size": t["batch_size"], "seed": t["seed"]}
         if "trial_id" in cfg:
             meta["trial_id"] = cfg["trial_id"]
-        else:
-            index = int(str(trial.trial_id).rsplit("_", 1)[-1])
-            meta.update(trial_id=f"{cfg['study']}-t{index:02d}", study=cfg["study"], tuned_index=index)
+        else:  # a searcher's trial: Tune's id is stable across restores
+            meta.update(trial_id=f"{cfg['study']}-{trial.trial_id}", study=cfg["study"])
         return meta
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -50,6 +52,9 @@ class StoreCallback(tune.Callback):
         DRIVER.setdefault("running", {})[meta["trial_id"]] = (meta, result)
         if DRIVER.get("progress"):
             DRIVER["progress"].result(meta["trial_id"], result)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        DRIVER.setdefault("checkpoints", {})[trial.trial_id] = checkpoint
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.record(trial)
@@ -59,6 +64,9 @@ class StoreCallback(tune.Callback):
 
     def record(self, trial, status: str | None = None, error: str | None = None) -> None:
         meta = self.identify(trial)
+        if meta["trial_id"] in DRIVER.get("finished", set()):  # replayed from the registry: already stored
+            DRIVER.get("running", {}).pop(meta["trial_id"], None)
+            return
         last = trial.last_result or {}
         measurements = json.loads(last.get("measurements") or "[]")
         summary = json.loads(last.get("summary") or "{}")
@@ -72,9 +80,30 @@ class StoreCallback(tune.Callback):
         if "peak_lr" not in summary and "peak_lr" in trial.config:
             summary["peak_lr"] = trial.config["peak_lr"]
         DRIVER["store"].record(trial_row(meta, status, summary, error, extra), measurements)
+        if status in ("complete", "diverged", "error"):
+            DRIVER.setdefault("finished", set()).add(meta["trial_id"])
+            drop_checkpoints(DRIVER.get("checkpoints", {}).pop(trial.trial_id, None))
         DRIVER.get("running", {}).pop(meta["trial_id"], None)
         if DRIVER.get("progress"):
             DRIVER["progress"].finished(meta["trial_id"], status, summary)
+
+
+def drop_checkpoints(latest) -> None:
+    """Delete a finished trial's checkpoints (it is never resumed: the registry replays it).
+
+    Tune keeps every checkpoint of a running trial (``num_to_keep=None``): its experiment
+    snapshot, written every few seconds, may point at an older checkpoint than the newest, and a
+    restore from a deleted one fails. Once the trial is in our store, none of them is needed.
+    """
+    if latest is None:
+        return
+    fs, folder = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))
+    try:
+        for info in fs.get_file_info(FileSelector(folder)):
+            if info.type == FileType.Directory and info.base_name.startswith("checkpoint_"):
+                fs.delete_dir(info.path)
+    except OSError:
+        pass  # informative cleanup only
 
 
 def error_message(trial) -> str:

@@ -122,10 +122,25 @@ def _load_cached(cls, options_json: str, data_dir: str | None) -> Dataset:
     return cls(json.loads(options_json), data_dir)._load()
 
 
+#: Comma-separated modules whose ``WORKLOADS`` tuple registers more workloads (your own models);
+#: a sweep forwards it to its Ray workers, which must be able to import the modules too.
+PLUGINS_ENV = "BATCHSCALE_WORKLOAD_MODULES"
+
+
 def _registry() -> dict[str, type[Workload]]:
+    import importlib
+    import os
+
+    from harness.errors import BatchscaleError
     from harness.workloads import images, language, mnist1d
 
-    return {w.name: w for mod in (images, mnist1d, language) for w in mod.WORKLOADS}
+    modules = [images, mnist1d, language]
+    for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as e:
+            raise BatchscaleError(f"{PLUGINS_ENV}: cannot import workload module {name!r} ({e})") from None
+    return {w.name: w for mod in modules for w in getattr(mod, "WORKLOADS", ())}
 
 
 WORKLOADS: dict[str, type[Workload]] = {}

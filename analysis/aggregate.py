@@ -1,0 +1,139 @@
+"""Aggregation of a results store: one row per (workload, optimizer, method, batch size).
+
+Over seeds: final and best metric (mean, std, 95% confidence half-width from Student's t when
+there are several seeds); steps, examples and training seconds to target as medians in which a
+miss counts as infinitely late, so that a cell where most seeds missed reads "not reached" rather
+than the median of the lucky ones; how many seeds reached it; the divergence rate; speedups against
+the base batch size of the same optimizer and method; the resolved peak LR and warmup.
+
+A ``tuned`` cell is, per seed, the best trial of that seed's Optuna study (by final metric), so
+it aggregates like the rule methods; ``best_peak_lr`` is the LR those best trials used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from harness.store import ResultsStore
+
+KEYS = ["workload", "optimizer", "method", "batch_size"]
+
+
+@dataclass
+class Results:
+    root: Path
+    meta: dict
+    trials: pd.DataFrame
+    measurements: pd.DataFrame
+
+    @property
+    def metric(self) -> str:
+        return self.meta["workload"]["metric"]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return bool(self.meta["workload"]["higher_is_better"])
+
+    @property
+    def target(self) -> dict | None:
+        return self.meta["spec_resolved"].get("target")
+
+    @property
+    def base_batch_size(self) -> int:
+        """B0 of the recipe when the sweep ran it, else the sweep's smallest batch size."""
+        b0s = {r["base_batch_size"] for r in self.meta["workload"]["base_recipes"].values()}
+        batches = sorted(self.meta["spec_resolved"]["axes"]["batch_sizes"])
+        common = sorted(b0s & set(batches))
+        return common[0] if common else batches[0]
+
+
+def load_results(root: str | Path) -> Results:
+    meta, trials, measurements = ResultsStore(root).load()
+    return Results(Path(root), meta, trials, measurements)
+
+
+def representative_trials(res: Results) -> pd.DataFrame:
+    """Rule-method trials as they are; for ``tuned``, the best trial of each study."""
+    t = res.trials
+    rules = t[t.method != "tuned"]
+    tuned = t[t.method == "tuned"]
+    if tuned.empty:
+        return rules.copy()
+    sign = 1 if res.higher_is_better else -1
+    picked = []
+    for _, study in tuned.groupby("study"):
+        ok = study[study.status == "complete"]
+        if ok.empty:  # every trial diverged or failed: the study's result is that
+            picked.append(study.iloc[[0]])
+        else:
+            picked.append(ok.loc[[(sign * ok.final_metric).idxmax()]])
+    return pd.concat([rules, *picked], ignore_index=True)
+
+
+def _ci95(values: pd.Series) -> float:
+    v = values.dropna()
+    if len(v) < 2:
+        return math.nan
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def _median_with_misses(values: pd.Series) -> float:
+    """Median over seeds where a miss (NaN) is +inf: inf means most seeds did not reach it."""
+    return float(np.median(values.astype(float).fillna(np.inf))) if len(values) else math.nan
+
+
+def aggregate(res: Results) -> pd.DataFrame:
+    reps = representative_trials(res)
+    rows = []
+    for key, g in reps.groupby(KEYS, sort=True):
+        finished = g[g.status.isin(["complete", "diverged"])]
+        row = dict(zip(KEYS, key))
+        row.update(
+            seeds=len(g),
+            complete=int((g.status == "complete").sum()),
+            diverged=int((g.status == "diverged").sum()),
+            errors=int((g.status == "error").sum()),
+            incomplete=int((g.status == "incomplete").sum()),
+            divergence_rate=float((finished.status == "diverged").mean()) if len(finished) else math.nan,
+            final_mean=g.final_metric.mean(),
+            final_std=g.final_metric.std(ddof=1) if g.final_metric.count() > 1 else math.nan,
+            final_ci95=_ci95(g.final_metric),
+            best_mean=g.best_metric.mean(),
+            reached=int(g.target_reached.fillna(False).astype(bool).sum()),
+            steps_to_target=_median_with_misses(g.steps_to_target),
+            examples_to_target=_median_with_misses(g.examples_to_target),
+            seconds_to_target=_median_with_misses(g.seconds_to_target),
+            peak_lr=g.peak_lr.mean(),
+            warmup_epochs=g.warmup_epochs.mean(),
+            warmup_steps=g.warmup_steps.median(),
+            total_steps=g.total_steps.median(),
+            train_seconds=g.train_seconds.mean(),
+            throughput=g.throughput.mean(),
+        )
+        row["best_peak_lr"] = row["peak_lr"] if key[2] == "tuned" else math.nan
+        rows.append(row)
+    agg = pd.DataFrame(rows)
+    if agg.empty:
+        return agg
+    base = res.base_batch_size
+    for col, out in (("steps_to_target", "speedup_steps"), ("seconds_to_target", "speedup_time")):
+        ref = agg[agg.batch_size == base].set_index(["workload", "optimizer", "method"])[col]
+        refs = agg.set_index(["workload", "optimizer", "method"]).index.map(lambda k: ref.get(k, math.nan))
+        own = agg[col].to_numpy(dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.asarray(refs, dtype=float) / own
+        # a miss (inf) on either side has no speedup, not a speedup of 0 or inf
+        agg[out] = np.where(np.isfinite(ratio) & np.isfinite(own) & (ratio > 0), ratio, math.nan)
+    agg["scale"] = agg.batch_size / base
+    return agg
+
+
+def cell_label(optimizer: str, method: str, optimizers: list[str]) -> str:
+    """Column name of a table: the method, prefixed by the optimizer when there are several."""
+    return f"{optimizer}/{method}" if len(optimizers) > 1 else method

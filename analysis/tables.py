@@ -1,0 +1,160 @@
+"""Tables in the LEGW paper's shape: rows = batch sizes, columns = methods (x optimizers).
+
+Each table is written as Markdown, CSV (numbers) and LaTeX. The best cell of each row is marked
+(bold); diverged cells say so; a target never reached says "not reached" with how many seeds did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.aggregate import Results, cell_label
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    display: pd.DataFrame  # strings
+    numbers: pd.DataFrame  # the values behind them (CSV)
+    best: pd.DataFrame  # bool mask of the best cell of each row
+
+
+def _columns(res: Results, agg: pd.DataFrame) -> list[tuple[str, str]]:
+    spec = res.meta["spec_resolved"]
+    optimizers = spec["axes"].get("optimizers") or sorted(agg.optimizer.unique())
+    methods = spec["axes"]["methods"]
+    present = set(zip(agg.optimizer, agg.method))
+    return [(o, m) for o in optimizers for m in methods if (o, m) in present]
+
+
+def _fmt_metric(row, digits: int) -> str:
+    if row.seeds == row.errors:
+        return "error"
+    if row.complete == 0 and row.diverged:
+        return "diverged"
+    if math.isnan(row.final_mean):
+        return "n/a"
+    text = f"{row.final_mean:.{digits}f}"
+    if not math.isnan(row.final_std):
+        text += f" ± {row.final_std:.{digits}f}"
+    if row.diverged:
+        text += f" ({row.diverged}/{row.seeds} diverged)"
+    return text
+
+
+def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
+    cols = _columns(res, agg)
+    optimizers = sorted({o for o, _ in cols})
+    digits = 4 if res.higher_is_better else 2
+    batches = sorted(agg.batch_size.unique())
+    display = pd.DataFrame(index=pd.Index(batches, name="batch size"))
+    numbers = pd.DataFrame(index=display.index)
+    for o, m in cols:
+        label = cell_label(o, m, optimizers)
+        sub = agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size")
+        display[label] = [_fmt_metric(sub.loc[b], digits) if b in sub.index else "" for b in batches]
+        numbers[label] = [sub.loc[b, "final_mean"] if b in sub.index and sub.loc[b, "complete"] else math.nan
+                          for b in batches]
+    best = _best_mask(numbers, res.higher_is_better)
+    title = f"Final {res.metric} ({'higher' if res.higher_is_better else 'lower'} is better), mean ± std over seeds"
+    return Table("accuracy", title, display, numbers, best)
+
+
+def _best_mask(numbers: pd.DataFrame, higher: bool) -> pd.DataFrame:
+    mask = pd.DataFrame(False, index=numbers.index, columns=numbers.columns)
+    for b, row in numbers.iterrows():
+        vals = row.dropna()
+        if len(vals):
+            top = vals.max() if higher else vals.min()
+            mask.loc[b, vals[vals == top].index] = True
+    return mask
+
+
+def time_to_target_table(res: Results, agg: pd.DataFrame) -> Table | None:
+    target = res.target
+    if not target:
+        return None
+    cols = _columns(res, agg)
+    optimizers = sorted({o for o, _ in cols})
+    batches = sorted(agg.batch_size.unique())
+    display = pd.DataFrame(index=pd.Index(batches, name="batch size"))
+    numbers = pd.DataFrame(index=display.index)
+    for o, m in cols:
+        label = cell_label(o, m, optimizers)
+        sub = agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size")
+        cells, steps, secs = [], [], []
+        for b in batches:
+            if b not in sub.index:
+                cells.append("")
+                steps.append(math.nan)
+                secs.append(math.nan)
+                continue
+            r = sub.loc[b]
+            if not math.isfinite(r.steps_to_target):
+                cells.append(f"not reached ({r.reached}/{r.seeds})")
+                steps.append(math.nan)
+                secs.append(math.nan)
+                continue
+            text = f"{r.steps_to_target:.0f} steps"
+            if math.isfinite(r.speedup_steps):
+                text += f" ({r.speedup_steps:.1f}x)"
+            text += f", {r.seconds_to_target:.1f} s"
+            if math.isfinite(r.speedup_time):
+                text += f" ({r.speedup_time:.1f}x)"
+            if r.reached < r.seeds:
+                text += f" [{r.reached}/{r.seeds} reached]"
+            cells.append(text)
+            steps.append(r.steps_to_target)
+            secs.append(r.seconds_to_target)
+        display[label] = cells
+        numbers[f"{label} steps"] = steps
+        numbers[f"{label} seconds"] = secs
+    step_cols = numbers[[c for c in numbers.columns if c.endswith(" steps")]]
+    best = _best_mask(step_cols.rename(columns=lambda c: c[: -len(" steps")]), higher=False)
+    title = (f"Time to {res.metric} {'>=' if res.higher_is_better else '<='} {target['value']}: optimizer steps "
+             f"and training seconds (median over seeds), speedup over B={res.base_batch_size} of the same method")
+    return Table("time_to_target", title, display, numbers, best)
+
+
+def _marked(table: Table, bold) -> pd.DataFrame:
+    out = table.display.copy()
+    for col in out.columns:
+        if col in table.best.columns:
+            out[col] = [bold(v) if table.best.loc[b, col] and v else v for b, v in zip(out.index, out[col])]
+    return out
+
+
+def to_markdown(table: Table) -> str:
+    return f"**{table.title}** (best of each row in bold)\n\n" + _marked(table, lambda v: f"**{v}**").to_markdown(disable_numparse=True) + "\n"
+
+
+def to_latex(table: Table) -> str:
+    def esc(v: str) -> str:
+        return v.replace("±", r"$\pm$").replace("%", r"\%").replace("_", r"\_")
+
+    marked = _marked(table, lambda v: f"BOLD{{{v}}}").map(esc)
+    marked.columns = [esc(c) for c in marked.columns]
+    latex = marked.to_latex(escape=False, caption=esc(table.title), label=f"tab:{table.name}")
+    return latex.replace("BOLD{", r"\textbf{")
+
+
+def write_table(table: Table, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{table.name}.md", folder / f"{table.name}.csv", folder / f"{table.name}.tex"]
+    paths[0].write_text(to_markdown(table))
+    table.numbers.to_csv(paths[1])
+    paths[2].write_text(to_latex(table))
+    return paths
+
+
+def all_tables(res: Results, agg: pd.DataFrame) -> list[Table]:
+    tables = [accuracy_table(res, agg)]
+    ttt = time_to_target_table(res, agg)
+    if ttt is not None:
+        tables.append(ttt)
+    return tables

@@ -1,0 +1,210 @@
+"""Benchmarks (``make bench``): each target is a ratio against a baseline measured in the same run.
+
+1. Trial-loop throughput vs a bare hand-written PyTorch loop (same model, data, batch, threads),
+   fmnist_lstm at B=256 and B=4096: target >= 0.95.
+2. fmnist_lstm at B=32768: peak memory <= 1.5 GB and throughput >= its B=256 throughput.
+3. Sweep overhead: a 16-trial grid of short trials through Ray Tune vs the same trials back to back
+   in one process with the trial loop: target <= 1.15.
+4. Gradient-noise-scale overhead of the trial loop: target <= 5% of step time.
+
+Usage: python benchmarks/run.py [--only loop,memory,sweep,noise] [--repeats N]
+Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
+
+
+def trial_spec(batch: int, examples: int, **over) -> dict:
+    return {"workload": "fmnist_lstm", "batch_size": batch, "method": "legw", "threads": THREADS,
+            "budget": {"examples": examples}, "eval": {"every_examples": 10**9, "max_examples": 1000},
+            "noise_scale": False, **over}
+
+
+def trial_throughput(batch: int, examples: int, **over) -> tuple[float, int]:
+    from harness.spec import load_spec
+    from harness.trial import Trial
+
+    t = Trial(load_spec(data=trial_spec(batch, examples, **over)))
+    s = t.run().summary
+    return s["throughput"], s["micro_batch_size"]
+
+
+def bare_throughput(batch: int, examples: int) -> float:
+    """What a user would write: the same model and optimizer, data in memory, one batch per step."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.workloads import get_workload
+
+    torch.set_num_threads(THREADS)
+    wl = get_workload("fmnist_lstm")
+    x, y = wl.load().train
+    torch.manual_seed(0)
+    model = wl.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    steps = examples // batch
+    perm = torch.randperm(len(x), generator=gen)
+    start = time.perf_counter()
+    pos = 0
+    for _ in range(steps):
+        if pos + batch > len(perm):
+            perm, pos = torch.randperm(len(x), generator=gen), 0
+        idx = perm[pos:pos + batch]
+        pos += batch
+        loss = F.cross_entropy(model(x[idx].float() / 255.0), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def median_ratio(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
+    a, b = [], []
+    for _ in range(repeats):  # alternate, so drifts of the machine hit both alike
+        a.append(fn_a())
+        b.append(fn_b())
+    ma, mb = statistics.median(a), statistics.median(b)
+    return ma, mb, ma / mb
+
+
+def bench_loop(repeats: int) -> list[dict]:
+    rows = []
+    for batch, examples in ((256, 256 * 120), (4096, 4096 * 10)):
+        ours, bare, ratio = median_ratio(lambda: trial_throughput(batch, examples)[0],
+                                         lambda: bare_throughput(batch, examples), repeats)
+        micro = trial_throughput(batch, batch)[1]
+        rows.append({"benchmark": f"trial loop vs bare loop, fmnist_lstm B={batch}", "ours": ours, "baseline": bare,
+                     "ratio": ratio, "target": ">= 0.95", "ok": ratio >= 0.95,
+                     "note": f"ours: auto micro-batch {micro}; bare: one piece of {batch}"})
+        if micro != batch:
+            same, bare2, ratio2 = median_ratio(lambda: trial_throughput(batch, examples, micro_batch_size=batch)[0],
+                                               lambda: bare_throughput(batch, examples), repeats)
+            rows.append({"benchmark": f"  same, ours without accumulation (micro-batch {batch})", "ours": same,
+                         "baseline": bare2, "ratio": ratio2, "target": "(overhead only)", "ok": True, "note": ""})
+    return rows
+
+
+_MEMORY_CHILD = """
+import json, resource, sys
+sys.path.insert(0, {repo!r})
+from benchmarks.run import trial_throughput
+thr, micro = trial_throughput({batch}, {examples})
+print(json.dumps({{"throughput": thr, "micro": micro,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def run_child(batch: int, examples: int) -> dict:
+    code = _MEMORY_CHILD.format(repo=str(REPO), batch=batch, examples=examples)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(repeats: int) -> list[dict]:
+    big = [run_child(32768, 32768 * 3) for _ in range(repeats)]
+    small = [run_child(256, 256 * 300) for _ in range(repeats)]
+    peak = max(r["peak_rss_mb"] for r in big)
+    thr_big = statistics.median(r["throughput"] for r in big)
+    thr_small = statistics.median(r["throughput"] for r in small)
+    return [
+        {"benchmark": "fmnist_lstm B=32768 peak memory (process RSS, MB)", "ours": peak, "baseline": 1536.0,
+         "ratio": peak / 1536.0, "target": "<= 1.0 (1.5 GB)", "ok": peak <= 1536.0,
+         "note": f"micro-batch {big[0]['micro']}; B=256 process peaked at "
+                 f"{max(r['peak_rss_mb'] for r in small):.0f} MB"},
+        {"benchmark": "fmnist_lstm throughput B=32768 vs B=256", "ours": thr_big, "baseline": thr_small,
+         "ratio": thr_big / thr_small, "target": ">= 1.0", "ok": thr_big >= thr_small, "note": ""},
+    ]
+
+
+SWEEP_SPEC = {
+    "name": "bench-sweep", "workload": "mnist1d_mlp", "workload_options": {"n_train": 20000, "n_test": 1000},
+    "budget": {"epochs": 3}, "eval": {"per_epoch": 1}, "noise_scale": False,
+    "axes": {"batch_sizes": [64, 128, 256, 512], "methods": ["goyal", "legw", "sqrt", "none"]},
+}
+
+
+def bench_sweep(repeats: int) -> list[dict]:
+    import yaml
+
+    from harness.spec import load_spec
+    from harness.trial import Trial
+
+    sweep = load_spec(data=SWEEP_SPEC)
+    sweep.workload_obj().prepare()
+
+    def back_to_back() -> float:
+        start = time.perf_counter()
+        for optimizer, method, batch, seed in sweep.grid():
+            spec = sweep.trial_spec(optimizer, method, batch, seed)
+            Trial(spec.model_copy(update={"threads": THREADS})).run()
+        return time.perf_counter() - start
+
+    def through_ray() -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "spec.yaml"
+            path.write_text(yaml.safe_dump(SWEEP_SPEC))
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(path), "--results", f"{tmp}/results",
+                            "--no-report", "--quiet"], check=True, cwd=REPO, capture_output=True)
+            return time.perf_counter() - start
+
+    ray_s, seq_s, ratio = median_ratio(through_ray, back_to_back, repeats)
+    return [{"benchmark": f"sweep of {len(sweep.grid())} trials on Ray Tune vs back to back (wall s)", "ours": ray_s,
+             "baseline": seq_s, "ratio": ratio, "target": "<= 1.15", "ok": ratio <= 1.15,
+             "note": f"Ray: {sweep.resources.cpus} CPU per trial, command end to end (Ray start included); "
+                     f"back to back: {THREADS} threads"}]
+
+
+def bench_noise(repeats: int) -> list[dict]:
+    batch, examples = 4096, 4096 * 10
+    on, off, ratio = median_ratio(lambda: trial_throughput(batch, examples, noise_scale=True)[0],
+                                  lambda: trial_throughput(batch, examples, noise_scale=False)[0], repeats)
+    overhead = off / on - 1
+    return [{"benchmark": f"noise-scale measurement overhead, fmnist_lstm B={batch} (step time)", "ours": on,
+             "baseline": off, "ratio": 1 + overhead, "target": "<= 1.05", "ok": overhead <= 0.05,
+             "note": "throughput with / without the estimator"}]
+
+
+BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from harness.store import environment
+
+    env = environment()
+    print(f"machine: {env['cpu']} x{env['cpu_count']}, torch {env['torch']}, threads {THREADS}, {env['gpu'] or 'no GPU'}")
+    rows = []
+    for name in args.only.split(","):
+        for row in BENCHES[name](args.repeats):
+            rows.append(row)
+            print(f"{row['benchmark']:<72} ours {row['ours']:>10.1f}  baseline {row['baseline']:>10.1f}  "
+                  f"ratio {row['ratio']:.3f} (target {row['target']}) {'OK' if row['ok'] else 'MISSED'}"
+                  + (f"  [{row['note']}]" if row["note"] else ""), flush=True)
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

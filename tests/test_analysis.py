@@ -1,0 +1,144 @@
+"""Aggregation, tables, plots, the report and claim judging, on a hand-made store with known answers."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+from scipy import stats
+
+from analysis.aggregate import aggregate, load_results
+from analysis.reproduce import FAILS, HOLDS, UNMEASURABLE, judge_all
+from analysis.report import build_report
+from analysis.tables import accuracy_table, time_to_target_table, to_latex, to_markdown
+from tests.handmade import write_handmade_store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return write_handmade_store(tmp_path / "handmade")
+
+
+@pytest.fixture
+def agg(store):
+    res = load_results(store.root)
+    return res, aggregate(res).set_index(["method", "batch_size"])
+
+
+def test_mean_std_and_confidence_interval_over_seeds(agg):
+    _, a = agg
+    cell = a.loc[("legw", 128)]
+    assert cell.seeds == 3 and cell.final_mean == pytest.approx(0.89) and cell.final_std == pytest.approx(0.01)
+    assert cell.final_ci95 == pytest.approx(stats.t.ppf(0.975, 2) * 0.01 / math.sqrt(3))
+
+
+def test_misses_count_as_late_never_dropped(agg):
+    _, a = agg
+    assert a.loc[("legw", 128)].steps_to_target == 400 and a.loc[("legw", 128)].seconds_to_target == pytest.approx(4.0)
+    # two of three reached: the median of (100, 110, miss) is 110, not the mean of the two hits
+    assert a.loc[("legw", 512)].steps_to_target == 110 and a.loc[("legw", 512)].reached == 2
+    # one of three reached: the median is a miss
+    assert math.isinf(a.loc[("legw", 2048)].steps_to_target) and a.loc[("legw", 2048)].reached == 1
+    assert a.loc[("legw", 512)].speedup_steps == pytest.approx(400 / 110)
+    assert math.isnan(a.loc[("legw", 2048)].speedup_steps)
+
+
+def test_divergence_rate_and_means_of_the_survivors(agg):
+    _, a = agg
+    assert a.loc[("goyal", 512)].divergence_rate == pytest.approx(1 / 3)
+    assert a.loc[("goyal", 512)].final_mean == pytest.approx(0.87)
+    assert a.loc[("goyal", 2048)].divergence_rate == 1.0 and math.isnan(a.loc[("goyal", 2048)].final_mean)
+
+
+def test_tuned_cell_is_the_best_trial_of_each_study(agg):
+    _, a = agg
+    assert a.loc[("tuned", 128)].final_mean == pytest.approx(0.90) and a.loc[("tuned", 128)].best_peak_lr == 0.1
+    assert a.loc[("tuned", 2048)].final_mean == pytest.approx(0.86) and a.loc[("tuned", 2048)].best_peak_lr == 0.6
+    assert a.loc[("tuned", 2048)].divergence_rate == 0.0  # the chosen trial did not diverge
+
+
+def test_accuracy_table_marks_the_best_cell_and_divergence(store):
+    res = load_results(store.root)
+    t = accuracy_table(res, aggregate(res))
+    assert list(t.display.columns) == ["goyal", "legw", "tuned"]
+    assert t.display.loc[128, "legw"] == "0.8900 ± 0.0100"
+    assert t.display.loc[512, "goyal"] == "0.8700 ± 0.0000 (1/3 diverged)"
+    assert t.display.loc[2048, "goyal"] == "diverged"
+    assert t.best.loc[128].to_dict() == {"goyal": False, "legw": False, "tuned": True}
+    assert t.best.loc[2048].to_dict() == {"goyal": False, "legw": True, "tuned": False}
+    md = to_markdown(t)
+    assert "**0.9000**" in md and "| diverged" in md
+    assert r"\textbf{0.9000}" in to_latex(t) and r"$\pm$" in to_latex(t)
+
+
+def test_time_to_target_table_shows_misses_and_speedups(store):
+    res = load_results(store.root)
+    t = time_to_target_table(res, aggregate(res))
+    assert t.display.loc[2048, "legw"] == "not reached (1/3)"
+    assert t.display.loc[512, "legw"] == "110 steps (3.6x), 2.0 s (2.0x) [2/3 reached]"
+    assert t.display.loc[2048, "goyal"] == "not reached (0/3)"
+    assert t.numbers.loc[512, "goyal steps"] == 120
+
+
+def test_claims_are_judged_both_ways(store):
+    res = load_results(store.root)
+    verdicts = {v.id: v for v in judge_all(res, aggregate(res))}
+    assert verdicts["legw-flat"].verdict == HOLDS  # worst loss 2 points at 16x, tolerance 2
+    assert verdicts["legw-flat-strict"].verdict == FAILS
+    assert "B=2048 (16x) 0.8700" in verdicts["legw-flat-strict"].measured
+    assert verdicts["goyal-breaks"].verdict == HOLDS and "diverged" in verdicts["goyal-breaks"].measured
+    assert verdicts["legw-beats-goyal"].verdict == HOLDS
+    assert verdicts["goyal-beats-legw"].verdict == FAILS
+    assert verdicts["speedup-3"].verdict == HOLDS and verdicts["speedup-4"].verdict == FAILS
+    assert verdicts["absent"].verdict == UNMEASURABLE and "'sqrt' is not in this sweep" in verdicts["absent"].measured
+
+
+def test_report_writes_every_table_and_plot(store):
+    out = build_report(store.root)
+    folder = out["folder"]
+    for name in ("accuracy", "time_to_target"):
+        for ext in ("md", "csv", "tex"):
+            assert (folder / "tables" / f"{name}.{ext}").stat().st_size > 0
+    stems = {p.stem for p in out["plots"]}
+    assert stems == {"metric_vs_batch", "steps_to_target", "tuned_lr", "schedules", "training_curves", "divergence_map"}
+    for p in out["plots"]:
+        assert [f.suffix for f in p.files] == [".png", ".svg"] and all(f.stat().st_size > 1000 for f in p.files)
+    md = out["markdown"].read_text()
+    assert "## Paper claims" in md and "does not hold" in md and "(plots/metric_vs_batch.png)" in md
+    page = out["html"].read_text()
+    assert page.count("data:image/png;base64,") == len(out["plots"]) and "http" not in page.split("<body>")[1]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def broken_images(html_path) -> tuple[int, list[str]]:
+    """Open the page in headless Chromium; return (images, the ones that did not load)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(html_path.as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+        assert page.locator("h1").inner_text().startswith("batchscale report")
+        assert page.locator("table").count() >= 4
+        browser.close()
+    return len(images), [alt for alt, ok in images if not ok]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_html_report_renders_in_chromium_with_every_image(store, tmp_path):
+    out = build_report(store.root)
+    count, broken = broken_images(out["html"])
+    assert count == len(out["plots"]) and broken == []
+    # the same check catches a missing image
+    page = out["html"].read_text()
+    start = page.index("data:image/png;base64,") + len("data:image/png;base64,")
+    tampered = tmp_path / "tampered.html"
+    tampered.write_text(page[:start] + "bm90IGEgcG5n" + page[page.index('"', start):])
+    count, broken = broken_images(tampered)
+    assert broken == ["Accuracy vs batch size"]

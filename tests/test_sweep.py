@@ -1,0 +1,289 @@
+"""Sweeps through real Ray: a local embedded Ray started by the CLI, and a cluster started here.
+
+Every sweep runs ``python -m harness.cli`` in a subprocess with its own Ray temp folder, so a
+killed driver's leftovers can be found and stopped without touching any other Ray processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+SPEC = {
+    "name": "grid",
+    "workload": "mnist1d_mlp",
+    "workload_options": {"n_train": 20000, "n_test": 1000},
+    "budget": {"epochs": 3},
+    "target": {"metric": "accuracy", "value": 0.55},
+    "eval": {"per_epoch": 2},
+    "axes": {"batch_sizes": [128, 512], "methods": ["legw", "goyal", "tuned"]},
+    "tuning": {"trials": 4},
+}
+
+
+def kill_tree_matching(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker`` (our own Ray temp folder)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def processes_matching(marker: str) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    out.append(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short Ray temp root (Unix socket paths must stay under ~107 characters)."""
+    folder = tempfile.mkdtemp(prefix="bst", dir="/tmp")
+    yield folder
+    kill_tree_matching(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def cli(args, ray_tmp, env_extra=None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def write_spec(tmp_path, spec, name="spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def load(results: Path):
+    return (json.loads((results / "sweep.json").read_text()), pd.read_parquet(results / "trials.parquet"),
+            pd.read_parquet(results / "measurements.parquet"))
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    """One finished sweep (2 batch sizes x 2 methods + two 4-trial tuned studies), run once."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    folder = tempfile.mkdtemp(prefix="bst", dir="/tmp")
+    try:
+        spec = write_spec(tmp, SPEC)
+        proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--no-report", "--quiet"], folder)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        yield tmp, spec, tmp / "results" / "grid", proc
+    finally:
+        kill_tree_matching(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
+    _, _, results, proc = finished_sweep
+    meta, trials, measurements = load(results)
+    assert meta["schema_version"] == 1 and meta["status"] == "finished" and meta["finished_at"]
+    assert meta["spec_given"]["spec"]["axes"]["methods"] == ["legw", "goyal", "tuned"]
+    assert meta["spec_resolved"]["axes"]["batch_sizes"] == [128, 512]
+    assert {"python", "torch", "ray", "optuna", "host", "cpu"} <= set(meta["environment"])
+    assert "sweep 'grid' finished" in proc.stdout
+
+    grid = trials[trials.method != "tuned"].set_index("trial_id")
+    assert sorted(grid.index) == ["momentum-goyal-b128-s0", "momentum-goyal-b512-s0",
+                                  "momentum-legw-b128-s0", "momentum-legw-b512-s0"]
+    assert (trials.status == "complete").all(), trials[["trial_id", "status", "error"]]
+    n, b0 = 20000, 256  # the workload's base recipe has B0 = 256
+    base_lr = meta["workload"]["base_recipes"]["momentum"]["peak_lr"]
+    for tid, row in grid.iterrows():
+        k = row.batch_size / b0
+        expected_lr = base_lr * (k if row.method == "goyal" else math.sqrt(k))
+        assert row.peak_lr == pytest.approx(expected_lr)
+        assert row.total_steps == math.ceil(3 * n / row.batch_size) == row.steps
+        assert row.micro_batch_size == row.batch_size  # below the MLP's auto micro-batch cap
+        assert 0.1 < row.final_metric <= row.best_metric <= 1.0
+        rows = measurements[measurements.trial_id == tid]
+        assert len(rows) == 6 and rows.step.is_monotonic_increasing and rows.step.iloc[-1] == row.total_steps
+        if row.target_reached:
+            first = rows[rows.metric >= 0.55].iloc[0]
+            assert (row.steps_to_target, row.examples_to_target) == (first.step, first.examples)
+        else:
+            assert pd.isna(row.steps_to_target)
+    assert set(measurements.trial_id) == set(trials.trial_id)
+
+
+def test_tuned_studies_search_the_lr_and_record_the_best(finished_sweep):
+    _, _, results, _ = finished_sweep
+    meta, trials, _ = load(results)
+    tuned = trials[trials.method == "tuned"]
+    assert tuned.groupby("batch_size").size().to_dict() == {128: 4, 512: 4}
+    for batch, rows in tuned.groupby("batch_size"):
+        study = meta["studies"][f"momentum-tuned-b{batch}-s0"]
+        lo, hi = study["lr_range"]
+        assert ((rows.peak_lr >= lo) & (rows.peak_lr <= hi)).all()
+        assert rows.peak_lr.nunique() == 4
+        best = rows.loc[rows.final_metric.idxmax()]
+        assert study["best_peak_lr"] == pytest.approx(best.peak_lr) and study["best_metric"] == best.final_metric
+        # the LEGW warmup rule for tuned trials: w0 * k epochs
+        assert rows.warmup_epochs.iloc[0] == pytest.approx(0.02 * batch / 256)
+        saved = optuna.load_study(study_name=f"momentum-tuned-b{batch}-s0", storage=study["storage"])
+        assert len(saved.trials) == 4 and saved.best_value == best.final_metric
+
+
+def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, ray_tmp):
+    tmp, spec, results, _ = finished_sweep
+    before = (results / "trials.parquet").read_bytes()
+    proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--no-report", "--quiet"], ray_tmp)
+    assert proc.returncode == 0 and "already finished" in proc.stdout and "nothing to do" in proc.stdout
+    assert (results / "trials.parquet").read_bytes() == before
+
+
+def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, ray_tmp):
+    tmp, spec, results, _ = finished_sweep
+    before = (results / "sweep.json").read_text()
+    proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--set", "budget.epochs=4"], ray_tmp)
+    assert proc.returncode == 4
+    assert proc.stderr.strip().count("\n") == 0 and "different spec (changed: budget)" in proc.stderr
+    assert (results / "sweep.json").read_text() == before
+
+
+def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, finished_sweep):
+    """Kill the driver mid-sweep; the same command finishes it without rerunning finished trials,
+    and every result equals the uninterrupted sweep's (trials are deterministic on a CPU)."""
+    spec = write_spec(tmp_path, SPEC)
+    results = tmp_path / "results" / "grid"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--results",
+                               str(tmp_path / "results"), "--no-report", "--quiet"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (results / "trials.parquet").exists() and len(pd.read_parquet(results / "trials.parquet")) >= 3:
+            break
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    _, before, m_before = load(results)
+    assert 3 <= len(before) < 12, "the kill must land mid-sweep"
+
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta, after, m_after = load(results)
+    assert meta["status"] == "finished" and len(meta["sessions"]) == 2
+    assert len(after) == 12 and after.trial_id.is_unique and (after.status == "complete").all()
+    # finished trials were not rerun: their rows, timings included, are unchanged
+    kept = after.set_index("trial_id").loc[before.trial_id]
+    assert list(kept.train_seconds) == list(before.train_seconds)
+    def rows_of(m):
+        return m[m.trial_id.isin(before.trial_id)].sort_values(["trial_id", "step"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(rows_of(m_after), rows_of(m_before))
+    # the grid equals the uninterrupted sweep's, trial for trial
+    _, _, reference, _ = finished_sweep
+    ref = pd.read_parquet(reference / "trials.parquet").set_index("trial_id")
+    grid = after[after.method != "tuned"].set_index("trial_id")
+    assert (grid.final_metric == ref.loc[grid.index, "final_metric"]).all()
+
+
+def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp):
+    spec = write_spec(tmp_path, {
+        "name": "flaky", "workload": "flaky_mnist1d", "workload_options": {"n_train": 2000, "n_test": 500},
+        "budget": {"epochs": 1}, "axes": {"batch_sizes": [256, 512], "methods": ["legw"]}, "retries": 1})
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp,
+               env_extra={"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, trials, _ = load(tmp_path / "results" / "flaky")
+    by_batch = trials.set_index("batch_size")
+    assert by_batch.loc[256, "status"] == "complete"
+    assert by_batch.loc[512, "status"] == "error"
+    assert "injected failure at batch size 512" in by_batch.loc[512, "error"]
+    assert "error 1" in proc.stdout
+
+
+def test_sweep_spec_errors_exit_2_before_starting_ray(tmp_path, ray_tmp):
+    spec = write_spec(tmp_path, {**SPEC, "axes": {"batch_sizes": [128, 0]}})
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results")], ray_tmp)
+    assert proc.returncode == 2 and "key 'axes.batch_sizes.1'" in proc.stderr
+    assert not (tmp_path / "results").exists() and not processes_matching(ray_tmp)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
+    """`ray start --head` on 127.0.0.1 with token authentication, a sweep with --address, then
+    that cluster stopped (its process group and its own temp folder) and nothing else."""
+    cluster_tmp = tempfile.mkdtemp(prefix="bsc", dir="/tmp")
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "ray::bystander-raylet"])
+    head = subprocess.Popen([ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--block",
+                             "--temp-dir", cluster_tmp], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            status = subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=env,
+                                    capture_output=True, text=True)
+            if status.returncode == 0:
+                break
+            time.sleep(1)
+        assert status.returncode == 0, status.stderr[-2000:]
+        spec = write_spec(tmp_path, {**SPEC, "name": "on-cluster", "axes": {"batch_sizes": [256, 1024],
+                                                                            "methods": ["legw", "goyal"]}})
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--address",
+                               f"127.0.0.1:{port}", "--results", str(tmp_path / "results"), "--no-report", "--quiet"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        meta, trials, _ = load(tmp_path / "results" / "on-cluster")
+        assert len(trials) == 4 and (trials.status == "complete").all()
+        assert meta["sessions"][0]["address"] == f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        deadline = time.time() + 20
+        while processes_matching(cluster_tmp) and time.time() < deadline:
+            time.sleep(0.5)
+        leftovers = processes_matching(cluster_tmp)
+        kill_tree_matching(cluster_tmp)
+        shutil.rmtree(cluster_tmp, ignore_errors=True)
+        alive = bystander.poll() is None
+        bystander.kill()
+    assert alive, "stopping our cluster must not touch other Ray processes"
+    assert not leftovers, f"processes of the test cluster still running after stop: {leftovers}"
