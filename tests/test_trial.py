@@ -16,16 +16,16 @@ def flat_params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("workload,opts,batch", [
-    ("fmnist_lstm", {}, 256),
-    ("ptb_lstm_lm", {"unrolled_steps": 5}, 64),
+@pytest.mark.parametrize("workload,opts,batch,optimizer", [
+    ("fmnist_lstm", {}, 256, "momentum"),
+    ("ptb_lstm_lm", {"unrolled_steps": 5}, 64, "sgd"),  # with gradient clipping of the whole batch
 ])
-def test_accumulated_micro_batches_equal_one_big_batch(data_dir, workload, opts, batch):
+def test_accumulated_micro_batches_equal_one_big_batch(data_dir, workload, opts, batch, optimizer):
     """Same examples, same start: the update from 8 accumulated micro-batches equals one big batch."""
     params = {}
     for micro in (batch, batch // 8):
         t = trial(data_dir, workload=workload, workload_options=opts, batch_size=batch, micro_batch_size=micro,
-                  method="none", optimizer="momentum", recipe={"warmup_epochs": 0, "peak_lr": 0.5})
+                  method="none", optimizer=optimizer, recipe={"warmup_epochs": 0, "peak_lr": 0.5})
         before = flat_params(t.model)
         t._train_step()
         t._train_step()  # two steps: momentum state included
@@ -127,6 +127,14 @@ def test_auto_micro_batch_is_the_largest_divisor_under_the_cap(data_dir):
     assert auto_micro_batch(1000, 256) == 250
     assert auto_micro_batch(100, 256) == 100
     assert trial(data_dir, batch_size=4096).micro_batch_size == 512
+
+
+def test_another_optimizer_needs_a_whole_recipe(data_dir):
+    with pytest.raises(Exception, match="for another optimizer give a whole recipe .missing: base_batch_size"):
+        trial(data_dir, workload="ptb_lstm_lm", optimizer="adam")
+    t = trial(data_dir, workload="ptb_lstm_lm", workload_options={"unrolled_steps": 5}, optimizer="adam",
+              recipe={"base_batch_size": 64, "peak_lr": 1e-3, "epochs": 1})
+    assert t.recipe.optimizer.name == "adam" and t.recipe.peak_lr == pytest.approx(1e-3)
 
 
 def test_unavailable_cuda_is_a_clear_error(data_dir):

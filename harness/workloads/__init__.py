@@ -99,10 +99,16 @@ class Workload(ABC):
     # -- recipes ----------------------------------------------------------------------------
     def base_recipe(self, optimizer: str | None = None, overrides: dict[str, Any] | None = None) -> BaseRecipe:
         name = optimizer or self.default_optimizer
-        if name not in self.base_recipes:
-            raise SpecError("optimizer", name, f"workload {self.name} has base recipes for: "
-                            f"{', '.join(self.base_recipes)} (give a full recipe to use another)")
-        fields = _deep_merge(self.base_recipes[name], overrides or {})
+        overrides = overrides or {}
+        if name in self.base_recipes:
+            fields = _deep_merge(self.base_recipes[name], overrides)
+        else:  # an optimizer we have no tuned recipe for: the spec must give the whole recipe
+            missing = [k for k in ("base_batch_size", "peak_lr", "epochs") if k not in overrides]
+            if missing:
+                raise SpecError("optimizer", name, f"workload {self.name} has base recipes for "
+                                f"{', '.join(self.base_recipes)}; for another optimizer give a whole recipe "
+                                f"(missing: {', '.join(missing)})")
+            fields = {"optimizer": {"name": name}, **overrides}
         fields.setdefault("source", self.recipe_source)
         return BaseRecipe.model_validate(fields)
 

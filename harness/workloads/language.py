@@ -71,12 +71,9 @@ class LSTMLanguageModel(Workload):
     _SGD = dict(base_batch_size=20, peak_lr=20.0, warmup_epochs=0.1, epochs=13,
                 decay={"kind": "exponential", "gamma": 0.5, "start_epoch": 4},
                 grad_clip_norm=0.25, optimizer={"name": "sgd"})
-    base_recipes = {
-        "sgd": _SGD,
-        "momentum": {**_SGD, "peak_lr": 2.0, "optimizer": {"name": "momentum"}},
-        "adam": {**_SGD, "peak_lr": 2e-3, "optimizer": {"name": "adam"}},
-        "lamb": {**_SGD, "peak_lr": 1e-2, "optimizer": {"name": "lamb", "weight_decay": 0.0}},
-    }
+    # Only the paper's SGD recipe: other optimizers need a recipe tuned at B0 (give it in the spec's
+    # ``recipes``); we have not tuned one on this CPU-only machine.
+    base_recipes = {"sgd": _SGD}
     recipe_source = ("Zaremba et al. 2014 PTB-small (B0=20, LR 1 halved each epoch after epoch 4, clip 5, 13 epochs) "
                      "in per-token units; 0.1-epoch warmup added so that LEGW has a w0 to scale")
 
