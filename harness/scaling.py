@@ -126,6 +126,18 @@ class BaseRecipe(_Frozen):
     source: str = ""
 
 
+def merge_recipe(base: dict, over: dict) -> dict:
+    """``over`` layered on ``base``, recursively; a mapping whose ``kind`` (decay) or ``name``
+    (optimizer) changes is replaced, not merged (a poly decay's ``power`` means nothing to cosine)."""
+    out = dict(base)
+    for k, v in over.items():
+        old = out.get(k)
+        switched = isinstance(v, dict) and isinstance(old, dict) and any(
+            tag in v and v[tag] != old.get(tag) for tag in ("kind", "name"))
+        out[k] = merge_recipe(old, v) if isinstance(v, dict) and isinstance(old, dict) and not switched else v
+    return out
+
+
 # --- methods ------------------------------------------------------------------------------------
 
 LR_RULES = {"none": lambda k: 1.0, "linear": lambda k: k, "sqrt": math.sqrt}
@@ -155,6 +167,9 @@ METHODS: dict[str, Method] = {
 #: harness.autotune). Listed here so that specs validate them in one place.
 AUTOMATIC_METHODS = {
     "tuned": "Per-batch Optuna search of the peak LR (Shallue et al. 2018)",
+    "adascale": "AdaScale SGD: gain from the gradient noise scales LR and clock (Johnson et al. 2020)",
+    "autowu": "AutoWU: exponential ramp, GP test for the loss minimum, then cosine decay (Kim et al. 2021)",
+    "noise-aware": "LR eta0*k*(B0+Bn)/(B+Bn) with Bn the noise scale at B0, LEGW warmup (McCandlish et al. 2018)",
 }
 
 

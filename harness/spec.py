@@ -22,7 +22,7 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
 
 from harness.errors import BatchscaleError, SpecError
 from harness.optimizers import OPTIMIZERS
-from harness.scaling import AUTOMATIC_METHODS, BaseRecipe, validate_method
+from harness.scaling import AUTOMATIC_METHODS, BaseRecipe, merge_recipe, validate_method
 
 
 class Strict(BaseModel):
@@ -64,6 +64,28 @@ class Divergence(Strict):
     loss_factor: Annotated[float, Field(gt=1)] | None = 5.0
 
 
+class AutoWUSpec(Strict):
+    """Settings of the ``autowu`` method (harness.autotune.AutoWUControl)."""
+
+    start_lr: PositiveFloat = 1e-5
+    #: The ramp multiplies the LR by this much per epoch (exponentially, step by step).
+    ramp_factor_per_epoch: Annotated[float, Field(gt=1)] = 10.0
+    max_lr: PositiveFloat = 100.0
+    #: How often the GP looks for the loss minimum (Kim et al.: every epoch; our budgets are short).
+    check_every_epochs: PositiveFloat = 0.25
+    patience: PositiveInt = 3
+    lengthscale: PositiveFloat = 0.2
+    draws: PositiveInt = 5
+
+
+class NoiseAwareSpec(Strict):
+    """Settings of the ``noise-aware`` rule: B_noise given, or measured at B0 by a probe run."""
+
+    b_noise: PositiveFloat | None = None
+    probe_epochs: PositiveFloat = 1.0
+    warmup_rule: Literal["none", "fixed", "legw"] = "legw"
+
+
 class Resources(Strict):
     cpus: PositiveInt = 1
     gpus: NonNegativeFloat = 0.0
@@ -81,8 +103,13 @@ class Common(Strict):
     divergence: Divergence = Divergence()
     micro_batch_size: PositiveInt | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: Measure the gradient noise scale (needs two or more micro-batches per step).
+    #: Measure the gradient noise scale (harness.noise). It needs two micro-batches per step: a
+    #: batch that fits one micro-batch is split in two (same update, a little slower).
     noise_scale: bool = True
+    #: Decay of the moving averages of the noise-scale estimates (per step).
+    noise_ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    autowu: AutoWUSpec = AutoWUSpec()
+    noise_aware: NoiseAwareSpec = NoiseAwareSpec()
 
     def workload_obj(self):
         from harness.workloads import get_workload
@@ -233,10 +260,7 @@ class RecipeSpec(Strict):
 
 
 def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
+    return merge_recipe(copy.deepcopy(base), copy.deepcopy(over))
 
 
 def _check_micro(micro: int | None, batch: int, batch_key: str) -> None:

@@ -26,11 +26,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from harness.autotune import make_control, noise_aware_lr, probe_noise_scale
 from harness.data.stream import ExampleStream
 from harness.errors import BatchscaleError
+from harness.noise import NoiseScale, squared_grad_norm
 from harness.optimizers import build_optimizer
-from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve
-from harness.schedules import lr_at
+from harness.scaling import AUTOMATIC_METHODS, WARMUP_RULES, ResolvedRecipe, resolve
 from harness.spec import TrialSpec
 
 CHECKPOINT_VERSION = 1
@@ -76,8 +77,20 @@ class Trial:
         data = wl.load()
         self.data = data.to(self.device) if self.device.type != "cpu" else data
         self.recipe = self._resolve(spec, data.train_size)
-        self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(
-            self.recipe.batch_size, wl.micro_batch_cap(self.device.type == "cuda"))
+        batch = self.recipe.batch_size
+        self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(batch, wl.micro_batch_cap(
+            self.device.type == "cuda"))
+        self.noise: NoiseScale | None = None
+        self.noise_note: str | None = None
+        if spec.noise_scale or spec.method == "adascale":
+            if self.micro_batch_size == batch and not spec.micro_batch_size and batch >= 2:
+                self.micro_batch_size = auto_micro_batch(batch, batch // 2)  # two micro-batches at least
+            if self.micro_batch_size < batch:
+                self.noise = NoiseScale(self.micro_batch_size, batch, spec.noise_ema_decay, self.device)
+            else:
+                self.noise_note = (f"noise scale not measured: one micro-batch per step (micro_batch_size "
+                                   f"{self.micro_batch_size} = batch_size); it needs two or more")
+        self.control = make_control(self, spec)
         self.seeds = derive_seeds(spec.seed)
 
         torch.manual_seed(self.seeds["init"])
@@ -99,6 +112,7 @@ class Trial:
         self.diverged_step: int | None = None
         self.target_hit: dict[str, Any] | None = None
         self.next_eval = self.eval_every
+        self.last_lr = float("nan")
         self._loss_sum, self._loss_steps = 0.0, 0
 
     @staticmethod
@@ -106,32 +120,49 @@ class Trial:
         base = spec.base_recipe()
         batch = spec.batch_size or base.base_batch_size
         epochs = spec.budget.epochs or (spec.budget.examples / dataset_size if spec.budget.examples else None)
-        automatic = spec.method in AUTOMATIC_METHODS
-        return resolve(base, batch, "none+none" if automatic else spec.method, dataset_size, epochs=epochs,
-                       peak_lr=spec.peak_lr, warmup_epochs=spec.warmup_epochs,
-                       lr_method_label=spec.method if automatic else None)
+        if spec.method not in AUTOMATIC_METHODS:
+            return resolve(base, batch, spec.method, dataset_size, epochs=epochs, peak_lr=spec.peak_lr,
+                           warmup_epochs=spec.warmup_epochs)
+        peak, warmup = spec.peak_lr, spec.warmup_epochs
+        if spec.method == "noise-aware" and peak is None:
+            b_noise = spec.noise_aware.b_noise or probe_noise_scale(spec)
+            peak = noise_aware_lr(base.peak_lr, base.base_batch_size, batch, b_noise)
+            warmup = WARMUP_RULES[spec.noise_aware.warmup_rule](base.warmup_epochs, batch / base.base_batch_size)
+        if spec.method == "adascale":  # the base recipe's LR and warmup; the gain scales them per step
+            peak = peak or base.peak_lr
+            warmup = base.warmup_epochs if warmup is None else warmup
+        # tuned sets both; autowu's control replaces the schedule (the recipe keeps the bookkeeping)
+        return resolve(base, batch, "none+none", dataset_size, epochs=epochs, peak_lr=peak, warmup_epochs=warmup,
+                       lr_method_label=spec.method)
 
     # -- one optimizer update -------------------------------------------------------------------
     def _train_step(self) -> float:
         r, m = self.recipe, self.micro_batch_size
-        lr = lr_at(self.step, r)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         idx = self.stream.take(r.batch_size)
         train = self.data.train
         self.optimizer.zero_grad(set_to_none=True)
         scale = m / r.batch_size
         total = None
+        micro = NoiseScale.MicroNorms(self.params) if self.noise is not None else None
         for start in range(0, r.batch_size, m):
             part = idx[start:start + m]
             loss = self.workload.loss(self.model, tuple(t[part] for t in train)) * scale
             loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
+            if micro is not None:
+                micro.add(last=start + m >= r.batch_size)
+        if micro is not None:  # mean |micro-batch gradient|^2, and the whole step's |gradient|^2
+            self.noise.update(micro.mean_sq() / scale**2, squared_grad_norm(self.params))
         if r.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.params, r.grad_clip_norm)
+        self.last_lr = lr = self.control.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.step += 1
-        return total.item()
+        value = total.item()
+        self.control.after_step(value)
+        return value
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -157,8 +188,10 @@ class Trial:
             "train_loss": self._loss_sum / max(1, self._loss_steps),
             "eval_loss": eval_loss,
             "metric": metric,
-            "lr": lr_at(max(0, self.step - 1), r),
+            "lr": self.last_lr,
             "train_seconds": self.train_seconds,
+            "noise_scale": self.noise.value() if self.noise is not None else math.nan,
+            **self.control.measurement(),
         }
         self._loss_sum, self._loss_steps = 0.0, 0
         self.measurements.append(row)
@@ -176,10 +209,9 @@ class Trial:
     def run(self, on_eval: Callable[["Trial", dict], None] | None = None,
             on_step: Callable[["Trial"], None] | None = None) -> TrialResult:
         self.model.train()
-        total = self.recipe.total_steps
         factor = self.spec.divergence.loss_factor
         wall_start = time.perf_counter() - self.wall_seconds
-        while self.status == "running" and self.step < total:
+        while self.status == "running" and not self.control.done():
             t0 = time.perf_counter()
             loss = self._train_step()
             self.train_seconds += time.perf_counter() - t0
@@ -196,7 +228,7 @@ class Trial:
                 break
             if on_step:
                 on_step(self)
-            if self.stream.position >= self.next_eval or self.step == total:
+            if self.stream.position >= self.next_eval or self.control.done():
                 while self.next_eval <= self.stream.position:
                     self.next_eval += self.eval_every
                 row = self._record()
@@ -230,6 +262,7 @@ class Trial:
             "seconds_to_target": hit.get("train_seconds"),
             "diverged_step": self.diverged_step,
             "micro_batch_size": self.micro_batch_size,
+            "last_lr": self.last_lr,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             "peak_lr": r.peak_lr,
@@ -239,6 +272,9 @@ class Trial:
             "steps_per_epoch": r.steps_per_epoch,
             "dataset_size": r.dataset_size,
             "recipe_warnings": list(r.warnings),
+            "noise_scale": self.noise.value() if self.noise is not None else None,
+            "noise_note": self.noise_note,
+            **self.control.summary(),
         }
 
     # -- checkpoints --------------------------------------------------------------------------------
@@ -258,6 +294,8 @@ class Trial:
                 "loss_sum": self._loss_sum, "loss_steps": self._loss_steps,
             },
             "measurements": list(self.measurements),
+            "noise": self.noise.state_dict() if self.noise is not None else None,
+            "control": self.control.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -276,3 +314,6 @@ class Trial:
         self.initial_loss, self.diverged_step, self.target_hit = c["initial_loss"], c["diverged_step"], c["target_hit"]
         self.next_eval, self._loss_sum, self._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]
         self.measurements = list(state["measurements"])
+        if self.noise is not None:
+            self.noise.load_state_dict(state["noise"])
+        self.control.load_state_dict(state["control"])

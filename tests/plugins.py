@@ -16,4 +16,69 @@ class FlakyMnist1d(Mnist1dMLP):
         return super().loss(model, batch)
 
 
-WORKLOADS = (FlakyMnist1d,)
+import torch  # noqa: E402
+from pydantic import BaseModel, ConfigDict  # noqa: E402
+
+from harness.workloads import Dataset, Workload  # noqa: E402
+
+
+class LinRegOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    d: int = 16
+    noise_std: float = 1.0
+    error_norm: float = 1.0
+    n: int = 2**18
+
+
+class LinearRegression(Workload):
+    """y = w*.x + n, x ~ N(0, I_d), n ~ N(0, s^2), loss 1/2 (w.x - y)^2, weights w* + e with |e| fixed.
+
+    Its per-example gradient (e.x - n) x has mean e and covariance trace (d+1)|e|^2 + d s^2, so
+    B_simple = d (1 + s^2/|e|^2) + 1 exactly (McCandlish et al. 2018, appendix).
+    """
+
+    name = "linreg"
+    summary = "linear regression with Gaussian inputs (exact noise scale)"
+    metric = "mse"
+    higher_is_better = False
+    default_optimizer = "sgd"
+    Options = LinRegOptions
+    cpu_micro_batch_cap = 4096
+    base_recipes = {"sgd": dict(base_batch_size=64, peak_lr=1e-12, epochs=1, optimizer={"name": "sgd"})}
+    recipe_source = "test"
+
+    def expected_noise_scale(self) -> float:
+        o = self.options
+        return o.d * (1 + o.noise_std**2 / o.error_norm**2) + 1
+
+    def _load(self) -> Dataset:
+        o = self.options
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(o.n, o.d, generator=g, dtype=torch.float64)
+        w_star = torch.randn(o.d, generator=g, dtype=torch.float64)
+        y = x @ w_star + o.noise_std * torch.randn(o.n, generator=g, dtype=torch.float64)
+        return Dataset((x, y), (x[:1000], y[:1000]), {"w_star": w_star})
+
+    def build_model(self):
+        o = self.options
+        model = torch.nn.Linear(o.d, 1, bias=False).double()
+        w_star = self.load().info["w_star"]
+        e = torch.randn(o.d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        with torch.no_grad():
+            model.weight.copy_((w_star + o.error_norm * e / e.norm()).unsqueeze(0))
+        return model
+
+    def loss(self, model, batch):
+        x, y = batch
+        return 0.5 * (model(x).squeeze(1) - y).square().mean()
+
+    def eval_sums(self, model, batch):
+        x, y = batch
+        se = (model(x).squeeze(1) - y).square().sum().item()
+        return se, se, len(y)
+
+    def finish_eval(self, loss_sum, metric_sum, count):
+        return loss_sum / count, metric_sum / count
+
+
+WORKLOADS = (FlakyMnist1d, LinearRegression)

@@ -102,3 +102,10 @@ def test_sweep_expands_its_grid_into_trial_specs():
 def test_missing_spec_file_is_an_error_not_a_traceback(capsys):
     assert main(["train", "no/such/spec.yaml"]) == 1
     assert "spec file not found: no/such/spec.yaml" in capsys.readouterr().err
+
+
+def test_recipe_overrides_replace_a_decay_of_another_kind():
+    spec = load_spec(data={**BASE, "recipe": {"decay": {"kind": "cosine"}}})
+    assert spec.base_recipe().decay.kind == "cosine"
+    spec = load_spec(data={**BASE, "recipe": {"decay": {"power": 3}}})
+    assert (spec.base_recipe().decay.kind, spec.base_recipe().decay.power) == ("poly", 3)

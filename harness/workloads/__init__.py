@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import SpecError
-from harness.scaling import BaseRecipe
+from harness.scaling import BaseRecipe, merge_recipe
 
 
 class NoOptions(BaseModel):
@@ -101,7 +101,7 @@ class Workload(ABC):
         name = optimizer or self.default_optimizer
         overrides = overrides or {}
         if name in self.base_recipes:
-            fields = _deep_merge(self.base_recipes[name], overrides)
+            fields = merge_recipe(self.base_recipes[name], overrides)
         else:  # an optimizer we have no tuned recipe for: the spec must give the whole recipe
             missing = [k for k in ("base_batch_size", "peak_lr", "epochs") if k not in overrides]
             if missing:
@@ -114,13 +114,6 @@ class Workload(ABC):
 
     def micro_batch_cap(self, cuda: bool) -> int:
         return self.cpu_micro_batch_cap * (32 if cuda else 1)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -156,6 +149,13 @@ def workload_names() -> list[str]:
     if not WORKLOADS:
         WORKLOADS.update(_registry())
     return list(WORKLOADS)
+
+
+def register_workload(cls: type[Workload]) -> type[Workload]:
+    """Add a workload class to the registry of this process (Ray workers: see PLUGINS_ENV)."""
+    workload_names()
+    WORKLOADS[cls.name] = cls
+    return cls
 
 
 def get_workload(name: str, options: dict[str, Any] | None = None, data_dir: str | None = None) -> Workload:
