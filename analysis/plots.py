@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.aggregate import Results, cell_label, representative_trials  # noqa: E402
-from harness.scaling import BaseRecipe, resolve  # noqa: E402
+from harness.scaling import AUTOMATIC_METHODS, BaseRecipe, resolve  # noqa: E402
 from harness.schedules import lr_table  # noqa: E402
 
 
@@ -166,9 +166,11 @@ def tuned_lr(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     return p
 
 
-def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
+def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     spec = res.meta["spec_resolved"]
-    methods = [m for m in spec["axes"]["methods"] if m != "tuned"]
+    methods = [m for m in spec["axes"]["methods"] if m not in AUTOMATIC_METHODS]  # the rules' schedules
+    if not methods:
+        return None
     batches = sorted(spec["axes"]["batch_sizes"])
     picks = sorted({batches[0], batches[len(batches) // 2], batches[-1]})
     optimizer = next(iter(res.meta["workload"]["base_recipes"]))

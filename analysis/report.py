@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 from jinja2 import Environment
 
+from analysis import beyond
 from analysis.aggregate import Results, aggregate, load_results
 from analysis.plots import Plot, all_plots
 from analysis.reproduce import judge_all, verdict_table
@@ -40,6 +41,7 @@ status <b>{{ status }}</b>; {{ counts }}; base batch B0 = {{ base }}.</p>
 {% for t in tables %}<h2>{{ t.title }}</h2>{{ t.html }}{% endfor %}
 {% if claims %}<h2>Paper claims</h2>{{ claims }}{% endif %}
 {% if studies %}<h2>Tuned studies</h2>{{ studies }}{% endif %}
+{% if projection %}<h2>Cost model of the projection</h2>{{ projection }}{% endif %}
 <h2>Plots</h2>
 {% for p in plots %}<figure><img alt="{{ p.title }}" src="data:image/png;base64,{{ p.data }}">
 <figcaption><b>{{ p.title }}.</b> {{ p.caption }}</figcaption></figure>{% endfor %}
@@ -99,7 +101,7 @@ def studies_frame(res: Results) -> pd.DataFrame:
                          ]).set_index("study")
 
 
-def build_report(root: str | Path, extra_plots=None, extra_tables=None) -> dict:
+def build_report(root: str | Path) -> dict:
     """Write the report folder; returns paths and the judged claims."""
     res = load_results(root)
     out = res.root / "report"
@@ -108,12 +110,15 @@ def build_report(root: str | Path, extra_plots=None, extra_tables=None) -> dict:
         raise ValueError(f"{res.root}: no trials recorded yet")
     (out / "tables").mkdir(parents=True, exist_ok=True)
     agg.to_csv(out / "tables" / "aggregate.csv", index=False)
-    tables = all_tables(res, agg) + list((extra_tables or (lambda r, a: []))(res, agg))
+    draw_critical, critical = beyond.critical_extra(res, agg)
+    plots: list[Plot] = all_plots(res, agg, out / "plots", extras={"steps_to_target": draw_critical})
+    proj_table, proj_plot, proj_info = beyond.projection(res, agg, out / "plots")
+    plots += [p for p in (beyond.noise_curves(res, agg, out / "plots"), beyond.adascale_gain(res, agg, out / "plots"),
+                          beyond.autowu_plot(res, agg, out / "plots"), proj_plot) if p is not None]
+    tables = all_tables(res, agg) + [t for t in (beyond.critical_table(res, critical), beyond.autowu_table(res),
+                                                 proj_table) if t is not None]
     for t in tables:
         write_table(t, out / "tables")
-    plots: list[Plot] = all_plots(res, agg, out / "plots", extras=None)
-    if extra_plots:
-        plots += [p for p in extra_plots(res, agg, out / "plots") if p is not None]
     verdicts = judge_all(res, agg)
     claims = verdict_table(verdicts) if verdicts else pd.DataFrame()
     if not claims.empty:
@@ -132,6 +137,7 @@ def build_report(root: str | Path, extra_plots=None, extra_tables=None) -> dict:
         tables=[{"title": html.escape(t.title), "html": _html_table(t)} for t in tables],
         claims=_verdict_html(claims) if not claims.empty else "",
         studies=_frame_html(studies) if not studies.empty else "",
+        projection=_frame_html(pd.DataFrame({"value": proj_info})) if proj_info else "",
         plots=[{"title": html.escape(p.title), "caption": html.escape(p.caption),
                 "data": base64.b64encode(p.files[0].read_bytes()).decode()} for p in plots],
         meta=_frame_html(_meta_frame(res)), spec=html.escape(spec_text))
@@ -147,6 +153,8 @@ def build_report(root: str | Path, extra_plots=None, extra_tables=None) -> dict:
         md += ["## Paper claims", "", claims.to_markdown(), ""]
     if not studies.empty:
         md += ["## Tuned studies", "", studies.to_markdown(), ""]
+    if proj_info:
+        md += ["## Cost model of the projection", "", pd.DataFrame({"value": proj_info}).to_markdown(), ""]
     md += ["## Plots", ""]
     for p in plots:
         md += [f"![{p.title}](plots/{p.files[0].name})", "", f"*{p.title}.* {p.caption}", ""]

@@ -7,7 +7,7 @@
   ``tau += r``; the run ends when tau reaches the base schedule's length. With little gradient noise
   r -> B/B0 (linear scaling, k times fewer steps); with much noise r -> 1 (no scaling).
 * ``AutoWUControl`` (Kim et al. 2021, arXiv 2107.05855): the LR ramps exponentially from
-  ``start_lr``; at regular checks a Gaussian process (RBF kernel, lengthscale 0.2 on normalized
+  ``start_lr`` (default: the base peak LR / 1000) by ``ramp_factor_per_epoch``; at regular checks a Gaussian process (RBF kernel, lengthscale 0.2 on normalized
   time) fitted to the training-loss history asks whether the loss minimum is already behind; once
   it is in a majority of 5 posterior draws for ``patience`` checks in a row, the LR is reset to the
   ramp's LR at the posterior mean's minimum and decays by a cosine to 0 over the remaining steps.
@@ -137,6 +137,7 @@ class AutoWUControl(ScheduleControl):
         super().__init__(trial)
         self.cfg = spec.autowu
         r = trial.recipe
+        self.start_lr = self.cfg.start_lr or r.base_peak_lr / 1000
         self.check_every = max(1, round(self.cfg.check_every_epochs * r.steps_per_epoch))
         self.growth = self.cfg.ramp_factor_per_epoch ** (1.0 / r.steps_per_epoch)  # per step
         self.phase = "warmup"
@@ -147,7 +148,7 @@ class AutoWUControl(ScheduleControl):
         self.decay_start = 0
 
     def _ramp(self, step: int) -> float:
-        return self.cfg.start_lr * self.growth**step
+        return self.start_lr * self.growth**step
 
     def lr(self) -> float:
         s = self.trial.step

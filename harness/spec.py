@@ -67,7 +67,9 @@ class Divergence(Strict):
 class AutoWUSpec(Strict):
     """Settings of the ``autowu`` method (harness.autotune.AutoWUControl)."""
 
-    start_lr: PositiveFloat = 1e-5
+    #: Where the ramp starts; default the base recipe's peak LR / 1000 (Kim et al. start at 1e-5
+    #: for ImageNet; a fixed value is far too low or too high for other recipes and short budgets).
+    start_lr: PositiveFloat | None = None
     #: The ramp multiplies the LR by this much per epoch (exponentially, step by step).
     ramp_factor_per_epoch: Annotated[float, Field(gt=1)] = 10.0
     max_lr: PositiveFloat = 100.0
@@ -107,7 +109,7 @@ class Common(Strict):
     #: batch that fits one micro-batch is split in two (same update, a little slower).
     noise_scale: bool = True
     #: Decay of the moving averages of the noise-scale estimates (per step).
-    noise_ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    noise_ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99
     autowu: AutoWUSpec = AutoWUSpec()
     noise_aware: NoiseAwareSpec = NoiseAwareSpec()
 
@@ -181,6 +183,19 @@ class Tuning(Strict):
     sampler_seed: NonNegativeInt = 0
 
 
+class Projection(Strict):
+    """The cost model projecting steps-to-target onto N data-parallel devices (analysis.costmodel)."""
+
+    #: A row of the accelerator table (analysis/accelerators.yaml, or BATCHSCALE_ACCELERATORS);
+    #: ``measured`` is this sweep's own per-trial throughput.
+    accelerator: str = "measured"
+    devices: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    link_bandwidth_gbps: PositiveFloat = 100.0
+    link_latency_us: NonNegativeFloat = 5.0
+    step_overhead_ms: NonNegativeFloat = 0.5
+    bytes_per_parameter: PositiveInt = 4
+
+
 class Claim(Strict):
     """A checkable expectation of a paper (``batchscale reproduce``); see analysis.reproduce."""
 
@@ -203,6 +218,7 @@ class SweepSpec(Common):
     #: Retries of a trial that raised or was killed, before it is recorded as ``error``.
     retries: NonNegativeInt = 1
     max_concurrent: PositiveInt | None = None
+    projection: Projection = Projection()
     claims: list[Claim] = []
 
     def check(self) -> "SweepSpec":

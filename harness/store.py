@@ -39,11 +39,14 @@ TRIAL_SCHEMA = pa.schema([
     ("final_metric", pa.float64()), ("best_metric", pa.float64()),
     ("peak_lr", pa.float64()), ("warmup_epochs", pa.float64()), ("warmup_steps", pa.int64()),
     ("total_steps", pa.int64()), ("steps_per_epoch", pa.float64()), ("dataset_size", pa.int64()),
-    ("micro_batch_size", pa.int64()), ("steps", pa.int64()), ("examples_seen", pa.int64()),
+    ("micro_batch_size", pa.int64()), ("parameters", pa.int64()), ("steps", pa.int64()),
+    ("examples_seen", pa.int64()), ("noise_scale", pa.float64()),
     ("train_seconds", pa.float64()), ("wall_seconds", pa.float64()), ("throughput", pa.float64()),
     ("target_reached", pa.bool_()), ("steps_to_target", pa.int64()), ("examples_to_target", pa.int64()),
     ("seconds_to_target", pa.float64()), ("diverged_step", pa.int64()), ("device", pa.string()),
-    ("threads", pa.int64()), ("recipe_warnings", pa.string()), ("error", pa.string()), ("extra", pa.string()),
+    ("threads", pa.int64()), ("adascale_mean_gain", pa.float64()), ("autowu_warmup_steps", pa.int64()),
+    ("autowu_warmup_epochs", pa.float64()), ("autowu_peak_lr", pa.float64()),
+    ("recipe_warnings", pa.string()), ("error", pa.string()), ("extra", pa.string()),
 ])
 
 MEASUREMENT_SCHEMA = pa.schema([

@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import BatchscaleError, SweepConflict
-from harness.scaling import LR_RULES, WARMUP_RULES, resolve
+from harness.scaling import AUTOMATIC_METHODS, LR_RULES, WARMUP_RULES, resolve
 from harness.spec import SweepSpec, TrialSpec
 from harness.store import ResultsStore, environment, now
 from harness.tune_callback import DRIVER as _DRIVER
-from harness.tune_callback import StoreCallback, trial_row
+from harness.tune_callback import StoreCallback, StudyBudget, trial_row
 
 FINAL = ("complete", "diverged", "error")
 
@@ -165,11 +164,13 @@ class Plan:
 
 
 def spec_hash(spec: SweepSpec) -> str:
-    data = spec.model_dump(mode="json", exclude={"name", "description", "claims"})
+    # what the report does with the results (claims, projection) may change without a new sweep
+    data = spec.model_dump(mode="json", exclude={"name", "description", "claims", "projection"})
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan(spec: SweepSpec, dataset_size: int) -> Plan:
+def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None) -> Plan:
+    """Expand the grid; ``b_noise`` (optimizer -> B_noise at B0) feeds the noise-aware rule."""
     p = Plan()
     wl = spec.workload_obj()
     cuda = spec.resources.gpus > 0
@@ -192,13 +193,42 @@ def plan(spec: SweepSpec, dataset_size: int) -> Plan:
                            "warmup_epochs": w_epochs, "micro_batch_size": micro})
             continue
         trial_id = f"{optimizer}-{method}-b{batch}-s{seed}"
-        p.grid[trial_id] = spec.trial_spec(optimizer, method, batch, seed).model_dump(mode="json")
-        r = resolve(base, batch, method, dataset_size, epochs=epochs)
-        p.rows.append({"trial_id": trial_id, "optimizer": optimizer, "method": method, "batch_size": batch,
-                       "seed": seed, "peak_lr": r.peak_lr, "warmup_epochs": r.warmup_epochs,
-                       "warmup_steps": r.warmup_steps, "total_steps": r.total_steps, "micro_batch_size": micro,
-                       "warnings": list(r.warnings)})
+        trial = spec.trial_spec(optimizer, method, batch, seed)
+        row = {"trial_id": trial_id, "optimizer": optimizer, "method": method, "batch_size": batch, "seed": seed,
+               "micro_batch_size": micro}
+        if method == "noise-aware":
+            trial = trial.model_copy(update={"noise_aware": trial.noise_aware.model_copy(
+                update={"b_noise": (b_noise or {}).get(optimizer, trial.noise_aware.b_noise)})})
+            row["b_noise"] = trial.noise_aware.b_noise
+        if method in AUTOMATIC_METHODS:  # the LR is decided while training: no rule to resolve here
+            row["note"] = AUTOMATIC_METHODS[method]
+        else:
+            r = resolve(base, batch, method, dataset_size, epochs=epochs)
+            row.update(peak_lr=r.peak_lr, warmup_epochs=r.warmup_epochs, warmup_steps=r.warmup_steps,
+                       total_steps=r.total_steps, warnings=list(r.warnings))
+        p.grid[trial_id] = trial.model_dump(mode="json")
+        p.rows.append(row)
     return p
+
+
+def probe_b_noise(spec: SweepSpec, meta: dict[str, Any] | None) -> dict[str, float]:
+    """B_noise at B0 per optimizer for the noise-aware rule: given, stored by an earlier run, or probed."""
+    if "noise-aware" not in spec.axes.methods:
+        return {}
+    from harness.autotune import probe_noise_scale
+
+    known = dict((meta or {}).get("noise_aware", {}))
+    out = {}
+    for optimizer in spec.optimizers():
+        if spec.noise_aware.b_noise:
+            out[optimizer] = spec.noise_aware.b_noise
+        elif optimizer in known:
+            out[optimizer] = known[optimizer]
+        else:
+            base = spec.base_recipe(optimizer)
+            out[optimizer] = probe_noise_scale(spec.trial_spec(optimizer, "none", base.base_batch_size,
+                                                               spec.axes.seeds[0]))
+    return out
 
 
 # --- the driver ---------------------------------------------------------------------------------------
@@ -224,7 +254,7 @@ class Sweep:
         if meta.get("spec_hash") != digest:
             old = meta.get("spec_resolved", {})
             new = self.spec.model_dump(mode="json")
-            changed = sorted(k for k in set(old) | set(new) if k not in ("name", "description", "claims")
+            changed = sorted(k for k in set(old) | set(new) if k not in ("name", "description", "claims", "projection")
                              and old.get(k) != new.get(k))
             raise SweepConflict(
                 f"{self.store.root} holds sweep '{self.name}' run with a different spec (changed: "
@@ -252,13 +282,19 @@ class Sweep:
     def run(self) -> dict[str, Any]:
         digest = spec_hash(self.spec)
         meta = self._check_existing(digest)
+        if meta:  # what the report does with the results may change without a new sweep
+            resolved = {**meta["spec_resolved"], **self.spec.model_dump(
+                mode="json", include={"name", "description", "claims", "projection"})}
+            if resolved != meta["spec_resolved"]:
+                meta = self.store.update_meta(spec_resolved=resolved)
         if meta and meta.get("status") == "finished":
             return {"already_finished": True, **self.outcome(meta)}
 
         wl = self.spec.workload_obj()
         wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
         dataset_size = wl.load().train_size
-        the_plan = plan(self.spec, dataset_size)
+        b_noise = probe_b_noise(self.spec, meta)
+        the_plan = plan(self.spec, dataset_size, b_noise)
         session = {"started_at": now(), "address": self.address or "local"}
         if meta is None:
             meta = {
@@ -270,7 +306,7 @@ class Sweep:
                                               for o in self.spec.optimizers()}},
                 "trials": the_plan.rows, "studies": {}, "environment": environment(),
                 "started_at": session["started_at"], "finished_at": None, "sessions": [session],
-                "storage": self.storage,
+                "storage": self.storage, "noise_aware": b_noise,
             }
             self.store.root.mkdir(parents=True, exist_ok=True)
             self.store.write_meta(meta)
@@ -356,18 +392,28 @@ class Sweep:
         return trainable, tune_config, run_config
 
     def _fit(self, experiment: str, build) -> None:
-        """Restore ``experiment`` if Tune can, else build a new Tuner; then fit."""
+        """Restore ``experiment`` if Tune can, else build a new Tuner (from what the store lacks); fit."""
         from ray import tune
 
         path = f"{self.storage.rstrip('/')}/{experiment}"
         trainable, _, _ = self._tune_common(experiment)
-        if tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
-        else:
+        tuner = None
+        if tune.Tuner.can_restore(path) and _has_experiment_state(path):
+            try:
+                tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+            except (ValueError, RuntimeError, OSError):
+                # killed before Tune wrote its first experiment state: start this experiment afresh
+                # (build() plans only what the store does not have yet)
+                self._set_aside(path)
+        if tuner is None:
             tuner = build()
-            if tuner is None:
-                return
-        tuner.fit()
+        if tuner is not None:
+            tuner.fit()
+
+    def _set_aside(self, path: str) -> None:
+        local = Path(path)
+        if local.exists():
+            local.rename(local.with_name(f"{local.name}.unrestorable-{int(time.time())}"))
 
     def _run_grid(self, p: Plan) -> None:
         from ray import tune
@@ -414,6 +460,17 @@ class Sweep:
                 scheduler = ASHAScheduler(time_attr="examples", grace_period=int(spec.tuning.asha.grace_epochs * n),
                                           max_t=int(math.ceil(epochs * n)) + study.batch_size,
                                           reduction_factor=spec.tuning.asha.reduction_factor)
+            done = [t for t in self.store.trial_rows() if t.get("study") == study.name and t["status"] in FINAL]
+            remaining = spec.tuning.trials - len(done)
+            if remaining <= 0:
+                return None
+            if done:  # a study restarted from scratch: tell the searcher what its earlier trials found
+                keys = ["peak_lr"] + (["warmup_epochs"] if spec.tuning.search_warmup else [])
+                searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, sampler=sampler,
+                                        points_to_evaluate=[{k: t[k] for k in keys} for t in done],
+                                        evaluated_rewards=[t["final_metric"] if t["final_metric"] is not None
+                                                           else worst_objective(wl.higher_is_better) for t in done])
+            searcher = StudyBudget(searcher, study.name, spec.tuning.trials)
             space = {"study": study.name, "trial": study.trial,
                      "peak_lr": tune.loguniform(*study.lr_range)}
             if spec.tuning.search_warmup:
@@ -421,7 +478,7 @@ class Sweep:
             else:
                 space["warmup_epochs"] = study.warmup_epochs
             trainable, tune_config, run_config = self._tune_common(
-                study.name, num_samples=spec.tuning.trials, search_alg=searcher, scheduler=scheduler,
+                study.name, num_samples=remaining, search_alg=searcher, scheduler=scheduler,
                 metric="objective", mode=mode)
             return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
@@ -481,9 +538,20 @@ def export_optuna_study(study: Study, rows: list[dict], measurements: list[dict]
             user_attrs={"trial_id": t["trial_id"], "status": t["status"], "batch_size": t["batch_size"]}))
 
 
+def _has_experiment_state(path: str) -> bool:
+    """Tune can restore an experiment only once it wrote its state; a driver killed right after
+    creating the Tuner leaves just ``tuner.pkl``, whose searcher has no search space yet."""
+    from pyarrow.fs import FileSelector, FileSystem
+
+    try:
+        fs, root = FileSystem.from_uri(path) if "://" in path else (None, path)
+        if fs is None:
+            return any(p.name.startswith("experiment_state") for p in Path(path).glob("experiment_state*.json"))
+        return any(i.base_name.startswith("experiment_state") for i in fs.get_file_info(FileSelector(root)))
+    except OSError:
+        return False
+
+
 def _trial_dirname(trial) -> str:
     return str(trial.trial_id)
 
-
-def clean_ray_folder(store_root: Path) -> None:
-    shutil.rmtree(store_root / "ray", ignore_errors=True)

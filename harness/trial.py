@@ -262,6 +262,7 @@ class Trial:
             "seconds_to_target": hit.get("train_seconds"),
             "diverged_step": self.diverged_step,
             "micro_batch_size": self.micro_batch_size,
+            "parameters": sum(p.numel() for p in self.params),
             "last_lr": self.last_lr,
             "device": str(self.device),
             "threads": torch.get_num_threads(),

@@ -8,11 +8,13 @@ in ``DRIVER`` after a restore, instead of dragging the old ones along.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from typing import Any
 
 from pyarrow.fs import FileSelector, FileType
 from ray import tune
+from ray.tune.search import Searcher
 
 #: The running driver's ``store`` (ResultsStore), ``progress`` (view or None), ``finished``
 #: (trial ids already final in the store) and ``running`` (trial_id -> (identity, last result))
@@ -88,6 +90,57 @@ class StoreCallback(tune.Callback):
             DRIVER["progress"].finished(meta["trial_id"], status, summary)
 
 
+class StudyBudget(Searcher):
+    """Keeps a tuned study at its planned number of trials across restores.
+
+    Tune's experiment snapshot lags the truth by a few seconds: after a killed driver, a restored
+    study does not know trials that started (and maybe finished) after the snapshot, and would
+    suggest replacements. This wrapper stops suggesting once the trials finished in the results
+    store plus those suggested and not yet finished reach the study's budget; its own record of
+    the latter is saved with the searcher.
+    """
+
+    def __init__(self, searcher: Searcher, study: str, budget: int):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.study, self.budget = searcher, study, budget
+        self.live: set[str] = set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def _finished(self) -> set[str]:
+        prefix = f"{self.study}-"
+        return {tid[len(prefix):] for tid in DRIVER.get("finished", ()) if tid.startswith(prefix)}
+
+    def suggest(self, trial_id: str):
+        if len(self._finished() | self.live) >= self.budget:
+            return Searcher.FINISHED
+        config = self.searcher.suggest(trial_id)
+        if config not in (None, Searcher.FINISHED):
+            self.live.add(trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.live.discard(trial_id)
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+
+    # Tune saves a wrapper's own state with get_state/set_state and the wrapped searcher's itself.
+    def get_state(self) -> dict:
+        return {"study": self.study, "budget": self.budget, "live": sorted(self.live)}
+
+    def set_state(self, state: dict) -> None:
+        self.study, self.budget, self.live = state["study"], state["budget"], set(state["live"])
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+
 def drop_checkpoints(latest) -> None:
     """Delete a finished trial's checkpoints (it is never resumed: the registry replays it).
 
@@ -107,11 +160,15 @@ def drop_checkpoints(latest) -> None:
 
 
 def error_message(trial) -> str:
-    """The last line of the trial's exception (its type and message)."""
-    try:
-        err = trial.get_pickled_error() or trial.get_error()
+    """The last line of the trial's latest exception (its type and message)."""
+    text = None
+    try:  # the driver's local copy is written before the callbacks run; storage is synced later
+        if trial.error_file and os.path.exists(trial.error_file):
+            text = open(trial.error_file).read().split("Failure # ")[-1]
+        else:
+            err = trial.get_pickled_error() or trial.get_error()
+            text = str(err) if err else None
     except Exception:  # noqa: BLE001 - best effort: the message is informative
-        err = None
-    text = str(err) if err else "trial failed (no error message recorded)"
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:500] if lines else text[:500]
+        text = None
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "trial failed (no error message recorded)"

@@ -89,20 +89,22 @@ def write_handmade_store(root: Path) -> ResultsStore:
                 "steps": total, "examples_seen": total * batch, "train_seconds": 10.0, "wall_seconds": 12.0,
                 "throughput": total * batch / 10.0, "target_reached": steps is not None, "steps_to_target": steps,
                 "examples_to_target": None if steps is None else steps * batch, "seconds_to_target": secs,
-                "diverged_step": 5 if status == "diverged" else None}
+                "diverged_step": 5 if status == "diverged" else None, "parameters": 100_000}
 
-    def curve(final, batch, status):
+    def curve(final, batch, status, noise=None):
         total = -(-10 * 60000 // batch)
         if status == "diverged":
             return [{"step": 5, "examples": 5 * batch, "epoch": 5 * batch / 60000, "train_loss": float("nan"),
                      "eval_loss": float("nan"), "metric": float("nan"), "lr": 0.1, "train_seconds": 0.1}]
         return [{"step": total * i // 4, "examples": total * i // 4 * batch, "epoch": 2.5 * i, "train_loss": 1 / i,
-                 "eval_loss": 1 / i, "metric": final * (0.7 + 0.075 * i), "lr": 0.1, "train_seconds": 2.5 * i}
-                for i in range(1, 5)]
+                 "eval_loss": 1 / i, "metric": final * (0.7 + 0.075 * i), "lr": 0.1, "train_seconds": 2.5 * i,
+                 "noise_scale": None if noise is None else noise * i} for i in range(1, 5)]
 
     for (method, batch, seed), (status, final, steps, secs, lr) in GRID.items():
         tid = f"momentum-{method}-b{batch}-s{seed}"
-        store.record(row(tid, method, batch, seed, status, final, steps, secs, lr), curve(final, batch, status))
+        # legw trials log a noise scale of 100 * batch/128 * epoch-quarter i (i = 1..4)
+        noise = 100 * batch / 128 if method == "legw" else None
+        store.record(row(tid, method, batch, seed, status, final, steps, secs, lr), curve(final, batch, status, noise))
     for batch, trials in TUNED.items():
         for i, (lr, status, final) in enumerate(trials):
             study = f"momentum-tuned-b{batch}-s0"

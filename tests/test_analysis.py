@@ -97,15 +97,18 @@ def test_claims_are_judged_both_ways(store):
 def test_report_writes_every_table_and_plot(store):
     out = build_report(store.root)
     folder = out["folder"]
-    for name in ("accuracy", "time_to_target"):
+    for name in ("accuracy", "time_to_target", "critical_batch", "projected_time"):
         for ext in ("md", "csv", "tex"):
             assert (folder / "tables" / f"{name}.{ext}").stat().st_size > 0
     stems = {p.stem for p in out["plots"]}
-    assert stems == {"metric_vs_batch", "steps_to_target", "tuned_lr", "schedules", "training_curves", "divergence_map"}
+    assert stems == {"metric_vs_batch", "steps_to_target", "tuned_lr", "schedules", "training_curves",
+                     "divergence_map", "noise_scale", "projected_time"}  # no adascale/autowu trials: no such plots
     for p in out["plots"]:
         assert [f.suffix for f in p.files] == [".png", ".svg"] and all(f.stat().st_size > 1000 for f in p.files)
     md = out["markdown"].read_text()
     assert "## Paper claims" in md and "does not hold" in md and "(plots/metric_vs_batch.png)" in md
+    assert "## Cost model of the projection" in md and "ring: 2(n-1)/n" in md
+    assert "mean measured B_simple = 700" in md  # (100 + 400 + 1600) / 3 batch sizes
     page = out["html"].read_text()
     assert page.count("data:image/png;base64,") == len(out["plots"]) and "http" not in page.split("<body>")[1]
 
@@ -142,3 +145,59 @@ def test_html_report_renders_in_chromium_with_every_image(store, tmp_path):
     tampered.write_text(page[:start] + "bm90IGEgcG5n" + page[page.index('"', start):])
     count, broken = broken_images(tampered)
     assert broken == ["Accuracy vs batch size"]
+
+
+def test_cost_model_arithmetic_by_hand():
+    from analysis.costmodel import CostModel
+
+    m = CostModel(throughput=1000, parameters=1_000_000, bandwidth_gbps=8, latency_us=10, overhead_ms=1)
+    assert m.step_seconds(1000, 1) == pytest.approx(1.0 + 0.001)
+    # 4 devices: 250 examples each; ring all-reduce of 4 MB at 1 GB/s: 2*3/4*4e6/1e9 + 2*3*1e-5
+    assert m.allreduce_seconds(4) == pytest.approx(0.006 + 6e-5)
+    assert m.step_seconds(1000, 4) == pytest.approx(0.25 + 0.00606 + 0.001)
+    # more devices than examples: only 1000 of them get one example each
+    assert m.step_seconds(1000, 2000) == pytest.approx(0.001 + 2 * 999 / 1000 * 0.004 + 2 * 999 * 1e-5 + 0.001)
+    assert m.time_to_target(100, 1000, 4) == pytest.approx(100 * 0.25706)
+    assert math.isinf(m.time_to_target(math.inf, 1000, 4))
+
+
+def test_critical_batch_fit_recovers_known_parameters():
+    from analysis.critical import fit_critical_batch
+
+    batches = [256 * 2**i for i in range(8)]
+    fit = fit_critical_batch(batches, [1000 * (1 + 4096 / b) for b in batches])
+    assert fit.s_min == pytest.approx(1000, rel=1e-6) and fit.b_crit == pytest.approx(4096, rel=1e-6)
+    assert fit.e_min == pytest.approx(1000 * 4096, rel=1e-6)
+    # (S/S_min - 1)(E/E_min - 1) = 1 at every batch
+    for b in batches:
+        s = fit.steps(b)
+        assert (s / fit.s_min - 1) * (s * b / fit.e_min - 1) == pytest.approx(1.0)
+    assert fit_critical_batch([256, 512], [10, 6]) is None  # two points cannot fix two parameters
+
+
+def test_noise_scale_per_batch_is_read_where_the_target_was_reached(store):
+    from analysis.critical import noise_by_batch
+
+    res = load_results(store.root)
+    noise = noise_by_batch(res).set_index("batch_size")
+    # legw trials log 100*B/128 x i at their i-th quarter; every hit falls in the first quarter
+    assert noise.loc[128, "noise_scale"] == pytest.approx(100) and noise.loc[128, "trials"] == 3
+    assert noise.loc[512, "noise_scale"] == pytest.approx(400) and noise.loc[512, "trials"] == 2
+    assert noise.loc[2048, "noise_scale"] == pytest.approx(1600) and noise.loc[2048, "trials"] == 1
+
+
+def test_projection_table_picks_the_fastest_batch_per_device_count(store):
+    from analysis.costmodel import build_model, project
+
+    res = load_results(store.root)
+    agg = aggregate(res)
+    proj, info = project(res, agg)
+    model, _ = build_model(res)
+    assert model.parameters == 100_000 and info["parameters"] == "100,000"
+    legw = proj[(proj.method == "legw")].set_index("devices")
+    for n in (1, 16, 256):
+        t128 = model.time_to_target(400, 128, n)
+        t512 = model.time_to_target(110, 512, n)
+        assert legw.loc[n, "seconds"] == pytest.approx(min(t128, t512))
+        assert legw.loc[n, "best_batch"] == (128 if t128 < t512 else 512)
+        assert legw.loc[n, "speedup_vs_base"] == pytest.approx(t128 / min(t128, t512))

@@ -69,3 +69,34 @@ def test_adascale_gain_scales_lr_and_clock(data_dir):
     assert t.control.tau >= base_steps and t.control.tau - t.control.last_gain < base_steps
     assert res.measurements[-1]["lr"] == pytest.approx(gains[-1] * 0.4)  # constant decay: gain x eta0
     assert base_steps / 4 <= res.summary["steps"] <= base_steps
+
+
+def test_gp_test_finds_a_minimum_behind_and_not_ahead():
+    import numpy as np
+
+    from harness.autotune import gp_minimum_behind
+
+    x = np.linspace(0, 1, 120)
+    rng = np.random.default_rng(0)
+    u_shape = (x - 0.5) ** 2 * 8 + 0.05 * rng.standard_normal(120)
+    falling = 2 - 1.5 * x + 0.05 * rng.standard_normal(120)
+    behind, at = gp_minimum_behind(u_shape)
+    assert behind and abs(at - 60) <= 12
+    assert gp_minimum_behind(falling)[0] is False
+
+
+def test_autowu_ramps_then_detects_and_decays(data_dir):
+    spec = load_spec(data={"workload": "fmnist_lstm", "data_dir": str(data_dir), "batch_size": 32, "threads": 1,
+                           "method": "autowu", "budget": {"epochs": 6}, "noise_scale": False,
+                           "divergence": {"loss_factor": None},
+                           "autowu": {"start_lr": 1e-3, "ramp_factor_per_epoch": 100, "check_every_epochs": 0.25}})
+    t = Trial(spec)
+    res = t.run()
+    s = res.summary
+    assert s["autowu_warmup_steps"] is not None, "the ramp must overshoot the loss minimum and be detected"
+    w = s["autowu_warmup_steps"]
+    assert 0 < w < res.recipe.total_steps
+    ramp_at_w = 1e-3 * 100 ** (w / res.recipe.steps_per_epoch)
+    assert s["autowu_peak_lr"] <= ramp_at_w  # reset to the LR at the smoothed minimum, behind the end
+    lrs = [r["lr"] for r in res.measurements if r["step"] > w]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < s["autowu_peak_lr"] * 0.05  # cosine to 0

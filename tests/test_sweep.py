@@ -128,9 +128,11 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
         expected_lr = base_lr * (k if row.method == "goyal" else math.sqrt(k))
         assert row.peak_lr == pytest.approx(expected_lr)
         assert row.total_steps == math.ceil(3 * n / row.batch_size) == row.steps
-        assert row.micro_batch_size == row.batch_size  # below the MLP's auto micro-batch cap
+        # below the MLP's micro-batch cap, so split in two to measure the noise scale
+        assert row.micro_batch_size == row.batch_size // 2
         assert 0.1 < row.final_metric <= row.best_metric <= 1.0
         rows = measurements[measurements.trial_id == tid]
+        assert rows.noise_scale.notna().any()
         assert len(rows) == 6 and rows.step.is_monotonic_increasing and rows.step.iloc[-1] == row.total_steps
         if row.target_reached:
             first = rows[rows.metric >= 0.55].iloc[0]
@@ -216,7 +218,8 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, finished_sweep):
 def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp):
     spec = write_spec(tmp_path, {
         "name": "flaky", "workload": "flaky_mnist1d", "workload_options": {"n_train": 2000, "n_test": 500},
-        "budget": {"epochs": 1}, "axes": {"batch_sizes": [256, 512], "methods": ["legw"]}, "retries": 1})
+        "budget": {"epochs": 1}, "axes": {"batch_sizes": [256, 512], "methods": ["legw"]}, "retries": 1,
+        "noise_scale": False})  # one micro-batch per step: the failing size is the batch size
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp,
                env_extra={"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins", "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -262,15 +265,23 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
                 break
             time.sleep(1)
         assert status.returncode == 0, status.stderr[-2000:]
-        spec = write_spec(tmp_path, {**SPEC, "name": "on-cluster", "axes": {"batch_sizes": [256, 1024],
-                                                                            "methods": ["legw", "goyal"]}})
+        spec = write_spec(tmp_path, {**SPEC, "name": "on-cluster", "axes": {
+            "batch_sizes": [256, 1024], "methods": ["legw", "adascale", "autowu", "noise-aware"]}})
         proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--address",
                                f"127.0.0.1:{port}", "--results", str(tmp_path / "results"), "--no-report", "--quiet"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        meta, trials, _ = load(tmp_path / "results" / "on-cluster")
-        assert len(trials) == 4 and (trials.status == "complete").all()
+        meta, trials, measurements = load(tmp_path / "results" / "on-cluster")
+        assert len(trials) == 8 and (trials.status == "complete").all(), trials[["trial_id", "status", "error"]]
         assert meta["sessions"][0]["address"] == f"127.0.0.1:{port}"
+        # the automatic methods ran as methods of the sweep
+        t = trials.set_index("trial_id")
+        assert 1.0 <= t.loc["momentum-adascale-b1024-s0", "adascale_mean_gain"] <= 4.0
+        assert measurements[measurements.trial_id == "momentum-adascale-b1024-s0"].gain.between(1, 4).all()
+        b_noise = meta["noise_aware"]["momentum"]
+        assert b_noise > 0 and t.loc["momentum-noise-aware-b1024-s0", "peak_lr"] == pytest.approx(
+            0.4 * 4 * (256 + b_noise) / (1024 + b_noise))
+        assert measurements.noise_scale.notna().any()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -287,3 +298,13 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
         bystander.kill()
     assert alive, "stopping our cluster must not touch other Ray processes"
     assert not leftovers, f"processes of the test cluster still running after stop: {leftovers}"
+
+
+def test_an_experiment_folder_without_state_is_not_restored(tmp_path):
+    """A driver killed right after creating a Tuner leaves only tuner.pkl: start afresh, not restore."""
+    from harness.sweep import _has_experiment_state
+
+    (tmp_path / "tuner.pkl").write_bytes(b"x")
+    assert not _has_experiment_state(str(tmp_path))
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    assert _has_experiment_state(str(tmp_path))
