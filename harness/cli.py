@@ -22,6 +22,16 @@ from pathlib import Path
 from harness.errors import BatchscaleError
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"value {text!r} is not allowed; allowed: a positive integer")
+    return value
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="YAML spec file (see experiments/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -54,6 +64,8 @@ def cmd_train(args) -> int:
           f"{trial.micro_batch_size}, {trial.device}")
     for w in r.warnings:
         print(f"warning: {w}")
+    if trial.noise_note:
+        print(f"note: {trial.noise_note}")
 
     metric = trial.workload.metric
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
@@ -82,7 +94,9 @@ def cmd_train(args) -> int:
     best = f"{s['best_metric']:.4f}" if s["best_metric"] is not None else "n/a"
     print(f"{result.status}: {s['steps']} steps, {s['train_seconds']:.1f} s training "
           f"({s['throughput']:.0f} examples/s), best {metric} {best}"
-          + (f", diverged at step {s['diverged_step']}" if s["diverged_step"] else ""))
+          + (f", diverged at step {s['diverged_step']}" if s["diverged_step"] else "")
+          + (f"; target reached at step {s['steps_to_target']}" if s["target_reached"] else "")
+          + (f"; noise scale B_simple {s['noise_scale']:.0f}" if s.get("noise_scale") else ""))
     print(f"results in {out}")
     return 0
 
@@ -260,8 +274,15 @@ def cmd_list(args) -> int:
 # --- wiring -------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``batchscale sweep: error: ...``), exit code 2; --help stays full."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="batchscale", description="Large-batch training experiments.")
+    parser = _Parser(prog="batchscale", description="Large-batch training experiments.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run one trial in this process")
@@ -272,10 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schedule", help="print resolved recipes and the LR at every step (CSV)")
     _add_spec_args(p)
-    p.add_argument("--batch-size", type=int, action="append", help="batch size (repeatable; default: the spec's)")
+    p.add_argument("--batch-size", type=_positive_int, action="append",
+                   help="batch size (repeatable; default: the spec's)")
     p.add_argument("--method", action="append", help="method (repeatable; default: the spec's)")
     p.add_argument("--optimizer", help="optimizer of a sweep spec (default: its first)")
-    p.add_argument("--every", type=int, default=1, help="print every N-th step (default 1)")
+    p.add_argument("--every", type=_positive_int, default=1, help="print every N-th step (default 1)")
     p.add_argument("--recipe-only", action="store_true", help="print the recipe table only")
     p.add_argument("--plot", help="draw the schedules to this image file (PNG/SVG/PDF)")
     p.set_defaults(func=cmd_schedule)

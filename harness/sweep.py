@@ -2,9 +2,10 @@
 
 A sweep spec's grid (optimizers x methods x batch sizes x seeds) runs as one Tune experiment
 (``grid``); the ``tuned`` method runs as one Optuna study per (optimizer, batch size, seed), each
-its own Tune experiment with ``OptunaSearch`` and an SQLite storage in the sweep's folder that
-optuna-dashboard can open. Every trial is ``harness.trial.Trial``: the sweep adds scheduling,
-checkpoints and bookkeeping, never training logic.
+its own Tune experiment with ``OptunaSearch`` (in memory, checkpointed with the experiment; each
+finished study is written to ``optuna.db`` in the sweep's folder for optuna-dashboard). Every trial
+is ``harness.trial.Trial``: the sweep adds scheduling, checkpoints and bookkeeping, never training
+logic.
 
 Ray: an embedded local Ray by default (started for the sweep, stopped after), or an existing
 cluster with ``--address`` / ``RAY_ADDRESS``. Only the current Tune API is used (``Tuner``,
@@ -318,7 +319,7 @@ class Sweep:
         self._init_ray()
         try:
             if self.progress:
-                self.progress.start(total=len(the_plan.grid) + sum(self.spec.tuning.trials for _ in the_plan.studies),
+                self.progress.start(total=len(the_plan.grid) + len(the_plan.studies) * self.spec.tuning.trials,
                                     done=self.finished_ids())
             self._run_grid(the_plan)
             for study in the_plan.studies:

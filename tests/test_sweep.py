@@ -308,3 +308,24 @@ def test_an_experiment_folder_without_state_is_not_restored(tmp_path):
     assert not _has_experiment_state(str(tmp_path))
     (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
     assert _has_experiment_state(str(tmp_path))
+
+
+def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
+    """ASHA stops the worse trials of a tuned study at rungs measured in examples seen; stopped
+    trials are recorded as incomplete (stopped by ASHA), the rest complete."""
+    spec = write_spec(tmp_path, {
+        "name": "asha", "workload": "mnist1d_mlp", "workload_options": {"n_train": 4000, "n_test": 500},
+        "budget": {"epochs": 9}, "eval": {"per_epoch": 1}, "noise_scale": False,
+        "axes": {"batch_sizes": [256], "methods": ["tuned"]},
+        "tuning": {"trials": 6, "lr_range_factor": 8, "asha": {"grace_epochs": 1, "reduction_factor": 3}}})
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, trials, measurements = load(tmp_path / "results" / "asha")
+    assert len(trials) == 6 and set(trials.status) <= {"complete", "incomplete"}
+    stopped = trials[trials.status == "incomplete"]
+    assert len(stopped) >= 1
+    for row in stopped.itertuples():
+        assert json.loads(row.extra)["stopped_by"] == "asha"
+        # stopped at a rung: 1 or 3 epochs of 4000 examples (rounded up to whole steps of 256)
+        last = measurements[measurements.trial_id == row.trial_id].examples.max()
+        assert last < 9 * 4000 and math.ceil(last / 4000) in (1, 3)
