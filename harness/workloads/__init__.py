@@ -53,8 +53,9 @@ class Workload(ABC):
     default_optimizer: ClassVar[str]
     base_recipes: ClassVar[dict[str, dict[str, Any]]]
     recipe_source: ClassVar[str]
-    #: Largest micro-batch chosen automatically on a CPU (bounds activation memory; the
-    #: throughput measured here does not improve above it). ``micro_batch_cap(cuda=True)`` is larger.
+    #: Largest micro-batch chosen automatically on a CPU: the fastest one measured here on one
+    #: thread (larger ones fall out of cache), which also bounds activation memory.
+    #: ``micro_batch_cap(cuda=True)`` is 32 times larger.
     cpu_micro_batch_cap: ClassVar[int] = 256
     eval_batch_size: ClassVar[int] = 2048
     Options: ClassVar[type[BaseModel]] = NoOptions

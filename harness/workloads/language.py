@@ -66,7 +66,7 @@ class LSTMLanguageModel(Workload):
     higher_is_better = False
     default_optimizer = "sgd"
     Options = LMOptions
-    cpu_micro_batch_cap = 64
+    cpu_micro_batch_cap = 32
     eval_batch_size = 256
     _SGD = dict(base_batch_size=20, peak_lr=20.0, warmup_epochs=0.1, epochs=13,
                 decay={"kind": "exponential", "gamma": 0.5, "start_epoch": 4},

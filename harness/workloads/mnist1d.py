@@ -38,7 +38,7 @@ class Mnist1dMLP(Workload):
     higher_is_better = True
     default_optimizer = "momentum"
     Options = Mnist1dOptions
-    cpu_micro_batch_cap = 4096
+    cpu_micro_batch_cap = 256
     eval_batch_size = 10_000
     base_recipes = {
         "momentum": dict(base_batch_size=256, peak_lr=0.4, warmup_epochs=0.02, epochs=10,
