@@ -80,14 +80,18 @@ def _log2_axis(ax, batches):
 def metric_vs_batch(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     batches = sorted(agg.batch_size.unique())
+    diverged = []
     for label, _, _, sub in _series(res, agg):
         ok = sub[sub.complete > 0]
         line = ax.errorbar(ok.batch_size, ok.final_mean, yerr=ok.final_std.fillna(0), marker="o", ms=4,
                            capsize=2, label=label)
         div = sub[(sub.complete == 0) & (sub.diverged > 0)]
         if len(div):
-            y = ax.get_ylim()[0] if res.higher_is_better else ax.get_ylim()[1]
-            ax.scatter(div.batch_size, [y] * len(div), marker="x", color=line[0].get_color(), zorder=5)
+            diverged.append((div.batch_size, line[0].get_color()))
+    edge = ax.get_ylim()[0] if res.higher_is_better else ax.get_ylim()[1]  # the worse edge, once all is drawn
+    for i, (xs, color) in enumerate(diverged):  # spread a little so that methods stay apart
+        ax.scatter(xs * 2 ** (0.06 * (i - (len(diverged) - 1) / 2)), [edge] * len(xs), marker="x", color=color,
+                   zorder=5, clip_on=False)
     base = agg[agg.batch_size == res.base_batch_size].final_mean.dropna()
     if len(base):
         ax.axhline(base.max() if res.higher_is_better else base.min(), color="gray", ls="--", lw=1,

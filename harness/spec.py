@@ -141,7 +141,7 @@ class TrialSpec(Common):
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise SpecError("optimizer", self.optimizer, f"allowed: {', '.join(OPTIMIZERS)}")
         validate_method(self.method)
-        if self.method in AUTOMATIC_METHODS and self.method == "tuned" and self.peak_lr is None:
+        if self.method == "tuned" and self.peak_lr is None:
             raise SpecError("method", self.method, "a single trial cannot be 'tuned'; run a sweep, or give peak_lr")
         base = _base_recipe(wl, self.optimizer, self.recipe, "recipe")
         batch = self.batch_size or base.base_batch_size
