@@ -9,6 +9,7 @@ class FlakyMnist1d(Mnist1dMLP):
 
     name = "flaky_mnist1d"
     failing_batch_size = 512
+    cpu_micro_batch_cap = 4096  # a step is one micro-batch, so the failing size is the batch size
 
     def loss(self, model, batch):
         if len(batch[0]) == self.failing_batch_size:

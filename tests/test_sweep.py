@@ -326,6 +326,6 @@ def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
     assert len(stopped) >= 1
     for row in stopped.itertuples():
         assert json.loads(row.extra)["stopped_by"] == "asha"
-        # stopped at a rung: 1 or 3 epochs of 4000 examples (rounded up to whole steps of 256)
+        # stopped at a rung, 1 or 3 epochs of 4000 examples: the first evaluation past it (steps of 256)
         last = measurements[measurements.trial_id == row.trial_id].examples.max()
-        assert last < 9 * 4000 and math.ceil(last / 4000) in (1, 3)
+        assert any(0 <= last - rung < 256 for rung in (4000, 12000)), last
