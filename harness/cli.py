@@ -115,7 +115,7 @@ def _schedule_recipes(args):
         methods = args.method or spec.methods
     else:
         wl = spec.workload_obj()
-        n = wl.load().train_size
+        n = wl.train_size()
         if isinstance(spec, SweepSpec):
             base = spec.base_recipe(args.optimizer or spec.optimizers()[0])
             batches = args.batch_size or spec.axes.batch_sizes

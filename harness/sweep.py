@@ -293,7 +293,7 @@ class Sweep:
 
         wl = self.spec.workload_obj()
         wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
-        dataset_size = wl.load().train_size
+        dataset_size = wl.train_size()
         b_noise = probe_b_noise(self.spec, meta)
         the_plan = plan(self.spec, dataset_size, b_noise)
         session = {"started_at": now(), "address": self.address or "local"}
@@ -455,7 +455,7 @@ class Sweep:
             if spec.tuning.asha:
                 from ray.tune.schedulers import ASHAScheduler
 
-                n = wl.load().train_size
+                n = wl.train_size()
                 epochs = spec.budget.epochs or (spec.budget.examples / n if spec.budget.examples else
                                                 spec.base_recipe(study.optimizer).epochs)
                 scheduler = ASHAScheduler(time_attr="examples", grace_period=int(spec.tuning.asha.grace_epochs * n),

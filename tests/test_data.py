@@ -128,3 +128,11 @@ def test_stream_batch_larger_than_dataset_spans_several_epochs():
     s = ExampleStream(4, data_seed=0)
     idx = s.take(10)
     assert len(idx) == 10 and sorted(idx[:4].tolist()) == [0, 1, 2, 3] and sorted(idx[4:8].tolist()) == [0, 1, 2, 3]
+
+
+def test_idx_shape_is_read_from_the_header_alone(data_dir):
+    from harness.data.idx import read_idx_shape
+
+    assert read_idx_shape(data_dir / "fashion-mnist" / "train-images-idx3-ubyte.gz") == (512, 28, 28)
+    wl = get_workload("fmnist_lstm", {"train_examples": 100}, str(data_dir))
+    assert wl.train_size() == 100 and get_workload("fmnist_lstm", {}, str(data_dir)).train_size() == 512

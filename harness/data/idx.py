@@ -40,6 +40,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def read_idx_shape(path: str | Path) -> tuple[int, ...]:
+    """The dimensions in an IDX header, without reading the values."""
+    with _open(Path(path)) as f:
+        head = f.read(4)
+        if len(head) < 4 or head[0] or head[1] or head[2] not in _TYPES:
+            raise BatchscaleError(f"{path}: not an IDX file (magic bytes {head.hex() or 'missing'})")
+        return struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
+
+
 def write_idx(path: str | Path, array: np.ndarray) -> None:
     """Write ``array`` as IDX (gzip when the name ends in .gz): fixtures and exports."""
     arr = np.asarray(array)

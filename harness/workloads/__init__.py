@@ -75,6 +75,10 @@ class Workload(ABC):
         """Make sure the data can be loaded (generate or convert caches); cheap when done."""
         self.load()
 
+    def train_size(self) -> int:
+        """Training examples, as cheaply as the format allows (a sweep's driver needs only this)."""
+        return self.load().train_size
+
     def load(self) -> Dataset:
         """The dataset, loaded once per process for the same options and data folder."""
         return _load_cached(type(self), json.dumps(self.options.model_dump(), sort_keys=True), self.data_dir)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
 from harness.data import find_files
-from harness.data.idx import read_idx
+from harness.data.idx import read_idx, read_idx_shape
 from harness.workloads import Dataset, Workload
 
 _IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -64,9 +64,19 @@ class IdxImageWorkload(Workload):
     system_dirs: tuple[str, ...] = ()
     missing_how: str
 
+    def _files(self):
+        return find_files(self.dataset_title, self.dataset_dir, _IDX, self.data_dir, self.missing_how,
+                          self.system_dirs, gz_ok=True)
+
+    def prepare(self) -> None:  # the files exist (else one clear error); workers read them
+        self._files()
+
+    def train_size(self) -> int:
+        n = read_idx_shape(self._files()[_IDX[1]])[0]
+        return min(n, self.options.train_examples or n)
+
     def _load(self) -> Dataset:
-        files = find_files(self.dataset_title, self.dataset_dir, _IDX, self.data_dir, self.missing_how,
-                           self.system_dirs, gz_ok=True)
+        files = self._files()
         x, y, xt, yt = (torch.from_numpy(read_idx(files[f]).copy()) for f in _IDX)
         n, ne = self.options.train_examples, self.options.eval_examples
         return Dataset((x[:n], y[:n].long()), (xt[:ne], yt[:ne].long()),
