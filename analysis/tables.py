@@ -24,12 +24,16 @@ class Table:
     best: pd.DataFrame  # bool mask of the best cell of each row
 
 
-def _columns(res: Results, agg: pd.DataFrame) -> list[tuple[str, str]]:
+def _columns(res: Results, agg: pd.DataFrame):
+    """(batch sizes, [(column label, that column's cells indexed by batch size)]) in the spec's order."""
     spec = res.meta["spec_resolved"]
     optimizers = spec["axes"].get("optimizers") or sorted(agg.optimizer.unique())
-    methods = spec["axes"]["methods"]
     present = set(zip(agg.optimizer, agg.method))
-    return [(o, m) for o in optimizers for m in methods if (o, m) in present]
+    cols = [(o, m) for o in optimizers for m in spec["axes"]["methods"] if (o, m) in present]
+    shown = sorted({o for o, _ in cols})
+    batches = sorted(agg.batch_size.unique())
+    return batches, [(cell_label(o, m, shown), agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size"))
+                     for o, m in cols]
 
 
 def _fmt_metric(row, digits: int) -> str:
@@ -48,15 +52,11 @@ def _fmt_metric(row, digits: int) -> str:
 
 
 def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
-    cols = _columns(res, agg)
-    optimizers = sorted({o for o, _ in cols})
     digits = 4 if res.higher_is_better else 2
-    batches = sorted(agg.batch_size.unique())
+    batches, columns = _columns(res, agg)
     display = pd.DataFrame(index=pd.Index(batches, name="batch size"))
     numbers = pd.DataFrame(index=display.index)
-    for o, m in cols:
-        label = cell_label(o, m, optimizers)
-        sub = agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size")
+    for label, sub in columns:
         display[label] = [_fmt_metric(sub.loc[b], digits) if b in sub.index else "" for b in batches]
         numbers[label] = [sub.loc[b, "final_mean"] if b in sub.index and sub.loc[b, "complete"] else math.nan
                           for b in batches]
@@ -79,14 +79,10 @@ def time_to_target_table(res: Results, agg: pd.DataFrame) -> Table | None:
     target = res.target
     if not target:
         return None
-    cols = _columns(res, agg)
-    optimizers = sorted({o for o, _ in cols})
-    batches = sorted(agg.batch_size.unique())
+    batches, columns = _columns(res, agg)
     display = pd.DataFrame(index=pd.Index(batches, name="batch size"))
     numbers = pd.DataFrame(index=display.index)
-    for o, m in cols:
-        label = cell_label(o, m, optimizers)
-        sub = agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size")
+    for label, sub in columns:
         cells, steps, secs = [], [], []
         for b in batches:
             if b not in sub.index:
