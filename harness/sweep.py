@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BatchscaleError, SweepConflict
+from harness.errors import SweepConflict
 from harness.scaling import AUTOMATIC_METHODS, LR_RULES, WARMUP_RULES, resolve
 from harness.spec import SweepSpec, TrialSpec
 from harness.store import ResultsStore, environment, now

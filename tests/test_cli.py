@@ -1,0 +1,50 @@
+"""The commands as a user types them (in-process)."""
+
+import io
+import json
+
+import pandas as pd
+
+from harness.cli import main
+
+
+def test_schedule_prints_recipe_comments_then_every_step_as_csv(capsys, tmp_path):
+    plot = tmp_path / "lr.png"
+    assert main(["schedule", "experiments/paper/legw_imagenet_recipe.yaml", "--batch-size", "32768",
+                 "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("#") and "391" in out.splitlines()[1]
+    rows = pd.read_csv(io.StringIO(out), comment="#")
+    assert list(rows.columns) == ["method", "batch_size", "step", "epoch", "lr"]
+    assert len(rows) == 3519 and rows.step.tolist() == list(range(3519))
+    assert rows.lr.max() == rows.lr[390] and abs(rows.lr.max() - 32.0) < 1e-9  # peak 2^5 at warmup's end
+    assert plot.stat().st_size > 1000
+
+
+def test_train_writes_measurements_recipe_and_summary(data_dir, tmp_path, capsys):
+    spec = tmp_path / "t.yaml"
+    spec.write_text(f"workload: fmnist_lstm\nbatch_size: 64\nmethod: legw\nbudget: {{epochs: 1}}\nthreads: 1\n"
+                    f"data_dir: {data_dir}\ntarget: {{metric: accuracy, value: 0.3}}\n")
+    out_dir = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(out_dir), "--quiet", "--set", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert f"results in {out_dir}" in out and "legw at B=64" in out
+    m = pd.read_parquet(out_dir / "measurements.parquet")
+    assert len(m) == 2 and m.step.iloc[-1] == 8 and m.noise_scale.notna().all()
+    recipe = json.loads((out_dir / "recipe.json").read_text())
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert recipe["batch_size"] == 64 and recipe["method"] == "legw" and summary["steps"] == recipe["total_steps"]
+    assert json.loads((out_dir / "spec.json").read_text())["seed"] == 3
+
+
+def test_list_names_every_workload_method_and_optimizer(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fmnist_lstm", "mnist1d_mlp", "kjv_lstm_lm", "legw", "goyal", "adascale", "autowu", "lars", "lamb"):
+        assert name in out
+
+
+def test_report_of_a_missing_folder_is_one_line(capsys, tmp_path):
+    assert main(["report", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sweep.json missing" in err
