@@ -53,8 +53,8 @@ status <b>{{ status }}</b>; {{ counts }}; base batch B0 = {{ base }}.</p>
 
 
 def _html_table(table: Table) -> str:
-    rows = ["<table><thead><tr><th>batch size</th>" + "".join(f"<th>{html.escape(c)}</th>"
-                                                          for c in table.display.columns) + "</tr></thead><tbody>"]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.display.index.name or "", *table.display.columns])
+    rows = [f"<table><thead><tr>{head}</tr></thead><tbody>"]
     for b, row in table.display.iterrows():
         cells = []
         for col, value in row.items():

@@ -386,7 +386,7 @@ class Sweep:
                                       max_concurrent_trials=spec.max_concurrent,
                                       trial_dirname_creator=_trial_dirname)
         run_config = tune.RunConfig(
-            name=experiment, storage_path=self.storage, callbacks=[StoreCallback(experiment)], verbose=0,
+            name=experiment, storage_path=self.storage, callbacks=[StoreCallback()], verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see tune_callback.drop_checkpoints
         )

@@ -34,9 +34,6 @@ def trial_row(meta: dict[str, Any], status: str, summary: dict[str, Any], error:
 class StoreCallback(tune.Callback):
     """Writes each trial to the results store when it ends (complete, diverged, error, stopped)."""
 
-    def __init__(self, experiment: str):
-        self.experiment = experiment
-
     @staticmethod
     def identify(trial) -> dict[str, Any]:
         cfg = trial.config.get("cell", trial.config)
