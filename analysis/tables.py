@@ -126,7 +126,8 @@ def _marked(table: Table, bold) -> pd.DataFrame:
 
 
 def to_markdown(table: Table) -> str:
-    return f"**{table.title}** (best of each row in bold)\n\n" + _marked(table, lambda v: f"**{v}**").to_markdown(disable_numparse=True) + "\n"
+    note = " (best of each row in bold)" if table.best.to_numpy().any() else ""
+    return f"**{table.title}**{note}\n\n" + _marked(table, lambda v: f"**{v}**").to_markdown(disable_numparse=True) + "\n"
 
 
 def to_latex(table: Table) -> str:

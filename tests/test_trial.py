@@ -126,7 +126,7 @@ def test_auto_micro_batch_is_the_largest_divisor_under_the_cap(data_dir):
     assert auto_micro_batch(32768, 512) == 512
     assert auto_micro_batch(1000, 256) == 250
     assert auto_micro_batch(100, 256) == 100
-    assert trial(data_dir, batch_size=4096).micro_batch_size == 128  # fmnist_lstm cap on a CPU
+    assert trial(data_dir, batch_size=4096, device="cpu").micro_batch_size == 128  # fmnist_lstm cap on a CPU
 
 
 def test_another_optimizer_needs_a_whole_recipe(data_dir):
