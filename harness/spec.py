@@ -179,6 +179,10 @@ class Tuning(Strict):
     #: ... unless the warmup is searched too, log-uniformly in epochs over this range.
     search_warmup: bool = False
     warmup_epochs_range: tuple[PositiveFloat, PositiveFloat] = (0.01, 2.0)
+    #: The first trials of each study try the none, sqrt and linear predictions (deduplicated,
+    #: with the warmup above), so the tuned curve is never worse than the best rule's LR; TPE
+    #: searches the range from there. False: TPE from its own random start-up trials.
+    start_from_rules: bool = True
     asha: Asha | None = None
     sampler_seed: NonNegativeInt = 0
 

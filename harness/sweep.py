@@ -155,6 +155,8 @@ class Study:
     lr_range: tuple[float, float]
     trial: dict[str, Any]
     warmup_epochs: float | None  # the warmup rule's value, unless warmup is searched too
+    #: The rules' LR predictions tried first (``tuning.start_from_rules``), smallest first.
+    start_points: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -188,10 +190,20 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
             w_epochs = None if spec.tuning.search_warmup else WARMUP_RULES[spec.tuning.warmup_rule](base.warmup_epochs, k)
             name = f"{optimizer}-tuned-b{batch}-s{seed}"
             trial = spec.trial_spec(optimizer, "tuned", batch, seed).model_dump(mode="json")
-            p.studies.append(Study(name, optimizer, batch, seed, (min(lrs) / f, max(lrs) * f), trial, w_epochs))
+            starts = []
+            if spec.tuning.start_from_rules:
+                w_start = WARMUP_RULES[spec.tuning.warmup_rule](base.warmup_epochs, k)
+                if spec.tuning.search_warmup:
+                    lo_w, hi_w = spec.tuning.warmup_epochs_range
+                    w_start = min(max(w_start, lo_w), hi_w)
+                for lr in sorted(lrs):
+                    if not starts or lr > starts[-1]["peak_lr"] * (1 + 1e-9):
+                        starts.append({"peak_lr": lr} | ({"warmup_epochs": w_start} if spec.tuning.search_warmup else {}))
+                starts = starts[: spec.tuning.trials]
+            p.studies.append(Study(name, optimizer, batch, seed, (min(lrs) / f, max(lrs) * f), trial, w_epochs, starts))
             p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch, "seed": seed,
                            "trials": spec.tuning.trials, "lr_range": [min(lrs) / f, max(lrs) * f],
-                           "warmup_epochs": w_epochs, "micro_batch_size": micro})
+                           "warmup_epochs": w_epochs, "start_points": starts, "micro_batch_size": micro})
             continue
         trial_id = f"{optimizer}-{method}-b{batch}-s{seed}"
         trial = spec.trial_spec(optimizer, method, batch, seed)
@@ -447,10 +459,15 @@ class Sweep:
             import optuna
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            sampler = optuna.samplers.TPESampler(seed=spec.tuning.sampler_seed + study.batch_size)
+            # The rules' predictions are the start-up trials (evaluated first, in the study like any
+            # other); TPE models the results from there. Without them, TPE's 10 random start-up
+            # trials would make a small study a random search.
+            startup = {"n_startup_trials": max(len(study.start_points), 2)} if study.start_points else {}
+            sampler = optuna.samplers.TPESampler(seed=spec.tuning.sampler_seed + study.batch_size, **startup)
             # In memory: Tune checkpoints the searcher with the experiment, so a restored study and
             # its searcher agree; the SQLite copy for optuna-dashboard is written from our store.
-            searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, sampler=sampler)
+            searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, sampler=sampler,
+                                    points_to_evaluate=[dict(p) for p in study.start_points] or None)
             scheduler = None
             if spec.tuning.asha:
                 from ray.tune.schedulers import ASHAScheduler
@@ -466,6 +483,7 @@ class Sweep:
             if remaining <= 0:
                 return None
             if done:  # a study restarted from scratch: tell the searcher what its earlier trials found
+                # (OptunaSearch cannot mix evaluated and pending points: start points not yet run are skipped)
                 keys = ["peak_lr"] + (["warmup_epochs"] if spec.tuning.search_warmup else [])
                 searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, sampler=sampler,
                                         points_to_evaluate=[{k: t[k] for k in keys} for t in done],

@@ -152,6 +152,10 @@ def test_tuned_studies_search_the_lr_and_record_the_best(finished_sweep):
         lo, hi = study["lr_range"]
         assert ((rows.peak_lr >= lo) & (rows.peak_lr <= hi)).all()
         assert rows.peak_lr.nunique() == 4
+        # the first three trials are the none, sqrt and linear predictions from B0 = 256 (eta0 = 0.4)
+        k = batch / 256
+        for lr in (0.4, 0.4 * k ** 0.5, 0.4 * k):
+            assert (abs(rows.peak_lr - lr) < 1e-9 * lr).any(), (batch, lr, sorted(rows.peak_lr))
         best = rows.loc[rows.final_metric.idxmax()]
         assert study["best_peak_lr"] == pytest.approx(best.peak_lr) and study["best_metric"] == best.final_metric
         # the LEGW warmup rule for tuned trials: w0 * k epochs
@@ -329,3 +333,27 @@ def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
         # stopped at a rung, 1 or 3 epochs of 4000 examples: the first evaluation past it (steps of 256)
         last = measurements[measurements.trial_id == row.trial_id].examples.max()
         assert any(0 <= last - rung < 256 for rung in (4000, 12000)), last
+
+
+def test_tuned_studies_start_from_the_rules_predictions():
+    """Start points: the none, sqrt and linear LRs, deduplicated, at most `trials`, with the
+    warmup clipped into the searched range when warmup is searched too."""
+    from harness.spec import load_spec
+    from harness.sweep import plan
+
+    def studies(batch, **tuning):
+        spec = load_spec(data={**SPEC, "axes": {"batch_sizes": [batch], "methods": ["tuned"]},
+                               "tuning": {"trials": 4, **tuning}}, kind="sweep")
+        return plan(spec, 20000).studies
+
+    (s,) = studies(1024)
+    assert [p["peak_lr"] for p in s.start_points] == pytest.approx([0.4, 0.8, 1.6])
+    assert s.lr_range == pytest.approx((0.2, 3.2))
+    (s,) = studies(256)  # k = 1: the three rules agree
+    assert s.start_points == [{"peak_lr": pytest.approx(0.4)}]
+    (s,) = studies(1024, trials=2)
+    assert len(s.start_points) == 2
+    (s,) = studies(32768, search_warmup=True, warmup_epochs_range=[0.01, 1.0])
+    assert [p["warmup_epochs"] for p in s.start_points] == [1.0] * 3  # legw: 0.02 * 128 = 2.56, clipped
+    (s,) = studies(1024, start_from_rules=False)
+    assert s.start_points == []
