@@ -48,14 +48,12 @@ def _overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from harness.spec import load_spec
-    from harness.store import write_table, write_json_atomic
     from harness.trial import Trial
 
     spec = load_spec(args.spec, _overrides(args), kind="trial")
-    trial = Trial(spec)
+    workers = spec.data_parallel.workers
+    trial = Trial(spec, world=(0, workers))
     r = trial.recipe
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"results/train/{spec.workload}-{r.method}-b{r.batch_size}-s{spec.seed}-{stamp}")
@@ -66,11 +64,27 @@ def cmd_train(args) -> int:
         print(f"warning: {w}")
     if trial.noise_note:
         print(f"note: {trial.noise_note}")
+    result = _train_data_parallel(spec, trial) if workers > 1 else _train_here(trial, args.quiet)
+    _write_train(out, spec, result)
+
+    s, metric = result.summary, trial.workload.metric
+    best = f"{s['best_metric']:.4f}" if s["best_metric"] is not None else "n/a"
+    print(f"{result.status}: {s['steps']} steps, {s['train_seconds']:.1f} s training "
+          f"({s['throughput']:.0f} examples/s), best {metric} {best}"
+          + (f", diverged at step {s['diverged_step']}" if s["diverged_step"] else "")
+          + (f"; target reached at step {s['steps_to_target']}" if s["target_reached"] else "")
+          + (f"; noise scale B_simple {s['noise_scale']:.0f}" if s.get("noise_scale") else ""))
+    print(f"results in {out}")
+    return 0
+
+
+def _train_here(trial, quiet: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     metric = trial.workload.metric
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=args.quiet) as bar:
-        task = bar.add_task("train", total=r.total_steps, info="")
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=quiet) as bar:
+        task = bar.add_task("train", total=trial.recipe.total_steps, info="")
         last = [0.0]
 
         def on_step(t):
@@ -83,22 +97,32 @@ def cmd_train(args) -> int:
             bar.update(task, completed=t.step, info=f"epoch {row['epoch']:.2f} loss {row['train_loss']:.4f} "
                                                      f"{metric} {row['metric']:.4f}")
 
-        result = trial.run(on_eval=on_eval, on_step=on_step)
+        return trial.run(on_eval=on_eval, on_step=on_step)
+
+
+def _train_data_parallel(spec, trial):
+    """A data-parallel trial: its workers through Ray Train on an embedded Ray."""
+    import tempfile
+
+    from harness.distributed import run_standalone
+    from harness.trial import TrialResult
+
+    workers, gpu = spec.data_parallel.workers, trial.device.type == "cuda"
+    print(f"data-parallel: {workers} workers (Ray Train, {'nccl' if gpu else 'gloo'}), {trial.local_batch} examples "
+          f"each per step")
+    with tempfile.TemporaryDirectory(prefix="batchscale-train-") as storage:
+        res = run_standalone(spec.model_dump(mode="json"), workers, spec.threads or 1, 1.0 if gpu else 0.0, storage)
+    return TrialResult(res["summary"]["status"], trial.recipe, res["measurements"], res["summary"])
+
+
+def _write_train(out: Path, spec, result) -> None:
+    from harness.store import write_json_atomic, write_table
 
     out.mkdir(parents=True, exist_ok=True)
     write_table(out / "measurements.parquet", result.measurements)
-    write_json_atomic(out / "recipe.json", r.model_dump(mode="json"))
+    write_json_atomic(out / "recipe.json", result.recipe.model_dump(mode="json"))
     write_json_atomic(out / "summary.json", result.summary)
     write_json_atomic(out / "spec.json", spec.model_dump(mode="json"))
-    s = result.summary
-    best = f"{s['best_metric']:.4f}" if s["best_metric"] is not None else "n/a"
-    print(f"{result.status}: {s['steps']} steps, {s['train_seconds']:.1f} s training "
-          f"({s['throughput']:.0f} examples/s), best {metric} {best}"
-          + (f", diverged at step {s['diverged_step']}" if s["diverged_step"] else "")
-          + (f"; target reached at step {s['steps_to_target']}" if s["target_reached"] else "")
-          + (f"; noise scale B_simple {s['noise_scale']:.0f}" if s.get("noise_scale") else ""))
-    print(f"results in {out}")
-    return 0
 
 
 # --- schedule -----------------------------------------------------------------------------------

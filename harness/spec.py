@@ -88,6 +88,13 @@ class NoiseAwareSpec(Strict):
     warmup_rule: Literal["none", "fixed", "legw"] = "legw"
 
 
+class DataParallel(Strict):
+    """A trial as several data-parallel workers (harness.distributed, through Ray Train)."""
+
+    #: Workers per trial; each takes batch_size / workers examples of every step.
+    workers: PositiveInt = 1
+
+
 class Resources(Strict):
     cpus: PositiveInt = 1
     gpus: NonNegativeFloat = 0.0
@@ -112,6 +119,7 @@ class Common(Strict):
     noise_ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99
     autowu: AutoWUSpec = AutoWUSpec()
     noise_aware: NoiseAwareSpec = NoiseAwareSpec()
+    data_parallel: DataParallel = DataParallel()
 
     def workload_obj(self):
         from harness.workloads import get_workload
@@ -145,7 +153,7 @@ class TrialSpec(Common):
             raise SpecError("method", self.method, "a single trial cannot be 'tuned'; run a sweep, or give peak_lr")
         base = _base_recipe(wl, self.optimizer, self.recipe, "recipe")
         batch = self.batch_size or base.base_batch_size
-        _check_micro(self.micro_batch_size, batch, "batch_size")
+        _check_micro(self.micro_batch_size, batch, "batch_size", self.data_parallel.workers)
         self._check_target(wl)
         return self
 
@@ -240,7 +248,10 @@ class SweepSpec(Common):
             except SpecError as e:
                 raise SpecError(f"axes.methods[{i}]", method, e.allowed) from None
         for i, b in enumerate(self.axes.batch_sizes):
-            _check_micro(self.micro_batch_size, b, f"axes.batch_sizes[{i}]")
+            _check_micro(self.micro_batch_size, b, f"axes.batch_sizes[{i}]", self.data_parallel.workers)
+        if self.data_parallel.workers > 1 and 0 < self.resources.gpus < 1:
+            raise SpecError("resources.gpus", self.resources.gpus,
+                            "allowed: 0 or at least 1 per worker when data_parallel.workers > 1 (nccl needs a GPU per rank)")
         self._check_target(wl)
         return self
 
@@ -283,9 +294,12 @@ def _merge(base: dict, over: dict) -> dict:
     return merge_recipe(copy.deepcopy(base), copy.deepcopy(over))
 
 
-def _check_micro(micro: int | None, batch: int, batch_key: str) -> None:
-    if micro is not None and batch % micro:
-        raise SpecError("micro_batch_size", micro, f"allowed: a divisor of {batch_key} ({batch})")
+def _check_micro(micro: int | None, batch: int, batch_key: str, workers: int = 1) -> None:
+    if batch % workers:
+        raise SpecError("data_parallel.workers", workers, f"allowed: a divisor of {batch_key} ({batch})")
+    if micro is not None and (batch // workers) % micro:
+        share = f"{batch_key} ({batch})" if workers == 1 else f"{batch_key} / data_parallel.workers ({batch // workers})"
+        raise SpecError("micro_batch_size", micro, f"allowed: a divisor of {share}")
 
 
 def _base_recipe(wl, optimizer: str | None, overrides: dict, key: str) -> BaseRecipe:

@@ -72,7 +72,14 @@ def tune_trial(config: dict[str, Any]) -> None:
     for key in ("peak_lr", "warmup_epochs"):  # chosen by the searcher in tuned studies
         if key in config:
             spec_fields[key] = config[key]
-    trial = Trial(TrialSpec.model_validate(spec_fields))
+    spec = TrialSpec.model_validate(spec_fields)
+    if spec.data_parallel.workers > 1:  # W workers of Ray Train; their reports reach Tune
+        from harness.distributed import run_in_tune
+
+        res = config.get("resources", {})
+        run_in_tune(spec_fields, spec.data_parallel.workers, res.get("cpus", 1), res.get("gpus", 0.0))
+        return
+    trial = Trial(spec)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -182,7 +189,7 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
     for optimizer, method, batch, seed in spec.grid():
         base = spec.base_recipe(optimizer)
         epochs = spec.budget.epochs or (spec.budget.examples / dataset_size if spec.budget.examples else None)
-        micro = spec.micro_batch_size or auto_micro_batch(batch, wl.micro_batch_cap(cuda))
+        micro = spec.micro_batch_size or auto_micro_batch(batch // spec.data_parallel.workers, wl.micro_batch_cap(cuda))
         if method == "tuned":
             k = batch / base.base_batch_size
             lrs = [base.peak_lr * rule(k) for rule in LR_RULES.values()]
@@ -373,6 +380,7 @@ class Sweep:
         self.registry_name = f"batchscale-finished-{self.name}-{os.getpid()}"
         env = {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
         env[REGISTRY_ENV] = self.registry_name
+        env["BATCHSCALE_TRAIN_STORAGE"] = f"{self.storage.rstrip('/')}/data-parallel"  # Ray Train runs
         runtime_env = {"env_vars": env}
         if self.address:
             ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False)
@@ -392,10 +400,18 @@ class Sweep:
         from ray import tune
 
         spec = self.spec
-        trainable = tune.with_resources(tune_trial, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+        concurrent = spec.max_concurrent
+        if spec.data_parallel.workers > 1:
+            # The workers hold the CPUs/GPUs; the Tune trial only launches and waits on them (a
+            # 1-byte memory request, as Ray refuses an empty one). As many trials at once as the
+            # cluster has room for all their workers (Ray Train's advice), unless given.
+            trainable = tune.with_resources(tune_trial, {"cpu": 0, "memory": 1})
+            concurrent = concurrent or self._data_parallel_room()
+        else:
+            trainable = tune.with_resources(tune_trial, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
         tune_config = tune.TuneConfig(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
                                       metric=metric, mode=mode, reuse_actors=True,
-                                      max_concurrent_trials=spec.max_concurrent,
+                                      max_concurrent_trials=concurrent,
                                       trial_dirname_creator=_trial_dirname)
         run_config = tune.RunConfig(
             name=experiment, storage_path=self.storage, callbacks=[StoreCallback()], verbose=0,
@@ -403,6 +419,15 @@ class Sweep:
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # see tune_callback.drop_checkpoints
         )
         return trainable, tune_config, run_config
+
+    def _data_parallel_room(self) -> int:
+        import ray
+
+        have, w, r = ray.cluster_resources(), self.spec.data_parallel.workers, self.spec.resources
+        room = [int(have.get("CPU", 0) // (w * r.cpus))]
+        if r.gpus:
+            room.append(int(have.get("GPU", 0) // (w * r.gpus)))
+        return max(1, min(room))
 
     def _fit(self, experiment: str, build) -> None:
         """Restore ``experiment`` if Tune can, else build a new Tuner (from what the store lacks); fit."""
@@ -438,7 +463,8 @@ class Sweep:
 
         def build():
             trainable, tune_config, run_config = self._tune_common("grid")
-            cells = [{"trial_id": tid, "trial": p.grid[tid]} for tid in pending]
+            dp = {"resources": self.spec.resources.model_dump()} if self.spec.data_parallel.workers > 1 else {}
+            cells = [{"trial_id": tid, "trial": p.grid[tid], **dp} for tid in pending]
             return tune.Tuner(trainable, param_space={"cell": tune.grid_search(cells)}, tune_config=tune_config,
                               run_config=run_config)
 
@@ -490,7 +516,8 @@ class Sweep:
                                         evaluated_rewards=[t["final_metric"] if t["final_metric"] is not None
                                                            else worst_objective(wl.higher_is_better) for t in done])
             searcher = StudyBudget(searcher, study.name, spec.tuning.trials)
-            space = {"study": study.name, "trial": study.trial,
+            dp = {"resources": spec.resources.model_dump()} if spec.data_parallel.workers > 1 else {}
+            space = {"study": study.name, "trial": study.trial, **dp,
                      "peak_lr": tune.loguniform(*study.lr_range)}
             if spec.tuning.search_warmup:
                 space["warmup_epochs"] = tune.loguniform(*spec.tuning.warmup_epochs_range)

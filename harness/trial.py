@@ -68,17 +68,24 @@ class TrialResult:
 
 
 class Trial:
-    def __init__(self, spec: TrialSpec):
+    """One training run. ``world`` = (rank, workers) makes it one worker of a data-parallel trial
+    (harness.distributed): it takes its share of every step's examples and all-reduces."""
+
+    def __init__(self, spec: TrialSpec, world: tuple[int, int] = (0, 1), device: torch.device | None = None):
         self.spec = spec
         self.workload = wl = spec.workload_obj()
+        self.rank, self.world_size = world
         if spec.threads:
             torch.set_num_threads(spec.threads)
-        self.device = pick_device(spec.device)
+        self.device = device or pick_device(spec.device)
         data = wl.load()
         self.data = data.to(self.device) if self.device.type != "cpu" else data
         self.recipe = self._resolve(spec, data.train_size)
         batch = self.recipe.batch_size
-        self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(batch, wl.micro_batch_cap(
+        if batch % self.world_size:
+            raise BatchscaleError(f"data_parallel.workers: {self.world_size} does not divide batch_size {batch}")
+        self.local_batch = batch // self.world_size
+        self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(self.local_batch, wl.micro_batch_cap(
             self.device.type == "cuda"))
         self.noise: NoiseScale | None = None
         self.noise_note: str | None = None
@@ -138,19 +145,25 @@ class Trial:
     # -- one optimizer update -------------------------------------------------------------------
     def _train_step(self) -> float:
         r, m = self.recipe, self.micro_batch_size
-        idx = self.stream.take(r.batch_size)
+        idx = self.stream.take(r.batch_size)  # every worker draws the same examples ...
+        if self.world_size > 1:  # ... and trains on its share of them
+            idx = idx[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
         train = self.data.train
         self.optimizer.zero_grad(set_to_none=True)
         scale = m / r.batch_size
         total = None
         micro = NoiseScale.MicroNorms(self.params) if self.noise is not None else None
-        for start in range(0, r.batch_size, m):
+        for start in range(0, self.local_batch, m):
             part = idx[start:start + m]
             loss = self.workload.loss(self.model, tuple(t[part] for t in train)) * scale
             loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
             if micro is not None:
-                micro.add(last=start + m >= r.batch_size)
+                micro.add(last=start + m >= self.local_batch)
+        if self.world_size > 1:  # gradients, loss and micro-batch norms summed over the workers
+            from harness.distributed import all_reduce_step
+
+            total = all_reduce_step(self.params, total, micro)
         if micro is not None:  # mean |micro-batch gradient|^2, and the whole step's |gradient|^2
             self.noise.update(micro.mean_sq() / scale**2, squared_grad_norm(self.params))
         if r.grad_clip_norm:
@@ -172,8 +185,12 @@ class Trial:
         n = min(len(ev[0]), self.spec.eval.max_examples or len(ev[0]))
         bs = self.workload.eval_batch_size
         sums = np.zeros(3)
-        for start in range(0, n, bs):
+        for start in range(self.rank * bs, n, bs * self.world_size):  # workers split the batches
             sums += self.workload.eval_sums(self.model, tuple(t[start:min(start + bs, n)] for t in ev))
+        if self.world_size > 1:
+            from harness.distributed import all_reduce_sums
+
+            sums = all_reduce_sums(sums)
         self.model.train()
         loss, metric = self.workload.finish_eval(*(float(v) for v in sums))
         return float(loss), float(metric)
@@ -266,6 +283,7 @@ class Trial:
             "last_lr": self.last_lr,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            "workers": self.world_size,
             "peak_lr": r.peak_lr,
             "warmup_steps": r.warmup_steps,
             "warmup_epochs": r.warmup_epochs,

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -74,3 +80,28 @@ def tiny_trial(data_dir, **over) -> dict:
     for k, v in over.items():
         spec[k] = v
     return spec
+
+
+def kill_tree_matching(marker: str) -> None:
+    """SIGKILL every process whose command line mentions ``marker`` (our own Ray temp folder)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short Ray temp root (Unix socket paths must stay under ~107 characters)."""
+    folder = tempfile.mkdtemp(prefix="bst", dir="/tmp")
+    yield folder
+    kill_tree_matching(folder)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -24,6 +24,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import kill_tree_matching
+
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,22 +41,6 @@ SPEC = {
 }
 
 
-def kill_tree_matching(marker: str) -> None:
-    """SIGKILL every process whose command line mentions ``marker`` (our own Ray temp folder)."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def processes_matching(marker: str) -> list[int]:
     out = []
     for pid in os.listdir("/proc"):
@@ -65,15 +51,6 @@ def processes_matching(marker: str) -> list[int]:
             except OSError:
                 pass
     return out
-
-
-@pytest.fixture
-def ray_tmp():
-    """A short Ray temp root (Unix socket paths must stay under ~107 characters)."""
-    folder = tempfile.mkdtemp(prefix="bst", dir="/tmp")
-    yield folder
-    kill_tree_matching(folder)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def cli(args, ray_tmp, env_extra=None, **kw) -> subprocess.CompletedProcess:

@@ -1,0 +1,163 @@
+"""Data-parallel trials: one trial as W workers of Ray Train's ``TorchTrainer``.
+
+Ray Train starts the workers (one CPU or GPU share each, from the spec's ``resources``) and the
+torch.distributed process group (gloo on CPU, nccl on GPU). Every worker runs the same trial loop
+(``harness.trial.Trial`` with ``world=(rank, W)``): it draws the same examples as a single process
+would, trains on its share (``batch_size / W``, in micro-batches), and once per step the gradients,
+the loss and the noise-scale sums are all-reduced before the identical update on every worker. So
+the update equals the single-process one up to float rounding (``tests/test_distributed.py``), the
+noise scale is measured over all W shares, and every decision (divergence, target, AutoWU) is the
+same on every worker. Evaluation splits the held-out batches over the workers and sums.
+
+The reduction is one all-reduce of the flattened gradients per step, after local accumulation:
+what ``DistributedDataParallel`` does under ``no_sync()`` plus a final synchronising backward,
+without the wrapper, because the noise-scale estimator needs each worker's own micro-batch
+gradients before the reduction.
+
+Inside a sweep, the Tune trial launches the ``TorchTrainer`` and Ray Train's ``TuneReportCallback``
+passes the workers' reports (rank 0's) on to Tune; rank 0 checkpoints through Ray Train, and a
+restarted Tune trial continues its Train run from the latest checkpoint. ``batchscale train``
+runs the same ``TorchTrainer`` on an embedded Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def _device_for_collectives() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_step(params: list[torch.Tensor], loss: torch.Tensor, micro) -> torch.Tensor:
+    """Sum gradients, the loss and (when measured) the micro-batch norm sums over the workers.
+
+    Gradients are already scaled by micro / batch_size, so their sum is the whole batch's mean
+    gradient. Returns the summed loss; ``micro`` is updated in place.
+    """
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset:offset + n].view_as(g))
+        offset += n
+    extras = [loss.reshape(1).to(flat.dtype)]
+    if micro is not None:
+        extras += [micro.total.reshape(1).to(flat.dtype), torch.tensor([float(micro.count)], device=flat.device)]
+    extras = torch.cat(extras)
+    dist.all_reduce(extras)
+    if micro is not None:
+        micro.total, micro.count = extras[1], int(round(extras[2].item()))
+    return extras[0]
+
+
+def all_reduce_sums(sums: np.ndarray) -> np.ndarray:
+    t = torch.tensor(sums, dtype=torch.float64, device=_device_for_collectives())
+    dist.all_reduce(t)
+    return t.cpu().numpy()
+
+
+# --- Ray Train ------------------------------------------------------------------------------------
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """One worker of a data-parallel trial (runs in a Ray Train worker)."""
+    import ray.train
+
+    from harness.spec import TrialSpec
+    from harness.sweep import report_metrics, worst_objective
+    from harness.trial import Trial
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    spec = TrialSpec.model_validate(config["trial"])
+    device = None
+    if torch.cuda.is_available() and spec.device != "cpu":
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+    trial = Trial(spec, world=(rank, world), device=device)
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
+    worst = worst_objective(trial.workload.higher_is_better)
+
+    def report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
+        if rank == 0 and with_checkpoint:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(trial.state_dict(), Path(folder) / "trial.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:  # every worker reports (Ray Train collects one report per worker); rank 0's is used
+            ray.train.report(metrics)
+
+    result = trial.run(on_eval=lambda t, row: report(
+        report_metrics(t.measurements, t.summary(), "running", worst), with_checkpoint=True))
+    # with a checkpoint too: a Train result's metrics are those of its latest checkpoint
+    report(report_metrics(result.measurements, result.summary, result.status, worst), with_checkpoint=True)
+
+
+def trainer(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float, name: str, storage: str,
+            callbacks: list | None = None):
+    """The ``TorchTrainer`` of one data-parallel trial (its run folder: ``storage/name``)."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    per_worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return TorchTrainer(
+        worker_loop,
+        train_loop_config={"trial": trial_fields},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker),
+        run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def run_in_tune(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float) -> None:
+    """Called by the sweep's Tune trial: run the workers, their reports go to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    ctx = tune.get_context()
+    storage = os.environ.get("BATCHSCALE_TRAIN_STORAGE") or str(Path(ctx.get_trial_dir()).parent)
+    name = f"{ctx.get_experiment_name()}-dp-{ctx.get_trial_id()}"
+    result = trainer(trial_fields, workers, cpus, gpus, name, storage, [TuneReportCallback()]).fit()
+    _drop_run(result)
+
+
+def run_standalone(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float, storage: str) -> dict:
+    """``batchscale train`` of a data-parallel trial: an embedded Ray, then the final report."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    try:
+        result = trainer(trial_fields, workers, cpus, gpus, "train-dp", storage).fit()
+        if result.error:
+            raise result.error
+        metrics = dict(result.metrics)
+        _drop_run(result)
+        return {"measurements": json.loads(metrics["measurements"]), "summary": json.loads(metrics["summary"])}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _drop_run(result) -> None:
+    """The run's checkpoints are not needed once its final report is out."""
+    try:
+        result.filesystem.delete_dir(result.path)
+    except (OSError, AttributeError):
+        pass  # informative cleanup only
