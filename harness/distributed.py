@@ -15,9 +15,9 @@ without the wrapper, because the noise-scale estimator needs each worker's own m
 gradients before the reduction.
 
 Inside a sweep, the Tune trial launches the ``TorchTrainer`` and Ray Train's ``TuneReportCallback``
-passes the workers' reports (rank 0's) on to Tune; rank 0 checkpoints through Ray Train, and a
-restarted Tune trial continues its Train run from the latest checkpoint. ``batchscale train``
-runs the same ``TorchTrainer`` on an embedded Ray.
+passes the workers' reports (rank 0's) on to Tune; rank 0 checkpoints through Ray Train, which
+hands a relaunched run of the same name its latest checkpoint. ``batchscale train`` runs the same
+``TorchTrainer`` on an embedded Ray.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def run_in_tune(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: flo
     from ray.tune.integration.ray_train import TuneReportCallback
 
     ctx = tune.get_context()
-    storage = os.environ.get("BATCHSCALE_TRAIN_STORAGE") or str(Path(ctx.get_trial_dir()).parent)
+    storage = os.environ["BATCHSCALE_TRAIN_STORAGE"]  # set by the sweep for its Ray workers
     name = f"{ctx.get_experiment_name()}-dp-{ctx.get_trial_id()}"
     result = trainer(trial_fields, workers, cpus, gpus, name, storage, [TuneReportCallback()]).fit()
     _drop_run(result)

@@ -153,7 +153,7 @@ class TrialSpec(Common):
             raise SpecError("method", self.method, "a single trial cannot be 'tuned'; run a sweep, or give peak_lr")
         base = _base_recipe(wl, self.optimizer, self.recipe, "recipe")
         batch = self.batch_size or base.base_batch_size
-        _check_micro(self.micro_batch_size, batch, "batch_size", self.data_parallel.workers)
+        _check_batch_split(self.micro_batch_size, batch, "batch_size", self.data_parallel.workers)
         self._check_target(wl)
         return self
 
@@ -248,7 +248,7 @@ class SweepSpec(Common):
             except SpecError as e:
                 raise SpecError(f"axes.methods[{i}]", method, e.allowed) from None
         for i, b in enumerate(self.axes.batch_sizes):
-            _check_micro(self.micro_batch_size, b, f"axes.batch_sizes[{i}]", self.data_parallel.workers)
+            _check_batch_split(self.micro_batch_size, b, f"axes.batch_sizes[{i}]", self.data_parallel.workers)
         if self.data_parallel.workers > 1 and 0 < self.resources.gpus < 1:
             raise SpecError("resources.gpus", self.resources.gpus,
                             "allowed: 0 or at least 1 per worker when data_parallel.workers > 1 (nccl needs a GPU per rank)")
@@ -294,7 +294,7 @@ def _merge(base: dict, over: dict) -> dict:
     return merge_recipe(copy.deepcopy(base), copy.deepcopy(over))
 
 
-def _check_micro(micro: int | None, batch: int, batch_key: str, workers: int = 1) -> None:
+def _check_batch_split(micro: int | None, batch: int, batch_key: str, workers: int = 1) -> None:
     if batch % workers:
         raise SpecError("data_parallel.workers", workers, f"allowed: a divisor of {batch_key} ({batch})")
     if micro is not None and (batch // workers) % micro:

@@ -44,8 +44,8 @@ TRIAL_SCHEMA = pa.schema([
     ("train_seconds", pa.float64()), ("wall_seconds", pa.float64()), ("throughput", pa.float64()),
     ("target_reached", pa.bool_()), ("steps_to_target", pa.int64()), ("examples_to_target", pa.int64()),
     ("seconds_to_target", pa.float64()), ("diverged_step", pa.int64()), ("device", pa.string()),
-    ("threads", pa.int64()), ("workers", pa.int64()), ("adascale_mean_gain", pa.float64()), ("autowu_warmup_steps", pa.int64()),
-    ("autowu_warmup_epochs", pa.float64()), ("autowu_peak_lr", pa.float64()),
+    ("threads", pa.int64()), ("workers", pa.int64()), ("adascale_mean_gain", pa.float64()),
+    ("autowu_warmup_steps", pa.int64()), ("autowu_warmup_epochs", pa.float64()), ("autowu_peak_lr", pa.float64()),
     ("recipe_warnings", pa.string()), ("error", pa.string()), ("extra", pa.string()),
 ])
 

@@ -420,6 +420,10 @@ class Sweep:
         )
         return trainable, tune_config, run_config
 
+    def _worker_resources(self) -> dict[str, Any]:
+        """What a data-parallel trial's config carries for its Ray Train workers."""
+        return {"resources": self.spec.resources.model_dump()} if self.spec.data_parallel.workers > 1 else {}
+
     def _data_parallel_room(self) -> int:
         import ray
 
@@ -463,8 +467,7 @@ class Sweep:
 
         def build():
             trainable, tune_config, run_config = self._tune_common("grid")
-            dp = {"resources": self.spec.resources.model_dump()} if self.spec.data_parallel.workers > 1 else {}
-            cells = [{"trial_id": tid, "trial": p.grid[tid], **dp} for tid in pending]
+            cells = [{"trial_id": tid, "trial": p.grid[tid], **self._worker_resources()} for tid in pending]
             return tune.Tuner(trainable, param_space={"cell": tune.grid_search(cells)}, tune_config=tune_config,
                               run_config=run_config)
 
@@ -516,8 +519,7 @@ class Sweep:
                                         evaluated_rewards=[t["final_metric"] if t["final_metric"] is not None
                                                            else worst_objective(wl.higher_is_better) for t in done])
             searcher = StudyBudget(searcher, study.name, spec.tuning.trials)
-            dp = {"resources": spec.resources.model_dump()} if spec.data_parallel.workers > 1 else {}
-            space = {"study": study.name, "trial": study.trial, **dp,
+            space = {"study": study.name, "trial": study.trial, **self._worker_resources(),
                      "peak_lr": tune.loguniform(*study.lr_range)}
             if spec.tuning.search_warmup:
                 space["warmup_epochs"] = tune.loguniform(*spec.tuning.warmup_epochs_range)
