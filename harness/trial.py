@@ -82,8 +82,6 @@ class Trial:
         self.data = data.to(self.device) if self.device.type != "cpu" else data
         self.recipe = self._resolve(spec, data.train_size)
         batch = self.recipe.batch_size
-        if batch % self.world_size:
-            raise BatchscaleError(f"data_parallel.workers: {self.world_size} does not divide batch_size {batch}")
         self.local_batch = batch // self.world_size
         self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(self.local_batch, wl.micro_batch_cap(
             self.device.type == "cuda"))
