@@ -69,6 +69,17 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    """One parquet file, read whole through a single open: a sweep replaces its files while others
+    read them (the progress of a running sweep, a report, a notebook), and pyarrow reading from a
+    path opens it more than once, so it could mix two versions of the file. Empty if absent."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return schema.empty_table()
+    return pq.read_table(pa.BufferReader(data))
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
@@ -192,10 +203,10 @@ class ResultsStore:
 
     # -- trials and measurements --------------------------------------------------------------------
     def trial_rows(self) -> list[dict[str, Any]]:
-        return pq.read_table(self.trials_path).to_pylist() if self.trials_path.is_file() else []
+        return read_table(self.trials_path, TRIAL_SCHEMA).to_pylist()
 
     def measurement_rows(self) -> list[dict[str, Any]]:
-        return pq.read_table(self.measurements_path).to_pylist() if self.measurements_path.is_file() else []
+        return read_table(self.measurements_path, MEASUREMENT_SCHEMA).to_pylist()
 
     def record(self, trial: dict[str, Any], measurements: list[dict[str, Any]]) -> None:
         """Insert or replace one trial and its measurements (two atomic rewrites)."""
@@ -211,8 +222,5 @@ class ResultsStore:
     def load(self):
         """``(meta, trials DataFrame, measurements DataFrame)`` for analysis."""
         meta = self.read_meta()
-        trials = pq.read_table(self.trials_path).to_pandas() if self.trials_path.is_file() else \
-            TRIAL_SCHEMA.empty_table().to_pandas()
-        measurements = pq.read_table(self.measurements_path).to_pandas() if self.measurements_path.is_file() else \
-            MEASUREMENT_SCHEMA.empty_table().to_pandas()
-        return meta, trials, measurements
+        return (meta, read_table(self.trials_path, TRIAL_SCHEMA).to_pandas(),
+                read_table(self.measurements_path, MEASUREMENT_SCHEMA).to_pandas())

@@ -15,7 +15,10 @@ cluster with ``--address`` / ``RAY_ADDRESS``. Only the current Tune API is used 
 Resume: each evaluation reports a checkpoint (the whole ``Trial.state_dict``). Running the same
 command again restores each unfinished Tune experiment (``Tuner.restore``): finished trials are
 not rerun, unfinished ones continue from their last checkpoint. Our own store is the source of
-truth for what finished, so a lost Ray folder costs only the unfinished trials' progress.
+truth for what finished, so a lost Ray folder costs only the unfinished trials' progress: an
+experiment whose saved state is incomplete (a driver killed while Tune was writing it) is set
+aside and started afresh for what the store lacks, and an experiment that ends with trials still
+missing from the store is run again for them.
 A different spec under an existing name is refused.
 
 Failures: a trial that raises or whose worker dies is retried ``retries`` times from its last
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import SweepConflict
+from harness.errors import BatchscaleError, SweepConflict
 from harness.scaling import AUTOMATIC_METHODS, LR_RULES, WARMUP_RULES, resolve
 from harness.spec import SweepSpec, TrialSpec
 from harness.store import ResultsStore, environment, now
@@ -433,29 +436,46 @@ class Sweep:
             room.append(int(have.get("GPU", 0) // (w * r.gpus)))
         return max(1, min(room))
 
-    def _fit(self, experiment: str, build) -> None:
-        """Restore ``experiment`` if Tune can, else build a new Tuner (from what the store lacks); fit."""
+    def _fit(self, experiment: str, build, missing, *, searcher: bool) -> None:
+        """Restore ``experiment`` if Tune can, else build a new Tuner (from what the store lacks); fit.
+
+        ``missing()`` says whether the store still lacks trials of this experiment. After a fit it
+        must not: if it does, Tune's restored state had lost them (a driver killed while Tune was
+        writing its state), and a new experiment runs them.
+        """
         from ray import tune
 
         path = f"{self.storage.rstrip('/')}/{experiment}"
         trainable, _, _ = self._tune_common(experiment)
         tuner = None
-        if tune.Tuner.can_restore(path) and _has_experiment_state(path):
+        if tune.Tuner.can_restore(path) and _restorable(path, searcher=searcher):
             try:
                 tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
             except (ValueError, RuntimeError, OSError):
-                # killed before Tune wrote its first experiment state: start this experiment afresh
-                # (build() plans only what the store does not have yet)
-                self._set_aside(path)
-        if tuner is None:
+                tuner = None
+        if tuner is None:  # start this experiment afresh; build() plans only what the store lacks
+            self._set_aside(path)
             tuner = build()
         if tuner is not None:
             tuner.fit()
+        if missing():
+            self._set_aside(path)
+            tuner = build()
+            if tuner is not None:
+                tuner.fit()
+            if missing():
+                raise BatchscaleError(f"sweep '{self.name}': Tune experiment {experiment!r} ended twice with trials "
+                                      f"missing from the store; its folders are kept in {self.storage} (please "
+                                      "report this as a bug)")
 
     def _set_aside(self, path: str) -> None:
+        """Move an experiment folder we will not restore out of the way (kept for debugging)."""
         local = Path(path)
-        if local.exists():
-            local.rename(local.with_name(f"{local.name}.unrestorable-{int(time.time())}"))
+        if "://" not in path and local.exists():
+            stamp, n = time.strftime("%Y%m%d-%H%M%S"), 0
+            while (target := local.with_name(f"{local.name}.unrestorable-{stamp}-{n}")).exists():
+                n += 1
+            local.rename(target)
 
     def _run_grid(self, p: Plan) -> None:
         from ray import tune
@@ -471,7 +491,7 @@ class Sweep:
             return tune.Tuner(trainable, param_space={"cell": tune.grid_search(cells)}, tune_config=tune_config,
                               run_config=run_config)
 
-        self._fit("grid", build)
+        self._fit("grid", build, lambda: any(tid not in self.finished_ids() for tid in p.grid), searcher=False)
 
     def _run_study(self, study: Study) -> None:
         from ray import tune
@@ -507,7 +527,7 @@ class Sweep:
                 scheduler = ASHAScheduler(time_attr="examples", grace_period=int(spec.tuning.asha.grace_epochs * n),
                                           max_t=int(math.ceil(epochs * n)) + study.batch_size,
                                           reduction_factor=spec.tuning.asha.reduction_factor)
-            done = [t for t in self.store.trial_rows() if t.get("study") == study.name and t["status"] in FINAL]
+            done = self._study_done(study)
             remaining = spec.tuning.trials - len(done)
             if remaining <= 0:
                 return None
@@ -530,7 +550,7 @@ class Sweep:
                 metric="objective", mode=mode)
             return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
-        self._fit(study.name, build)
+        self._fit(study.name, build, lambda: len(self._study_done(study)) < spec.tuning.trials, searcher=True)
         rows = [t for t in self.store.trial_rows() if t.get("study") == study.name]
         export_optuna_study(study, rows, self.store.measurement_rows(), mode, storage_url,
                             spec.tuning.search_warmup and spec.tuning.warmup_epochs_range)
@@ -544,6 +564,11 @@ class Sweep:
             "best_trial_id": best["trial_id"] if best else None,
         }
         self.store.update_meta(studies=studies)
+
+    def _study_done(self, study: Study) -> list[dict[str, Any]]:
+        """The study's trials that count against its budget: finished, or stopped early by ASHA."""
+        return [t for t in self.store.trial_rows() if t.get("study") == study.name
+                and (t["status"] in FINAL or "stopped_by" in json.loads(t.get("extra") or "{}"))]
 
     def _mark_unfinished_incomplete(self) -> None:
         """Trials that started but did not finish stay visible as ``incomplete`` until resumed."""
@@ -586,18 +611,43 @@ def export_optuna_study(study: Study, rows: list[dict], measurements: list[dict]
             user_attrs={"trial_id": t["trial_id"], "status": t["status"], "batch_size": t["batch_size"]}))
 
 
-def _has_experiment_state(path: str) -> bool:
-    """Tune can restore an experiment only once it wrote its state; a driver killed right after
-    creating the Tuner leaves just ``tuner.pkl``, whose searcher has no search space yet."""
-    from pyarrow.fs import FileSelector, FileSystem
+def _restorable(path: str, *, searcher: bool) -> bool:
+    """Whether the Tune experiment at ``path`` has a whole state to restore.
+
+    Tune saves its experiment state and then its search algorithm's (``basic-variant-state`` for
+    the grid; ``search_gen_state`` and the searcher's pickle for a study), each named by session,
+    and copies them to storage file by file. A driver killed on the way leaves any subset: only
+    ``tuner.pkl`` (its searcher has no search space yet), or an experiment state without the
+    searcher's (OptunaSearch then has no search space, or forgets trials). Restore only when the
+    newest experiment state and its own session's search state are all there and readable.
+    """
+    import fnmatch
+
+    from pyarrow.fs import FileSelector, FileSystem, LocalFileSystem
+    from ray import cloudpickle
 
     try:
-        fs, root = FileSystem.from_uri(path) if "://" in path else (None, path)
-        if fs is None:
-            return any(p.name.startswith("experiment_state") for p in Path(path).glob("experiment_state*.json"))
-        return any(i.base_name.startswith("experiment_state") for i in fs.get_file_info(FileSelector(root)))
+        fs, root = FileSystem.from_uri(path) if "://" in path else (LocalFileSystem(), path)
+        names = {i.base_name for i in fs.get_file_info(FileSelector(root))}
     except OSError:
         return False
+    states = sorted(fnmatch.filter(names, "experiment_state-*.json"))
+    if not states:
+        return False
+    session = states[-1][len("experiment_state-"):-len(".json")]
+    needed = [states[-1], *([f"search_gen_state-{session}.json", f"searcher-state-{session}.pkl"] if searcher
+                            else [f"basic-variant-state-{session}.json"])]
+
+    def readable(name: str) -> bool:  # the experiment state is JSON; the search states are (cloud)pickles
+        try:
+            with fs.open_input_stream(f"{root.rstrip('/')}/{name}") as f:
+                data = f.readall()
+            json.loads(data) if name == states[-1] else cloudpickle.loads(data)  # noqa: S301 - Tune's own files
+            return True
+        except Exception:  # noqa: BLE001 - cut short or unreadable: not restorable
+            return False
+
+    return all(name in names and readable(name) for name in needed)
 
 
 def _trial_dirname(trial) -> str:

@@ -109,6 +109,7 @@ class Trial:
         self.eval_every = spec.eval.every_examples or math.ceil(n / spec.eval.per_epoch)
 
         self.step = 0
+        self.resumed_from_step: int | None = None  # set when continued from a checkpoint
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
         self.measurements: list[dict[str, Any]] = []
@@ -276,6 +277,7 @@ class Trial:
             "examples_to_target": hit.get("examples"),
             "seconds_to_target": hit.get("train_seconds"),
             "diverged_step": self.diverged_step,
+            "resumed_from_step": self.resumed_from_step,
             "micro_batch_size": self.micro_batch_size,
             "parameters": sum(p.numel() for p in self.params),
             "last_lr": self.last_lr,
@@ -327,6 +329,7 @@ class Trial:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         c = state["counters"]
         self.step, self.stream.position = c["step"], c["position"]
+        self.resumed_from_step = self.step
         self.train_seconds, self.wall_seconds, self.status = c["train_seconds"], c["wall_seconds"], c["status"]
         self.initial_loss, self.diverged_step, self.target_hit = c["initial_loss"], c["diverged_step"], c["target_hit"]
         self.next_eval, self._loss_sum, self._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]

@@ -117,12 +117,22 @@ class StudyBudget(Searcher):
             self.live.add(trial_id)
         return config
 
+    # Tune's experiment state and the searcher's are saved (and copied to storage) one after the
+    # other: after a killed driver, a restored experiment may hold a trial its searcher never
+    # suggested. The store records it; the searcher's model goes without it (OptunaSearch would
+    # raise KeyError).
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.searcher.on_trial_result(trial_id, result)
+        try:
+            self.searcher.on_trial_result(trial_id, result)
+        except KeyError:
+            pass
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.live.discard(trial_id)
-        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        try:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        except KeyError:
+            pass
 
     # Tune saves a wrapper's own state with get_state/set_state and the wrapped searcher's itself.
     def get_state(self) -> dict:

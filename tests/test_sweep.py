@@ -24,6 +24,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from harness.store import ResultsStore
 from tests.conftest import kill_tree_matching
 
 pytestmark = pytest.mark.ray
@@ -169,7 +170,7 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, finished_sweep):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
-        if (results / "trials.parquet").exists() and len(pd.read_parquet(results / "trials.parquet")) >= 3:
+        if len(ResultsStore(results).trial_rows()) >= 3:  # read whole while the driver rewrites it
             break
         time.sleep(0.2)
     driver.send_signal(signal.SIGKILL)
@@ -194,6 +195,46 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, finished_sweep):
     ref = pd.read_parquet(reference / "trials.parquet").set_index("trial_id")
     grid = after[after.method != "tuned"].set_index("trial_id")
     assert (grid.final_metric == ref.loc[grid.index, "final_metric"]).all()
+
+
+def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
+    """After the driver dies, a trial that had reported a checkpoint continues from it, not from
+    step 0, and its evaluations join up with no gap or repeat. To kill at a moment Tune's saved
+    state is whole and names a checkpoint, the driver is frozen (SIGSTOP) while that is checked."""
+    from harness.sweep import _restorable
+
+    spec = write_spec(tmp_path, {
+        "name": "long", "workload": "mnist1d_mlp", "workload_options": {"n_train": 20000, "n_test": 1000},
+        "budget": {"epochs": 12}, "eval": {"per_epoch": 2}, "axes": {"batch_sizes": [128], "methods": ["legw"]}})
+    results = tmp_path / "results" / "long"
+    experiment = results / "ray" / "grid"
+    cmd = ["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"]
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its state each second
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", *cmd], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while True:
+        assert driver.poll() is None and time.time() < deadline, "the trial ended before Tune saved a checkpoint"
+        time.sleep(0.3)
+        driver.send_signal(signal.SIGSTOP)
+        states = sorted(experiment.glob("experiment_state-*.json"))
+        if (_restorable(str(experiment), searcher=False) and "checkpoint_0000" in states[-1].read_text()
+                and not (results / "trials.parquet").exists()):
+            break
+        driver.send_signal(signal.SIGCONT)
+    driver.kill()
+    driver.wait()
+
+    proc = cli(cmd, ray_tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, trials, measurements = load(results)
+    (row,) = trials.itertuples()
+    assert row.status == "complete"
+    resumed_from = json.loads(row.extra)["resumed_from_step"]
+    evals = [math.ceil(10000 * i / 128) for i in range(1, 25)]  # the first step past each half epoch
+    assert list(measurements.step) == evals
+    assert resumed_from in evals[:-1], resumed_from  # from an evaluation's checkpoint, before the end
+    assert not list((results / "ray").glob("grid.unrestorable-*")), "a whole state is restored, not set aside"
 
 
 def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp):
@@ -281,14 +322,82 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
     assert not leftovers, f"processes of the test cluster still running after stop: {leftovers}"
 
 
-def test_an_experiment_folder_without_state_is_not_restored(tmp_path):
-    """A driver killed right after creating a Tuner leaves only tuner.pkl: start afresh, not restore."""
-    from harness.sweep import _has_experiment_state
+def test_only_a_whole_experiment_state_is_restored(tmp_path, finished_sweep):
+    """Tune writes its state in pieces (experiment state, then the search algorithm's) and copies
+    them to storage file by file, so a killed driver can leave any subset. Restore only when the
+    newest experiment state and its own session's search state are all there and readable."""
+    from ray import cloudpickle
 
-    (tmp_path / "tuner.pkl").write_bytes(b"x")
-    assert not _has_experiment_state(str(tmp_path))
-    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
-    assert _has_experiment_state(str(tmp_path))
+    from harness.sweep import _restorable
+
+    # what Tune wrote for the finished sweep: the grid and each study are whole
+    _, _, reference, _ = finished_sweep
+    ray_dir = reference / "ray"
+    studies = sorted(json.loads((reference / "sweep.json").read_text())["studies"])
+    assert _restorable(str(ray_dir / "grid"), searcher=False)
+    assert all(_restorable(str(ray_dir / s), searcher=True) for s in studies)
+    assert not _restorable(str(ray_dir / "grid"), searcher=True)  # a grid has no searcher's pickle
+
+    s1, s2 = "2026-01-01_00-00-00", "2026-01-02_00-00-00"
+    state = cloudpickle.dumps({"counter": 1})  # the search states are (cloud)pickles, whatever their suffix
+    (tmp_path / "tuner.pkl").write_bytes(b"x")  # killed right after creating the Tuner
+    assert not _restorable(str(tmp_path), searcher=False)
+    assert not _restorable(str(tmp_path / "absent"), searcher=False)
+    (tmp_path / f"experiment_state-{s1}.json").write_text("{}")
+    assert not _restorable(str(tmp_path), searcher=False)  # the grid's variant state missing
+    (tmp_path / f"basic-variant-state-{s1}.json").write_bytes(state)
+    assert _restorable(str(tmp_path), searcher=False)
+    # a study: the search generator's state and the searcher's pickle, of the same session
+    assert not _restorable(str(tmp_path), searcher=True)
+    (tmp_path / f"search_gen_state-{s1}.json").write_bytes(state)
+    assert not _restorable(str(tmp_path), searcher=True)
+    (tmp_path / f"searcher-state-{s1}.pkl").write_bytes(state[:-3])  # cut short
+    assert not _restorable(str(tmp_path), searcher=True)
+    (tmp_path / f"searcher-state-{s1}.pkl").write_bytes(state)
+    assert _restorable(str(tmp_path), searcher=True)
+    # a resumed session's experiment state without its own search state: the older one does not do
+    (tmp_path / f"experiment_state-{s2}.json").write_text("{}")
+    assert not _restorable(str(tmp_path), searcher=True)
+    (tmp_path / f"experiment_state-{s2}.json").write_text('{"trial_data": [')  # cut short
+    for name in (f"search_gen_state-{s2}.json", f"basic-variant-state-{s2}.json", f"searcher-state-{s2}.pkl"):
+        (tmp_path / name).write_bytes(state)
+    assert not _restorable(str(tmp_path), searcher=True)
+    assert not _restorable(str(tmp_path), searcher=False)
+
+
+def test_a_study_whose_searcher_state_never_reached_storage_is_rebuilt_from_the_store(
+        tmp_path, ray_tmp, finished_sweep):
+    """The CI failure this guards against: the driver was killed after Tune copied a study's
+    experiment state to storage but before the searcher's state; restoring that half would leave
+    OptunaSearch without a search space. The study is set aside and rebuilt from the store: its
+    finished trials are kept and told to the new searcher, and only the missing ones run."""
+    _, _, reference, _ = finished_sweep
+    results = tmp_path / "results" / "grid"
+    shutil.copytree(reference, results)
+    spec = write_spec(tmp_path, SPEC)
+    meta, trials, measurements = load(results)
+    study = sorted(meta["studies"])[-1]
+    ours = trials[trials.study == study].sort_values("trial_id")
+    kept, dropped = ours.trial_id[:2].tolist(), ours.trial_id[2:].tolist()
+    trials[~trials.trial_id.isin(dropped)].to_parquet(results / "trials.parquet", index=False)
+    measurements[~measurements.trial_id.isin(dropped)].to_parquet(results / "measurements.parquet", index=False)
+    meta["status"] = "interrupted"
+    meta["studies"].pop(study)
+    (results / "sweep.json").write_text(json.dumps(meta))
+    experiment = results / "ray" / study
+    for pattern in ("searcher-state-*.pkl", "search_gen_state-*.json"):
+        for f in experiment.glob(pattern):
+            f.unlink()
+
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta, after, _ = load(results)
+    assert meta["status"] == "finished" and meta["studies"][study]["trials"] == 4
+    rerun = after[after.study == study]
+    assert len(rerun) == 4 and (rerun.status == "complete").all() and set(kept) <= set(rerun.trial_id)
+    old = ours.set_index("trial_id").loc[kept]
+    assert list(rerun.set_index("trial_id").loc[kept, "train_seconds"]) == list(old.train_seconds)
+    assert list(results.joinpath("ray").glob(f"{study}.unrestorable-*")), "the half experiment is set aside"
 
 
 def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
@@ -334,3 +443,25 @@ def test_tuned_studies_start_from_the_rules_predictions():
     assert [p["warmup_epochs"] for p in s.start_points] == [1.0] * 3  # legw: 0.02 * 128 = 2.56, clipped
     (s,) = studies(1024, start_from_rules=False)
     assert s.start_points == []
+
+
+def test_a_restored_study_ignores_trials_its_searcher_never_suggested():
+    """After a killed driver, Tune's restored experiment may hold a trial saved after the searcher's
+    state was: its results must not crash the study (OptunaSearch raises KeyError), while the
+    trials the searcher did suggest still reach Optuna."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from harness.tune_callback import StudyBudget
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    inner = OptunaSearch(metric="objective", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
+    budget = StudyBudget(inner, "s", 3)
+    assert budget.set_search_properties("objective", "max", {"peak_lr": tune.loguniform(0.01, 1.0)})
+    assert 0.01 <= budget.suggest("a")["peak_lr"] <= 1.0
+    budget.on_trial_result("ghost", {"objective": 0.5, "training_iteration": 1})
+    budget.on_trial_complete("ghost", {"objective": 0.5})
+    budget.on_trial_complete("a", {"objective": 0.7})
+    assert [t.value for t in inner._ot_study.trials] == [0.7]
+    assert budget.live == set()
