@@ -70,14 +70,20 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def read_table(path: Path, schema: pa.Schema) -> pa.Table:
-    """One parquet file, read whole through a single open: a sweep replaces its files while others
-    read them (the progress of a running sweep, a report, a notebook), and pyarrow reading from a
-    path opens it more than once, so it could mix two versions of the file. Empty if absent."""
+    """One parquet file, read whole through a single open; empty if absent.
+
+    A sweep replaces its files while others read them (its own driver, a report, a notebook), and
+    ``pq.read_table(path)`` opens the file more than once, so it could mix two versions of it. The
+    read also stays off Arrow's dataset scan and thread pools (an Arrow-allocated buffer, one
+    thread): a resumed sweep driver once aborted (SIGABRT) in CI with a backtrace through the
+    scan's (acero) pool threads, when it read a Python-owned buffer that way.
+    """
     try:
-        data = Path(path).read_bytes()
+        with pa.OSFile(str(path)) as f:
+            buffer = f.read_buffer()
     except FileNotFoundError:
         return schema.empty_table()
-    return pq.read_table(pa.BufferReader(data))
+    return pq.ParquetFile(pa.BufferReader(buffer)).read(use_threads=False)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -60,6 +60,12 @@ def cli(args, ray_tmp, env_extra=None, **kw) -> subprocess.CompletedProcess:
                           text=True, timeout=600, **kw)
 
 
+def why(proc: subprocess.CompletedProcess) -> str:
+    """A failed command's stderr: its start (a native crash names its cause there) and its end."""
+    err = proc.stderr or ""
+    return err if len(err) <= 4000 else f"{err[:1500]}\n[...]\n{err[-2500:]}"
+
+
 def write_spec(tmp_path, spec, name="spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(spec))
@@ -79,7 +85,7 @@ def finished_sweep(tmp_path_factory):
     try:
         spec = write_spec(tmp, SPEC)
         proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--no-report", "--quiet"], folder)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, why(proc)
         yield tmp, spec, tmp / "results" / "grid", proc
     finally:
         kill_tree_matching(folder)
@@ -179,7 +185,7 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, finished_sweep):
     assert 3 <= len(before) < 12, "the kill must land mid-sweep"
 
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     meta, after, m_after = load(results)
     assert meta["status"] == "finished" and len(meta["sessions"]) == 2
     assert len(after) == 12 and after.trial_id.is_unique and (after.status == "complete").all()
@@ -226,7 +232,7 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
     driver.wait()
 
     proc = cli(cmd, ray_tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     _, trials, measurements = load(results)
     (row,) = trials.itertuples()
     assert row.status == "complete"
@@ -244,7 +250,7 @@ def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp
         "noise_scale": False})  # one micro-batch per step: the failing size is the batch size
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp,
                env_extra={"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins", "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     _, trials, _ = load(tmp_path / "results" / "flaky")
     by_batch = trials.set_index("batch_size")
     assert by_batch.loc[256, "status"] == "complete"
@@ -292,7 +298,7 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--address",
                                f"127.0.0.1:{port}", "--results", str(tmp_path / "results"), "--no-report", "--quiet"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.returncode == 0, why(proc)
         meta, trials, measurements = load(tmp_path / "results" / "on-cluster")
         assert len(trials) == 8 and (trials.status == "complete").all(), trials[["trial_id", "status", "error"]]
         assert meta["sessions"][0]["address"] == f"127.0.0.1:{port}"
@@ -390,7 +396,7 @@ def test_a_study_whose_searcher_state_never_reached_storage_is_rebuilt_from_the_
             f.unlink()
 
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     meta, after, _ = load(results)
     assert meta["status"] == "finished" and meta["studies"][study]["trials"] == 4
     rerun = after[after.study == study]
@@ -409,7 +415,7 @@ def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
         "axes": {"batch_sizes": [256], "methods": ["tuned"]},
         "tuning": {"trials": 6, "lr_range_factor": 8, "asha": {"grace_epochs": 1, "reduction_factor": 3}}})
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why(proc)
     _, trials, measurements = load(tmp_path / "results" / "asha")
     assert len(trials) == 6 and set(trials.status) <= {"complete", "incomplete"}
     stopped = trials[trials.status == "incomplete"]
