@@ -373,10 +373,11 @@ def test_only_a_whole_experiment_state_is_restored(tmp_path, finished_sweep):
 
 def test_a_study_whose_searcher_state_never_reached_storage_is_rebuilt_from_the_store(
         tmp_path, ray_tmp, finished_sweep):
-    """The CI failure this guards against: the driver was killed after Tune copied a study's
-    experiment state to storage but before the searcher's state; restoring that half would leave
-    OptunaSearch without a search space. The study is set aside and rebuilt from the store: its
-    finished trials are kept and told to the new searcher, and only the missing ones run."""
+    """The driver was killed after Tune copied a study's experiment state to storage but before
+    the searcher's state. Restoring that half failed in CI (OptunaSearch had no search space) and,
+    as set up here, ended the study 'finished' with 2 of its 4 trials. The study is set aside and
+    rebuilt from the store: its finished trials are kept and told to the new searcher, and only
+    the missing ones run."""
     _, _, reference, _ = finished_sweep
     results = tmp_path / "results" / "grid"
     shutil.copytree(reference, results)
