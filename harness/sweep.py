@@ -491,7 +491,7 @@ class Sweep:
             return tune.Tuner(trainable, param_space={"cell": tune.grid_search(cells)}, tune_config=tune_config,
                               run_config=run_config)
 
-        self._fit("grid", build, lambda: any(tid not in self.finished_ids() for tid in p.grid), searcher=False)
+        self._fit("grid", build, lambda: not set(p.grid) <= self.finished_ids(), searcher=False)
 
     def _run_study(self, study: Study) -> None:
         from ray import tune
