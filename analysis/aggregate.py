@@ -6,8 +6,14 @@ miss counts as infinitely late, so that a cell where most seeds missed reads "no
 than the median of the lucky ones; how many seeds reached it; the divergence rate; speedups against
 the base batch size of the same optimizer and method; the resolved peak LR and warmup.
 
-A ``tuned`` cell is, per seed, the best trial of that seed's Optuna study (by final metric), so
-it aggregates like the rule methods; ``best_peak_lr`` is the LR those best trials used.
+A ``tuned`` cell is, per seed, the best trial of that seed's Optuna study (by final metric under
+the fixed_epochs protocol, by fewest steps to the target under steps_to_result), so it aggregates
+like the rule methods; ``best_peak_lr`` is the LR those best trials used.
+
+The protocol's budget table (``sweep.json``: ``protocol.budgets``, see harness.protocol) adds per
+cell whether the budget could reach the target at all (``feasible``: True, False, or None when it
+was not checked), the step budget, the evaluation interval, and the resolution the steps to the
+target got (interval / steps).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.protocol import best_trial
 from harness.store import ResultsStore
 
 KEYS = ["workload", "optimizer", "method", "batch_size"]
@@ -45,6 +52,14 @@ class Results:
         return self.meta["spec_resolved"].get("target")
 
     @property
+    def protocol(self) -> dict:
+        """The protocol the sweep ran under, with its budget table (empty for older sweeps)."""
+        given = (self.meta["spec_resolved"].get("protocol") or {})
+        out = {"kind": given.get("kind", "fixed_epochs"), "checked": False, "budgets": [], "estimates": {}}
+        out.update(self.meta.get("protocol") or {})
+        return out
+
+    @property
     def base_batch_size(self) -> int:
         """B0 of the recipe when the sweep ran it, else the sweep's smallest batch size."""
         b0s = {r["base_batch_size"] for r in self.meta["workload"]["base_recipes"].values()}
@@ -65,14 +80,17 @@ def representative_trials(res: Results) -> pd.DataFrame:
     tuned = t[t.method == "tuned"]
     if tuned.empty:
         return rules.copy()
-    sign = 1 if res.higher_is_better else -1
+    by_steps = res.protocol["kind"] == "steps_to_result"
     picked = []
     for _, study in tuned.groupby("study"):
-        ok = study[study.status == "complete"]
+        ok = study[(study.status == "complete") & study.final_metric.notna()]
         if ok.empty:  # every trial diverged or failed: the study's result is that
             picked.append(study.iloc[[0]])
         else:
-            picked.append(ok.loc[[(sign * ok.final_metric).idxmax()]])
+            rows = [{**r, "target_reached": bool(pd.notna(r["target_reached"]) and r["target_reached"])}
+                    for r in ok.to_dict("records")]
+            best = best_trial(rows, res.higher_is_better, by_steps)
+            picked.append(ok[ok.trial_id == best["trial_id"]])
     return pd.concat([rules, *picked], ignore_index=True)
 
 
@@ -131,6 +149,15 @@ def aggregate(res: Results) -> pd.DataFrame:
         # a miss (inf) on either side has no speedup, not a speedup of 0 or inf
         agg[out] = np.where(np.isfinite(ratio) & np.isfinite(own) & (ratio > 0), ratio, math.nan)
     agg["scale"] = agg.batch_size / base
+    budgets = {(r["optimizer"], r["batch_size"]): r for r in res.protocol.get("budgets", [])}
+    agg["feasible"] = [budgets.get((o, b), {}).get("feasible") for o, b in zip(agg.optimizer, agg.batch_size)]
+    agg["budget_steps"] = [budgets.get((o, b), {}).get("budget_steps", math.nan)
+                           for o, b in zip(agg.optimizer, agg.batch_size)]
+    agg["eval_every_steps"] = [budgets.get((o, b), {}).get("eval_every_steps", math.nan)
+                               for o, b in zip(agg.optimizer, agg.batch_size)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        agg["resolution"] = np.where(np.isfinite(agg.steps_to_target), agg.eval_every_steps.astype(float)
+                                     / agg.steps_to_target, math.nan)
     return agg
 
 

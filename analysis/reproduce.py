@@ -2,8 +2,20 @@
 
 A paper spec (``experiments/paper/*.yaml``) carries ``claims``: each a kind, parameters, the
 claim's words and, where known, the published number. Each is judged on the aggregate and comes
-back as ``holds``, ``does not hold`` or ``not measurable`` (e.g. a method missing from the sweep),
-always with the measured numbers, so that a claim that fails at our scale is reported as failing.
+back as ``holds``, ``does not hold`` or ``not measurable``, always with the measured numbers, so
+that a claim that fails at our scale is reported as failing, and one that our protocol cannot test
+is never reported as failing:
+
+* a batch size whose budget cannot reach the target for any rule (the protocol's pilot says so,
+  harness.protocol) is not evidence: a claim that needs it is ``not measurable`` unless it already
+  fails at a batch size that could be judged;
+* a cell is a clean success only when every seed completed: one diverged seed of three fails it;
+* with several seeds, a difference no larger than the seeds' spread (the larger standard deviation
+  of the two cells) is not a win;
+* a speedup in wall time is only judged where a larger batch can run faster per example (GPUs,
+  data-parallel workers); on one CPU core per trial examples/s is flat in B, so it is ``not
+  measurable`` there, and claims are judged on steps (``kind: steps``) or on the cost model's
+  projection (``kind: projected``).
 
 Kinds (``params``):
 
@@ -12,9 +24,11 @@ Kinds (``params``):
 * ``loses_or_diverges``: ``method`` loses more than ``tolerance`` against its base-batch result, or
   diverges, at the largest batch (``at: any`` for any batch of at least ``min_scale`` x B0).
 * ``better_than``: ``method`` beats ``other`` by more than ``margin`` at the largest batch (``at:
-  all`` for every batch of at least ``min_scale`` x B0); a diverged run is worse than any number.
+  all`` for every batch from ``min_scale`` to ``max_scale`` x B0); a diverged run is worse than any
+  number, and a difference within the seeds' spread is no win.
 * ``speedup``: the largest batch reaching the target does so ``min`` times faster than B0
-  (``kind: steps`` or ``time``) with ``method``.
+  (``kind: steps``, ``time``, or ``projected``: the projected time on ``devices`` accelerators, the
+  batch size fastest there, against B0 on one) with ``method``.
 """
 
 from __future__ import annotations
@@ -49,8 +63,20 @@ def _cells(agg: pd.DataFrame, method: str, optimizer: str | None) -> pd.DataFram
 
 
 def _value(row) -> float:
-    """The cell's mean metric, or NaN when it diverged (or has no finished seed)."""
-    return row.final_mean if row.complete > 0 else math.nan
+    """The cell's mean metric, or NaN when a seed diverged or failed (or none finished): a cell is a
+    clean success only when all its seeds completed."""
+    return row.final_mean if row.complete > 0 and row.complete == row.seeds else math.nan
+
+
+def _seeds_note(row) -> str:
+    bad = int(row.seeds - row.complete)
+    return f" ({bad}/{int(row.seeds)} seeds diverged or failed)" if bad and row.complete else ""
+
+
+def _feasible(row) -> bool:
+    """False only when the protocol's check says the budget cannot reach the target there."""
+    v = row.get("feasible")
+    return v is None or v != v or bool(v)  # None / NaN: not checked
 
 
 def _loss(res: Results, base: float, value: float, relative: bool) -> float:
@@ -75,6 +101,8 @@ def judge(res: Results, agg: pd.DataFrame, claim: dict) -> Verdict:
         measured, ok = fn(res, agg, p)
     except LookupError as e:
         return Verdict(claim["id"], claim["text"], str(e), published, UNMEASURABLE)
+    if not res.protocol.get("checked") and res.target:
+        measured += "; budgets not checked against the target (no pilot: protocol.pilot false, or an older sweep)"
     verdict = UNMEASURABLE if ok is None else HOLDS if ok else FAILS
     return Verdict(claim["id"], claim["text"], measured, published, verdict)
 
@@ -100,19 +128,29 @@ def _within_base(res, agg, p):
     _need(cells, method)
     base = _value(_base_row(cells, res, method))
     scope = cells[(cells.index / res.base_batch_size) <= float(p.get("max_scale", math.inf))]
+    unmeasurable = [b for b, row in scope.iterrows() if not _feasible(row)]
+    judged = scope.drop(index=unmeasurable)
+    if judged.empty:
+        raise LookupError(f"no batch size up to {scope.index.max()} can reach the target within its budget")
     worst, worst_b, ok = -math.inf, None, True
-    for b, row in scope.iterrows():
+    for b, row in judged.iterrows():
         v = _value(row)
         loss = math.inf if math.isnan(v) else _loss(res, base, v, rel)
-        ok &= loss <= tol + EPS
+        ok = ok and bool(loss <= tol + EPS)
         if loss > worst:
             worst, worst_b = loss, b
-    v_worst = _value(scope.loc[worst_b])
+    v_worst = _value(judged.loc[worst_b])
     k = worst_b / res.base_batch_size
     scale = 100 if (res.higher_is_better and not rel) or rel else 1
-    measured = (f"base B={res.base_batch_size}: {_fmt(res, base)}; worst up to {scope.index.max()} "
-                f"({scope.index.max() / res.base_batch_size:g}x): B={worst_b} ({k:g}x) {_fmt(res, v_worst)}"
-                + ("" if math.isinf(worst) else f" ({-worst * scale:+.2f} {'%' if rel else 'pt'})"))
+    measured = (f"base B={res.base_batch_size}: {_fmt(res, base)}; worst up to {judged.index.max()} "
+                f"({judged.index.max() / res.base_batch_size:g}x): B={worst_b} ({k:g}x) {_fmt(res, v_worst)}"
+                + ("" if math.isinf(worst) else f" ({-worst * scale:+.2f} {'%' if rel else 'pt'})")
+                + _seeds_note(judged.loc[worst_b]))
+    if unmeasurable:
+        measured += (f"; not measurable at B={', '.join(map(str, unmeasurable))} (the budget cannot reach the "
+                     f"target there for any rule)")
+        if ok:  # it holds where it can be judged, but the claim's range is not covered
+            return measured, None
     return measured, ok
 
 
@@ -124,13 +162,19 @@ def _loses_or_diverges(res, agg, p):
     big = cells[(cells.index / res.base_batch_size) >= float(p.get("min_scale", 1))]
     if p.get("at", "largest") == "largest":
         big = big.iloc[[-1]]
-    parts, hits = [], []
+    parts, hits, unmeasurable = [], [], []
     for b, row in big.iterrows():
         v = _value(row)
-        lost = math.isnan(v) or _loss(res, base, v, rel) > tol + EPS
-        hits.append(lost)
-        parts.append(f"B={b} ({b / res.base_batch_size:g}x): {_fmt(res, v)}")
-    return f"base {_fmt(res, base)}; " + "; ".join(parts), any(hits)
+        parts.append(f"B={b} ({b / res.base_batch_size:g}x): {_fmt(res, v)}{_seeds_note(row)}")
+        if not _feasible(row):  # losing where no rule could reach the target says nothing
+            unmeasurable.append(b)
+            parts[-1] += " [budget cannot reach the target: not measurable]"
+            continue
+        hits.append(bool(math.isnan(v) or _loss(res, base, v, rel) > tol + EPS))
+    measured = f"base {_fmt(res, base)}; " + "; ".join(parts)
+    if any(hits):
+        return measured, True
+    return measured, None if unmeasurable else False
 
 
 def _better_than(res, agg, p):
@@ -139,38 +183,85 @@ def _better_than(res, agg, p):
     _need(ca, a)
     _need(cb, b_method)
     common = sorted(set(ca.index) & set(cb.index))
-    common = [b for b in common if b / res.base_batch_size >= float(p.get("min_scale", 1))]
+    common = [b for b in common if float(p.get("min_scale", 1)) <= b / res.base_batch_size
+              <= float(p.get("max_scale", math.inf))]
     if not common:
         raise LookupError(f"{a} and {b_method} share no batch size of at least {p.get('min_scale', 1)}x B0")
     if p.get("at", "largest") == "largest":
         common = common[-1:]
     verdicts, parts = [], []
     for b in common:
-        va, vb = _value(ca.loc[b]), _value(cb.loc[b])
+        ra, rb = ca.loc[b], cb.loc[b]
+        va, vb = _value(ra), _value(rb)
+        part = f"B={b}: {a} {_fmt(res, va)}{_seeds_note(ra)} vs {b_method} {_fmt(res, vb)}{_seeds_note(rb)}"
+        if not (_feasible(ra) and _feasible(rb)):
+            verdicts.append(None)
+            parts.append(part + " [budget cannot reach the target: not measurable]")
+            continue
+        spread = max((x for x in (ra.final_std, rb.final_std) if x == x), default=0.0)
         if math.isnan(va):
             better = False
         elif math.isnan(vb):
             better = True
         else:
-            better = -_loss(res, vb, va, False) > margin + EPS
+            gain = -_loss(res, vb, va, False)
+            better = bool(gain > margin + EPS and gain > spread + EPS)
+            if margin + EPS < gain <= spread + EPS:
+                part += f" (difference {abs(gain):.4g} within the seeds' spread {spread:.4g}: not a win)"
         verdicts.append(better)
-        parts.append(f"B={b}: {a} {_fmt(res, va)} vs {b_method} {_fmt(res, vb)}")
-    return "; ".join(parts), all(verdicts)
+        parts.append(part)
+    measured = "; ".join(parts)
+    if any(v is False for v in verdicts):
+        return measured, False
+    return measured, None if any(v is None for v in verdicts) else True
 
 
 def _speedup(res, agg, p):
     method, need, kind = p["method"], float(p["min"]), p.get("kind", "steps")
     if not res.target:
         raise LookupError("the sweep has no target")
+    if kind not in ("steps", "time", "projected"):
+        raise LookupError(f"speedup kind {kind!r}; allowed: steps, time, projected")
     cells = _cells(agg, method, p.get("optimizer"))
     _need(cells, method)
+    if kind == "time" and _one_cpu_core_per_trial(res):
+        raise LookupError("wall time on one CPU core per trial: examples/s is flat in the batch size, so a time "
+                          "speedup cannot appear by construction; judge it on steps or on the projected time")
+    if kind == "projected":
+        return _projected_speedup(res, agg, method, need, p)
     col = "speedup_steps" if kind == "steps" else "speedup_time"
     reached = cells[cells[col].notna()]
     if reached.empty:
+        if not all(_feasible(r) for _, r in cells.iterrows() if r.name != res.base_batch_size):
+            raise LookupError(f"{method} reached the target at no larger batch size, and the budget cannot reach it "
+                              f"at B={', '.join(str(b) for b, r in cells.iterrows() if not _feasible(r))}")
         return f"{method} reached the target at no batch size", False
     b = reached.index.max()
     value = reached.loc[b, col]
     return f"B={b} ({b / res.base_batch_size:g}x) reaches the target {value:.2f}x faster ({kind}) than B0", value >= need - EPS
+
+
+def _one_cpu_core_per_trial(res) -> bool:
+    t = res.trials
+    on_cpu = not t.device.astype(str).str.startswith("cuda").any()
+    return bool(on_cpu and (t.workers.fillna(1) <= 1).all() and (t.threads.fillna(1) <= 1).all())
+
+
+def _projected_speedup(res, agg, method, need, p):
+    from analysis.costmodel import project
+
+    devices = int(p.get("devices", 64))
+    proj, _ = project(res, agg)
+    rows = proj[(proj.method == method) & (proj.devices == devices)]
+    if rows.empty:
+        raise LookupError(f"no projection for {method} on {devices} devices (projection.devices)")
+    row = rows.iloc[0]
+    one = proj[(proj.method == method) & (proj.devices == 1)]
+    if not math.isfinite(row.seconds) or one.empty or not math.isfinite(one.iloc[0].base_seconds):
+        return f"{method} reached the target at no batch size (or not at B0)", False
+    value = one.iloc[0].base_seconds / row.seconds
+    return (f"projected: B={int(row.best_batch)} on {devices} devices reaches the target {value:.2f}x faster than "
+            f"B0={res.base_batch_size} on one device (cost model in the report)"), value >= need - EPS
 
 
 def judge_all(res: Results, agg: pd.DataFrame) -> list[Verdict]:

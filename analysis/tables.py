@@ -36,23 +36,25 @@ def _columns(res: Results, agg: pd.DataFrame):
                      for o, m in cols]
 
 
-def _fmt_metric(row, digits: int) -> str:
+def _fmt_metric(row, digits: int | str) -> str:
+    """``digits``: decimals (accuracy: 4), or a format such as ``.3g`` for metrics of any scale."""
     if row.seeds == row.errors:
         return "error"
     if row.complete == 0 and row.diverged:
         return "diverged"
     if math.isnan(row.final_mean):
         return "n/a"
-    text = f"{row.final_mean:.{digits}f}"
+    fmt = digits if isinstance(digits, str) else f".{digits}f"
+    text = f"{row.final_mean:{fmt}}"
     if not math.isnan(row.final_std):
-        text += f" ± {row.final_std:.{digits}f}"
+        text += f" ± {row.final_std:{fmt}}"
     if row.diverged:
         text += f" ({row.diverged}/{row.seeds} diverged)"
     return text
 
 
 def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
-    digits = 4 if res.higher_is_better else 2
+    digits = 4 if res.higher_is_better else ".3g"  # accuracy in points; losses, perplexities at any scale
     batches, columns = _columns(res, agg)
     display = pd.DataFrame(index=pd.Index(batches, name="batch size"))
     numbers = pd.DataFrame(index=display.index)
@@ -149,8 +151,51 @@ def write_table(table: Table, folder: Path) -> list[Path]:
     return paths
 
 
+PROTOCOLS = {"fixed_epochs": "fixed epochs: the same epoch budget at every batch size, no retuning (You et al. 2019; "
+                             "Goyal et al. 2017)",
+             "steps_to_result": "steps to result: a step budget per batch size, trials stop at the target, the tuned "
+                                "arm selects on steps (Shallue et al. 2018)"}
+
+
+def protocol_table(res: Results, agg: pd.DataFrame) -> Table | None:
+    """Per batch size: the budget the protocol gave, whether it could reach the target at all, the
+    evaluation grid, and the resolution the steps to the target got (interval / fewest steps)."""
+    pr = res.protocol
+    budgets = pr.get("budgets") or []
+    if not budgets:
+        return None
+    optimizers = sorted({r["optimizer"] for r in budgets})
+    rows = []
+    for r in budgets:
+        cells = agg[(agg.optimizer == r["optimizer"]) & (agg.batch_size == r["batch_size"])]
+        reached = cells[cells.steps_to_target.apply(math.isfinite)]
+        fewest = float(reached.steps_to_target.min()) if len(reached) else math.nan
+        label = r["batch_size"] if len(optimizers) == 1 else f"{r['optimizer']} {r['batch_size']}"
+        verdict = {True: "yes", False: "NO: budget too small", None: "not checked"}[r.get("feasible")]
+        rows.append((label, {
+            "S(B) predicted": "" if r.get("steps_predicted") is None else f"{r['steps_predicted']:.0f}",
+            "budget (steps)": f"{r['budget_steps']}", "budget (epochs)": f"{r['budget_epochs']:.3g}",
+            "evaluated every (steps)": f"{r['eval_every_steps']}",
+            "fewest steps to target": "not reached" if math.isnan(fewest) else f"{fewest:.0f}",
+            "resolution": "" if math.isnan(fewest) else f"{r['eval_every_steps'] / fewest:.1%}",
+            "rules measurable": verdict}))
+    display = pd.DataFrame([v for _, v in rows], index=pd.Index([k for k, _ in rows], name="batch size"))
+    est = pr.get("estimates") or {}
+    parts = []
+    for o, e in est.items():
+        src = (f"pilot at B0={e['pilot']['batch_size']}: {e['pilot']['steps_to_target']} steps to the target"
+               if e["source"] == "pilot" else "given")
+        parts.append(f"{o}: S_min = {e['s_min']:.1f}, B_crit = {e['b_crit']:.0f} ({src})")
+    margin = pr.get("margin")
+    title = (f"Protocol — {PROTOCOLS.get(pr['kind'], pr['kind'])}. Budget = {margin:g} x S(B) = S_min (1 + B_crit/B)"
+             + (f" [{'; '.join(parts)}]" if parts else " [not checked: no pilot]")
+             + ". Steps to the target are read at evaluations; resolution = evaluation interval / fewest steps")
+    return Table("protocol", title, display, display.copy(),
+                 pd.DataFrame(False, index=display.index, columns=display.columns))
+
+
 def all_tables(res: Results, agg: pd.DataFrame) -> list[Table]:
-    tables = [accuracy_table(res, agg)]
+    tables = [t for t in (protocol_table(res, agg),) if t is not None] + [accuracy_table(res, agg)]
     ttt = time_to_target_table(res, agg)
     if ttt is not None:
         tables.append(ttt)

@@ -2,6 +2,7 @@
 
     batchscale train SPEC [--set KEY=VALUE ...]       one trial in this process
     batchscale schedule SPEC [--batch-size B ...]     resolved recipes and the LR at every step
+    batchscale plan SPEC                              trial counts, budgets, recipes, time estimate
     batchscale sweep SPEC [--address ...]             a study on Ray Tune (see harness.sweep)
     batchscale report RESULTS_DIR                     tables, plots and the HTML report
     batchscale reproduce NAME                         a LEGW paper study, claim by claim
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -156,12 +158,13 @@ def _schedule_recipes(args):
 def recipe_table(recipes) -> list[str]:
     import math
 
-    head = (f"{'method':>12} {'batch':>7} {'k':>6} {'peak_lr':>10} {'log2 lr':>8} {'warmup_ep':>10} "
-            f"{'warmup_st':>9} {'total_st':>9} {'steps/ep':>9}")
+    head = (f"{'method':>12} {'batch':>7} {'k':>6} {'peak_lr':>10} {'log2 lr':>8} {'realised':>10} "
+            f"{'warmup_ep':>10} {'warmup_st':>9} {'total_st':>9} {'steps/ep':>9}")
     lines = [head]
     for r in recipes:
         lines.append(f"{r.method:>12} {r.batch_size:>7} {r.scale:>6g} {r.peak_lr:>10.5g} {math.log2(r.peak_lr):>8.3f} "
-                     f"{r.warmup_epochs:>10.5g} {r.warmup_steps:>9} {r.total_steps:>9} {r.steps_per_epoch:>9.2f}")
+                     f"{r.realised_peak_lr:>10.5g} {r.warmup_epochs:>10.5g} {r.warmup_steps:>9} {r.total_steps:>9} "
+                     f"{r.steps_per_epoch:>9.2f}")
     for r in recipes:
         for w in r.warnings:
             lines.append(f"warning: {r.method} B={r.batch_size}: {w}")
@@ -187,6 +190,76 @@ def cmd_schedule(args) -> int:
 
         plot_schedules(recipes, Path(args.plot))
         print(f"# plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+PROTOCOL_SOURCES = {"fixed_epochs": "the same epoch budget at every batch size, no retuning (You et al. 2019; "
+                                    "Goyal et al. 2017)",
+                    "steps_to_result": "a step budget per batch size, trials stop at the target, tuned arm selects "
+                                       "on steps (Shallue et al. 2018)"}
+
+
+def cmd_plan(args) -> int:
+    """What a sweep spec will run, whether its budgets can reach the target, and how long it takes."""
+    import os
+
+    from harness import protocol
+    from harness.scaling import AUTOMATIC_METHODS, resolve
+    from harness.spec import load_spec
+    from harness.sweep import plan
+
+    spec = load_spec(args.spec, _overrides(args), kind="sweep")
+    wl = spec.workload_obj()
+    wl.prepare()
+    n = wl.train_size()
+    p = spec.protocol
+    print(f"plan: {spec.name} ({wl.name}, {n:,} training examples); protocol {p.kind}: {PROTOCOL_SOURCES[p.kind]}")
+    if spec.target is None:
+        print("no target: budgets are not checked (steps to what?)")
+    estimates = protocol.estimates(spec, n)
+    rows = protocol.budget_table(spec, n, estimates)
+    the_plan = plan(spec, n, {}, rows)
+    counts: dict[str, int] = {}
+    per_cell: dict[tuple, int] = {}
+    for r in the_plan.rows:
+        k = r.get("trials", 1)
+        counts[r["method"]] = counts.get(r["method"], 0) + k
+        per_cell[(r["optimizer"], r["batch_size"])] = per_cell.get((r["optimizer"], r["batch_size"]), 0) + k
+    studies = len(the_plan.studies)
+    print(f"trials: {sum(counts.values())} = " + ", ".join(
+        f"{m} {c}" + (f" ({studies} studies x {spec.tuning.trials})" if m == "tuned" else "") for m, c in counts.items())
+        + f"; {len(spec.axes.seeds)} seed(s)")
+    if estimates or rows:
+        print("budgets (S(B) = steps the best rule needs, needed = margin x S(B); resol = evaluation interval / S(B)):")
+        for line in protocol.format_table(rows, estimates, wl.metric):
+            print("  " + line)
+    by_cell = {(r["optimizer"], r["batch_size"]): r for r in rows}
+    recipes = []
+    for optimizer in spec.optimizers():
+        for method in (m for m in spec.axes.methods if m not in AUTOMATIC_METHODS):
+            for b in spec.axes.batch_sizes:
+                row = by_cell[(optimizer, b)]
+                trial = spec.trial_spec(optimizer, method, b, spec.axes.seeds[0],
+                                        **protocol.trial_settings(spec, row, n))
+                recipes.append(resolve(trial.base_recipe(), b, method, n, epochs=row["budget_steps"] * b / n))
+    if recipes:
+        print("recipes (peak LR as the rule gives it; realised = the largest LR the schedule reaches):")
+        for line in recipe_table(recipes):
+            print("  " + line)
+    probe_batches = sorted({min(spec.axes.batch_sizes), max(spec.axes.batch_sizes)})
+    throughput = protocol.throughput_probe(spec, spec.optimizers()[0], probe_batches, seconds=args.probe_seconds)
+    slots = max(1, (os.cpu_count() or 1) // spec.resources.cpus) if not args.slots else args.slots
+    if spec.max_concurrent:
+        slots = min(slots, spec.max_concurrent)
+    t = protocol.time_estimate(spec, rows, throughput, per_cell, slots)
+    print("throughput probe on this machine (" + f"{spec.resources.cpus} thread(s) per trial): "
+          + ", ".join(f"B={b}: {v:,.0f} examples/s" for b, v in throughput.items()))
+    print(f"estimated wall time: {t['low_s'] / 60:.1f} - {t['high_s'] / 60:.1f} min on {slots} slot(s) (trials stopping "
+          f"at the predicted steps - running their whole budget; ~1 s of Ray and data set-up per trial, ~15 s start)")
+    protocol.refuse_infeasible(spec, rows)
     return 0
 
 
@@ -325,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe-only", action="store_true", help="print the recipe table only")
     p.add_argument("--plot", help="draw the schedules to this image file (PNG/SVG/PDF)")
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("plan", help="trial counts, budgets (pilot at B0), recipes and a time estimate, without running")
+    _add_spec_args(p)
+    p.add_argument("--probe-seconds", type=float, default=1.5, help="length of each throughput probe (default 1.5)")
+    p.add_argument("--slots", type=_positive_int, help="trials at once (default: CPU cores / resources.cpus)")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("sweep", help="run a study on Ray Tune (local by default, or a cluster)")
     _add_spec_args(p)

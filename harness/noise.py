@@ -95,3 +95,43 @@ class NoiseScale:
         self.trace_ema.copy_(state["trace_ema"])
         self.g2_ema.copy_(state["g2_ema"])
         self.updates = state["updates"]
+
+
+@torch.no_grad()
+def _flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1).double() for p in params])
+
+
+def noise_scale_at(model: torch.nn.Module, loss_fn, data: tuple[torch.Tensor, ...], micro_batch: int, count: int,
+                   seed: int = 0) -> dict[str, float]:
+    """B_simple at fixed weights: the two-batch estimator over ``count`` micro-batches of
+    ``micro_batch`` examples (B_small) and their mean (B_big = count x micro_batch), no update.
+
+    In a trial the estimator's moving average spans a window of training, over which |G|^2 falls;
+    the critical batch of a target is set by the noise scale *at* the target (McCandlish et al.), and
+    at B << B_simple one step's |G|^2 estimate is mostly noise. Holding the weights and drawing many
+    micro-batches (examples without replacement from ``data``) resolves it.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = len(data[0])
+    count = max(2, min(count, n // micro_batch))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=g)[: count * micro_batch].to(data[0].device)
+    total, sq = None, 0.0
+    for i in range(count):
+        part = idx[i * micro_batch:(i + 1) * micro_batch]
+        for p in params:
+            p.grad = None
+        with torch.enable_grad():
+            loss_fn(model, tuple(t[part] for t in data)).backward()
+        flat = _flat_grad(params)
+        sq += float(flat.square().sum())
+        total = flat if total is None else total + flat
+    for p in params:
+        p.grad = None
+    b_small, b_big = micro_batch, micro_batch * count
+    small_sq, big_sq = sq / count, float((total / count).square().sum())
+    g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+    trace = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+    return {"b_simple": trace / g2 if g2 > 0 else math.nan, "trace": trace, "g2": g2,
+            "examples": b_big, "micro_batch": b_small}

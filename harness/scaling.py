@@ -5,13 +5,19 @@ budget E and an optimizer. Moving to B (k = B/B0) needs two independent choices:
 
 * the LR rule: ``none`` (eta0), ``linear`` (eta0*k, Goyal et al. 2017) or ``sqrt`` (eta0*sqrt(k),
   Hoffer et al. 2017; the variance of the gradient estimate falls as 1/B);
-* the warmup rule: ``none``, ``fixed`` (w0 epochs at every B; Goyal et al. use 5) or ``legw``
+* the warmup rule: ``none``; ``fixed``, the same number of epochs at every B, Goyal et al.'s
+  baseline: 5 of their 90 epochs, so by default 5/90 of the epoch budget (``fixed_warmup_epochs``
+  sets it), *not* the B0 recipe's w0, which is tuned for B0 and is one step long at 4K; ``legw``
   (w0*k epochs: "linear-epoch gradual warmup", You et al. 2019, which keeps the number of warmup
-  *iterations* constant because an epoch has k times fewer steps).
+  *iterations* constant because an epoch has k times fewer steps); ``base`` (w0 epochs at every
+  B: the control arm, the base recipe unchanged).
 
 The epoch budget stays E at every B, so a large batch takes k times fewer steps. With LEGW the
 warmup share of the run grows with k and reaches the whole run at k*w0 >= E; we warn about that
-rather than clip it, because clipping would silently change the method being measured.
+rather than clip it, because clipping would silently change the method being measured. For the
+same reason the resolved recipe states the *realised* peak LR (the largest LR the schedule ever
+uses) beside the nominal one and warns when they differ by more than 5%: a long warmup that runs
+into a decay measured in absolute epochs never reaches the nominal peak.
 
 Step arithmetic: every optimizer step consumes exactly B examples of an endless stream of
 shuffled epochs (see ``harness.data.stream``), so an epoch is N/B steps, a fractional number.
@@ -62,12 +68,14 @@ class ExponentialDecay(_Frozen):
     """Multiply by ``gamma`` once per epoch, from the (0-based) epoch ``start_epoch`` on.
 
     Zaremba et al.'s PTB-small (LR 1, halved every epoch after the 4th) is ``gamma: 0.5,
-    start_epoch: 4``.
+    start_epoch: 4``. ``after_warmup: true`` counts the epochs from the end of the warmup
+    instead of from the start of the run, so that a long (LEGW) warmup reaches the peak.
     """
 
     kind: Literal["exponential"] = "exponential"
     gamma: Annotated[float, Field(gt=0, le=1)]
     start_epoch: NonNegativeFloat = 1.0
+    after_warmup: bool = False
 
 
 class MultiStepDecay(_Frozen):
@@ -76,6 +84,8 @@ class MultiStepDecay(_Frozen):
     kind: Literal["multistep"] = "multistep"
     milestones_epochs: Annotated[list[PositiveFloat], Field(min_length=1)]
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    #: Count the milestones' epochs from the end of the warmup (see ExponentialDecay).
+    after_warmup: bool = False
 
 
 Decay = Annotated[
@@ -120,6 +130,9 @@ class BaseRecipe(_Frozen):
     # "from eta0 to k*eta0"). Methods may set it; see METHODS.
     warmup_init: Literal["zero", "base"] = "zero"
     epochs: PositiveFloat
+    #: Length of the ``fixed`` warmup rule (Goyal et al.'s baseline), the same at every batch size;
+    #: default: 5/90 of the epoch budget, Goyal et al.'s 5 of 90 epochs.
+    fixed_warmup_epochs: NonNegativeFloat | None = None
     decay: Decay = ConstantDecay()
     optimizer: OptimizerSpec
     grad_clip_norm: PositiveFloat | None = None
@@ -141,7 +154,29 @@ def merge_recipe(base: dict, over: dict) -> dict:
 # --- methods ------------------------------------------------------------------------------------
 
 LR_RULES = {"none": lambda k: 1.0, "linear": lambda k: k, "sqrt": math.sqrt}
-WARMUP_RULES = {"none": lambda w0, k: 0.0, "fixed": lambda w0, k: w0, "legw": lambda w0, k: w0 * k}
+#: Goyal et al. 2017 warm up for 5 of 90 epochs at every batch size.
+GOYAL_WARMUP_FRACTION = 5 / 90
+WARMUP_RULES = ("none", "fixed", "legw", "base")
+
+
+def fixed_warmup_epochs(base: BaseRecipe, budget_epochs: float | None = None) -> float:
+    """The ``fixed`` rule's warmup: the recipe's ``fixed_warmup_epochs``, else 5/90 of the budget."""
+    if base.fixed_warmup_epochs is not None:
+        return base.fixed_warmup_epochs
+    return GOYAL_WARMUP_FRACTION * (base.epochs if budget_epochs is None else budget_epochs)
+
+
+def warmup_epochs_for(rule: str, base: BaseRecipe, k: float, budget_epochs: float | None = None) -> float:
+    """Warmup length in epochs of a warmup rule at scale k = B/B0."""
+    if rule == "none":
+        return 0.0
+    if rule == "fixed":
+        return fixed_warmup_epochs(base, budget_epochs)
+    if rule == "legw":
+        return base.warmup_epochs * k
+    if rule == "base":
+        return base.warmup_epochs
+    raise ValueError(f"unknown warmup rule {rule!r}")
 
 
 @dataclass(frozen=True)
@@ -160,7 +195,7 @@ METHODS: dict[str, Method] = {
         Method("legw", "sqrt", "legw", "zero", "Sqrt LR, warmup linear in epochs from 0 (You et al. 2019)"),
         Method("sqrt", "sqrt", "fixed", None, "Sqrt LR, fixed warmup (Hoffer et al. 2017)"),
         Method("linear-legw", "linear", "legw", "zero", "Linear LR with LEGW warmup"),
-        Method("none", "none", "fixed", None, "Control: the base recipe unchanged at every batch size"),
+        Method("none", "none", "base", None, "Control: the base recipe unchanged at every batch size"),
     )
 }
 #: Methods that are not a fixed rule: they choose the LR themselves (see harness.sweep and
@@ -219,6 +254,9 @@ class ResolvedRecipe(_Frozen):
     decay: Decay
     optimizer: OptimizerSpec
     grad_clip_norm: float | None
+    #: The largest LR the schedule uses (harness.schedules.realised_peak_lr): below ``peak_lr``
+    #: when the run ends inside the warmup or a decay in absolute epochs starts before it ends.
+    realised_peak_lr: float = 0.0
     warnings: tuple[str, ...] = ()
 
     @property
@@ -254,8 +292,8 @@ def resolve(
     rule = get_method(method)
     k = batch_size / base.base_batch_size
     lr = base.peak_lr * LR_RULES[rule.lr_rule](k) if peak_lr is None else float(peak_lr)
-    w_epochs = WARMUP_RULES[rule.warmup_rule](base.warmup_epochs, k) if warmup_epochs is None else warmup_epochs
     total_epochs = base.epochs if epochs is None else epochs
+    w_epochs = warmup_epochs_for(rule.warmup_rule, base, k, total_epochs) if warmup_epochs is None else warmup_epochs
     total = max(1, epochs_to_steps(total_epochs, dataset_size, batch_size))
     warm = epochs_to_steps(w_epochs, dataset_size, batch_size) if w_epochs > 0 else 0
     init = rule.warmup_init or base.warmup_init
@@ -272,7 +310,7 @@ def resolve(
     if batch_size > dataset_size:
         warnings.append(f"batch size {batch_size} exceeds the dataset ({dataset_size} examples): a step spans epochs")
 
-    return ResolvedRecipe(
+    recipe = ResolvedRecipe(
         method=lr_method_label or rule.name,
         lr_rule="given" if peak_lr is not None else rule.lr_rule,
         warmup_rule="given" if warmup_epochs is not None else rule.warmup_rule,
@@ -293,3 +331,11 @@ def resolve(
         grad_clip_norm=base.grad_clip_norm,
         warnings=tuple(warnings),
     )
+    from harness.schedules import realised_peak_lr  # schedules builds on this module
+
+    realised = realised_peak_lr(recipe)
+    if realised < (1 - 0.05) * lr:
+        warnings.append(f"realised peak LR {realised:.4g} is {100 * (1 - realised / lr):.0f}% below the nominal "
+                        f"{lr:.4g}: the schedule never reaches it (a warmup of {w_epochs:g} epochs runs into the "
+                        f"decay or the end of the run)")
+    return recipe.model_copy(update={"realised_peak_lr": realised, "warnings": tuple(warnings)})

@@ -9,7 +9,11 @@ optimizer updates, never micro-batches). It is warmup, then decay:
   when LEGW's warmup is long; ramping to it keeps the schedule continuous;
 * decay: ``constant``; ``poly`` and ``cosine`` run from the peak at the end of warmup to
   ``end_factor * peak`` at the last step; ``exponential`` multiplies by ``gamma`` once per epoch
-  from ``start_epoch`` on; ``multistep`` multiplies by ``gamma`` at each milestone epoch.
+  from ``start_epoch`` on; ``multistep`` multiplies by ``gamma`` at each milestone epoch. Those two
+  count epochs from the start of the run, or from the end of the warmup with ``after_warmup``.
+
+Every decay is non-increasing, so the largest LR of a run (``realised_peak_lr``) is at its first
+step or at the end of the warmup (the last step when the warmup outlasts the run).
 
 Steps may be fractional: AdaScale advances the schedule's clock by its gain.
 """
@@ -33,7 +37,7 @@ def decay_lr(step: float, r: ResolvedRecipe) -> float:
         end = d.end_factor * peak
         shape = (1.0 - frac) ** d.power if d.kind == "poly" else 0.5 * (1.0 + math.cos(math.pi * frac))
         return end + (peak - end) * shape
-    epoch = step / r.steps_per_epoch
+    epoch = (step - (r.warmup_steps if d.after_warmup else 0)) / r.steps_per_epoch
     if d.kind == "exponential":
         times = math.floor(epoch + 1e-9) - d.start_epoch + 1
         return peak * d.gamma ** max(0, math.floor(times))
@@ -48,6 +52,12 @@ def lr_at(step: float, r: ResolvedRecipe) -> float:
         target = decay_lr(w, r)
         return r.warmup_start_lr + (target - r.warmup_start_lr) * (step + 1) / w
     return decay_lr(step, r)
+
+
+def realised_peak_lr(r: ResolvedRecipe) -> float:
+    """The largest LR the run uses (the nominal ``peak_lr`` may never be reached)."""
+    last = r.total_steps - 1
+    return max(lr_at(0, r), lr_at(min(r.warmup_steps, last), r), lr_at(min(max(r.warmup_steps - 1, 0), last), r))
 
 
 def lr_table(r: ResolvedRecipe, every: int = 1) -> list[tuple[int, float, float]]:

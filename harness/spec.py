@@ -85,7 +85,7 @@ class NoiseAwareSpec(Strict):
 
     b_noise: PositiveFloat | None = None
     probe_epochs: PositiveFloat = 1.0
-    warmup_rule: Literal["none", "fixed", "legw"] = "legw"
+    warmup_rule: Literal["none", "fixed", "legw", "base"] = "legw"
 
 
 class DataParallel(Strict):
@@ -115,8 +115,10 @@ class Common(Strict):
     #: Measure the gradient noise scale (harness.noise). It needs two micro-batches per step: a
     #: batch that fits one micro-batch is split in two (same update, a little slower).
     noise_scale: bool = True
-    #: Decay of the moving averages of the noise-scale estimates (per step).
-    noise_ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    #: Window of the moving averages of the noise-scale estimates, in epochs of examples seen: they
+    #: decay by exp(-B / (window * N)) per step, the same per example at every batch size (a
+    #: per-step decay would average over 0.2 epochs at B=128 and 14 epochs at 8192).
+    noise_ema_epochs: PositiveFloat = 0.2
     autowu: AutoWUSpec = AutoWUSpec()
     noise_aware: NoiseAwareSpec = NoiseAwareSpec()
     data_parallel: DataParallel = DataParallel()
@@ -183,7 +185,7 @@ class Tuning(Strict):
     #: LR searched log-uniformly over [min/f, max*f] of what the none/linear/sqrt rules predict.
     lr_range_factor: Annotated[float, Field(ge=1)] = 2.0
     #: Warmup rule of tuned trials (their LR is searched, their warmup follows this rule) ...
-    warmup_rule: Literal["none", "fixed", "legw"] = "legw"
+    warmup_rule: Literal["none", "fixed", "legw", "base"] = "legw"
     #: ... unless the warmup is searched too, log-uniformly in epochs over this range.
     search_warmup: bool = False
     warmup_epochs_range: tuple[PositiveFloat, PositiveFloat] = (0.01, 2.0)
@@ -193,6 +195,44 @@ class Tuning(Strict):
     start_from_rules: bool = True
     asha: Asha | None = None
     sampler_seed: NonNegativeInt = 0
+
+
+class Protocol(Strict):
+    """How a study gives each batch size its budget, so that it can answer its question
+    (harness.protocol; ../docs/protocols.md).
+
+    * ``fixed_epochs`` (You et al. 2019, Goyal et al. 2017): the same epoch budget at every batch
+      size, no retuning; the budget must let the largest batch reach the target at all.
+    * ``steps_to_result`` (Shallue et al. 2018): each batch size gets its own step budget, trials
+      stop at the target, evaluation is dense, and the tuned arm selects on steps to the target.
+
+    Both size budgets from S(B) = S_min (1 + B_crit/B) (McCandlish et al. 2018): measured by a
+    pilot at B0 (steps to the target and the gradient noise scale there, B_crit ~ B_simple), or
+    given as ``s_min`` and ``b_crit``.
+    """
+
+    kind: Literal["fixed_epochs", "steps_to_result"] = "fixed_epochs"
+    #: Budget needed = margin x S_min (1 + B_crit/B): the formula is a lower bound (best LR).
+    margin: Annotated[float, Field(ge=1)] = 2.0
+    #: Run the pilot when the spec has a target and does not give s_min and b_crit. ``false``:
+    #: budgets are not checked, and the report says so.
+    pilot: bool = True
+    #: Budget of the pilot in epochs (default: the study's epoch budget).
+    pilot_epochs: PositiveFloat | None = None
+    s_min: PositiveFloat | None = None
+    b_crit: PositiveFloat | None = None
+    #: Run batch sizes whose budget cannot reach the target, with their verdicts "not measurable".
+    allow_infeasible: bool = False
+    #: steps_to_result: step budget per batch size, replacing margin x S(B).
+    step_budgets: dict[PositiveInt, PositiveInt] = {}
+    #: Evaluate often enough that steps to the target are resolved to this fraction.
+    eval_resolution: Annotated[float, Field(gt=0, le=1)] = 0.05
+
+    @model_validator(mode="after")
+    def _both(self):
+        if (self.s_min is None) != (self.b_crit is None):
+            raise ValueError("give protocol.s_min and protocol.b_crit together, or neither (the pilot measures them)")
+        return self
 
 
 class Projection(Strict):
@@ -231,10 +271,12 @@ class SweepSpec(Common):
     retries: NonNegativeInt = 1
     max_concurrent: PositiveInt | None = None
     projection: Projection = Projection()
+    protocol: Protocol = Protocol()
     claims: list[Claim] = []
 
     def check(self) -> "SweepSpec":
         wl = self.workload_obj()
+        self._check_protocol()
         for i, name in enumerate(self.optimizers()):
             if name not in OPTIMIZERS:
                 raise SpecError(f"axes.optimizers[{i}]", name, f"allowed: {', '.join(OPTIMIZERS)}")
@@ -255,6 +297,30 @@ class SweepSpec(Common):
         self._check_target(wl)
         return self
 
+    def _check_protocol(self) -> None:
+        p = self.protocol
+        if p.kind == "steps_to_result":
+            if self.target is None:
+                raise SpecError("protocol.kind", p.kind, "allowed only with a target (steps to what?); "
+                                "give target: {metric: ..., value: ...}")
+            if self.tuning.asha and "tuned" in self.axes.methods:
+                raise SpecError("tuning.asha", "...", "allowed only with protocol.kind fixed_epochs (steps_to_result "
+                                "trials stop at the target)")
+        for b in p.step_budgets:
+            if b not in self.axes.batch_sizes:
+                raise SpecError(f"protocol.step_budgets.{b}", b, f"allowed: a batch size of axes.batch_sizes "
+                                f"{self.axes.batch_sizes}")
+        if p.step_budgets and p.kind != "steps_to_result":
+            raise SpecError("protocol.step_budgets", "...", "allowed only with protocol.kind steps_to_result")
+
+    def budget_epochs(self, optimizer: str, dataset_size: int) -> float:
+        """The study's epoch budget: budget.epochs, budget.examples / N, or the base recipe's epochs."""
+        if self.budget.epochs:
+            return self.budget.epochs
+        if self.budget.examples:
+            return self.budget.examples / dataset_size
+        return self.base_recipe(optimizer).epochs
+
     def optimizers(self) -> list[str]:
         return self.axes.optimizers or [self.workload_obj().default_optimizer]
 
@@ -262,10 +328,14 @@ class SweepSpec(Common):
         return _base_recipe(self.workload_obj(), optimizer, _merge(self.recipe, self.recipes.get(optimizer, {})), "recipe")
 
     def trial_spec(self, optimizer: str, method: str, batch_size: int, seed: int, **extra) -> TrialSpec:
-        common = self.model_dump(include=set(Common.model_fields))
-        return TrialSpec(**common, optimizer=optimizer, method=method, batch_size=batch_size, seed=seed,
-                         recipe=_merge(self.recipe, self.recipes.get(optimizer, {})), threads=self.resources.cpus,
-                         **extra)
+        """One trial of this sweep; ``extra`` replaces fields (a protocol's budget, evaluation, target);
+        ``fixed_warmup_epochs`` goes into the recipe."""
+        recipe = _merge(self.recipe, self.recipes.get(optimizer, {}))
+        if "fixed_warmup_epochs" in extra:
+            recipe["fixed_warmup_epochs"] = extra.pop("fixed_warmup_epochs")
+        fields = {**self.model_dump(include=set(Common.model_fields)), "optimizer": optimizer, "method": method,
+                  "batch_size": batch_size, "seed": seed, "recipe": recipe, "threads": self.resources.cpus, **extra}
+        return TrialSpec(**fields)
 
     def grid(self) -> list[tuple[str, str, int, int]]:
         """(optimizer, method, batch size, seed) of every cell, in a stable order."""

@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import protocol
+from harness.protocol import best_trial
 from harness.errors import BatchscaleError, SweepConflict
-from harness.scaling import AUTOMATIC_METHODS, LR_RULES, WARMUP_RULES, resolve
+from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
 from harness.spec import SweepSpec, TrialSpec
 from harness.store import ResultsStore, environment, now
 from harness.tune_callback import DRIVER as _DRIVER
@@ -88,15 +90,16 @@ def tune_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
     worst = worst_objective(trial.workload.higher_is_better)
+    steps_budget = config.get("objective_steps_budget")
 
     def on_eval(t, row):
         with tempfile.TemporaryDirectory() as folder:
             torch.save(t.state_dict(), Path(folder) / "trial.pt")
-            tune.report(report_metrics(t.measurements, t.summary(), "running", worst),
+            tune.report(report_metrics(t.measurements, t.summary(), "running", worst, steps_budget),
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = trial.run(on_eval=on_eval)
-    tune.report(report_metrics(result.measurements, result.summary, result.status, worst))
+    tune.report(report_metrics(result.measurements, result.summary, result.status, worst, steps_budget))
 
 
 def worst_objective(higher_is_better: bool) -> float:
@@ -104,13 +107,23 @@ def worst_objective(higher_is_better: bool) -> float:
     return 0.0 if higher_is_better else 1e9
 
 
-def report_metrics(measurements: list[dict], summary: dict, status: str, worst: float) -> dict[str, Any]:
+def steps_objective(summary: dict, steps_budget: int) -> float:
+    """A steps_to_result study's objective (minimized): steps to the target; a miss or a
+    divergence counts as twice the step budget (later than any trial that reached it)."""
+    steps = summary.get("steps_to_target")
+    return float(steps) if summary.get("target_reached") and steps is not None else 2.0 * steps_budget
+
+
+def report_metrics(measurements: list[dict], summary: dict, status: str, worst: float,
+                   steps_budget: int | None = None) -> dict[str, Any]:
     """One ``tune.report``: the latest evaluation, and the whole history so far (the driver keeps
-    the latest only, so a resumed trial's earlier evaluations are never lost)."""
+    the latest only, so a resumed trial's earlier evaluations are never lost). ``steps_budget``
+    makes the objective steps to the target (steps_to_result studies)."""
     last = measurements[-1] if measurements else {}
     m = last.get("metric", float("nan"))
+    objective = steps_objective(summary, steps_budget) if steps_budget else (m if m == m else worst)
     return {
-        "objective": m if m == m else worst,
+        "objective": objective,
         "examples": summary.get("examples_seen", 0),
         "step": summary.get("steps", 0),
         "total_steps": summary.get("total_steps"),
@@ -167,6 +180,10 @@ class Study:
     warmup_epochs: float | None  # the warmup rule's value, unless warmup is searched too
     #: The rules' LR predictions tried first (``tuning.start_from_rules``), smallest first.
     start_points: list[dict[str, float]] = field(default_factory=list)
+    #: What the search optimizes: the final metric (fixed_epochs) or steps to the target
+    #: (steps_to_result; a miss counts as ``study_objective``'s penalty).
+    objective: str = "metric"
+    budget_steps: int | None = None
 
 
 @dataclass
@@ -182,27 +199,37 @@ def spec_hash(spec: SweepSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None) -> Plan:
-    """Expand the grid; ``b_noise`` (optimizer -> B_noise at B0) feeds the noise-aware rule."""
+def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None,
+         budgets: list[dict[str, Any]] | None = None) -> Plan:
+    """Expand the grid; ``b_noise`` (optimizer -> B_noise at B0) feeds the noise-aware rule;
+    ``budgets`` (harness.protocol.budget_table) sets each batch size's budget and evaluation grid."""
     p = Plan()
     wl = spec.workload_obj()
     cuda = spec.resources.gpus > 0
+    from harness.protocol import trial_settings
     from harness.trial import auto_micro_batch
 
+    by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
     for optimizer, method, batch, seed in spec.grid():
         base = spec.base_recipe(optimizer)
-        epochs = spec.budget.epochs or (spec.budget.examples / dataset_size if spec.budget.examples else None)
+        budget_row = by_cell.get((optimizer, batch))
+        settings = trial_settings(spec, budget_row, dataset_size) if budget_row else {}
+        budget = settings.get("budget") or spec.budget.model_dump()
+        epochs = budget["epochs"] or (budget["examples"] / dataset_size if budget["examples"] else None)
+        reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
+        protocol_info = {k: budget_row[k] for k in ("budget_steps", "eval_every_steps", "feasible")} if budget_row else {}
         micro = spec.micro_batch_size or auto_micro_batch(batch // spec.data_parallel.workers, wl.micro_batch_cap(cuda))
         if method == "tuned":
             k = batch / base.base_batch_size
             lrs = [base.peak_lr * rule(k) for rule in LR_RULES.values()]
             f = spec.tuning.lr_range_factor
-            w_epochs = None if spec.tuning.search_warmup else WARMUP_RULES[spec.tuning.warmup_rule](base.warmup_epochs, k)
+            w_rule = warmup_epochs_for(spec.tuning.warmup_rule, base, k, reference_epochs)
+            w_epochs = None if spec.tuning.search_warmup else w_rule
             name = f"{optimizer}-tuned-b{batch}-s{seed}"
-            trial = spec.trial_spec(optimizer, "tuned", batch, seed).model_dump(mode="json")
+            trial = spec.trial_spec(optimizer, "tuned", batch, seed, **settings).model_dump(mode="json")
             starts = []
             if spec.tuning.start_from_rules:
-                w_start = WARMUP_RULES[spec.tuning.warmup_rule](base.warmup_epochs, k)
+                w_start = w_rule
                 if spec.tuning.search_warmup:
                     lo_w, hi_w = spec.tuning.warmup_epochs_range
                     w_start = min(max(w_start, lo_w), hi_w)
@@ -210,15 +237,19 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
                     if not starts or lr > starts[-1]["peak_lr"] * (1 + 1e-9):
                         starts.append({"peak_lr": lr} | ({"warmup_epochs": w_start} if spec.tuning.search_warmup else {}))
                 starts = starts[: spec.tuning.trials]
-            p.studies.append(Study(name, optimizer, batch, seed, (min(lrs) / f, max(lrs) * f), trial, w_epochs, starts))
+            by_steps = spec.protocol.kind == "steps_to_result"
+            p.studies.append(Study(name, optimizer, batch, seed, (min(lrs) / f, max(lrs) * f), trial, w_epochs, starts,
+                                   objective="steps" if by_steps else "metric",
+                                   budget_steps=budget_row["budget_steps"] if budget_row else None))
             p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch, "seed": seed,
                            "trials": spec.tuning.trials, "lr_range": [min(lrs) / f, max(lrs) * f],
-                           "warmup_epochs": w_epochs, "start_points": starts, "micro_batch_size": micro})
+                           "warmup_epochs": w_epochs, "start_points": starts, "micro_batch_size": micro,
+                           "selects_on": "steps_to_target" if by_steps else "final_metric", **protocol_info})
             continue
         trial_id = f"{optimizer}-{method}-b{batch}-s{seed}"
-        trial = spec.trial_spec(optimizer, method, batch, seed)
+        trial = spec.trial_spec(optimizer, method, batch, seed, **settings)
         row = {"trial_id": trial_id, "optimizer": optimizer, "method": method, "batch_size": batch, "seed": seed,
-               "micro_batch_size": micro}
+               "micro_batch_size": micro, **protocol_info}
         if method == "noise-aware":
             trial = trial.model_copy(update={"noise_aware": trial.noise_aware.model_copy(
                 update={"b_noise": (b_noise or {}).get(optimizer, trial.noise_aware.b_noise)})})
@@ -226,9 +257,9 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
         if method in AUTOMATIC_METHODS:  # the LR is decided while training: no rule to resolve here
             row["note"] = AUTOMATIC_METHODS[method]
         else:
-            r = resolve(base, batch, method, dataset_size, epochs=epochs)
-            row.update(peak_lr=r.peak_lr, warmup_epochs=r.warmup_epochs, warmup_steps=r.warmup_steps,
-                       total_steps=r.total_steps, warnings=list(r.warnings))
+            r = resolve(trial.base_recipe(), batch, method, dataset_size, epochs=epochs)
+            row.update(peak_lr=r.peak_lr, realised_peak_lr=r.realised_peak_lr, warmup_epochs=r.warmup_epochs,
+                       warmup_steps=r.warmup_steps, total_steps=r.total_steps, warnings=list(r.warnings))
         p.grid[trial_id] = trial.model_dump(mode="json")
         p.rows.append(row)
     return p
@@ -268,6 +299,10 @@ class Sweep:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.storage = storage or str((self.store.root / "ray").resolve())
         self.progress = progress
+
+    def _say(self, line: str) -> None:
+        if self.progress:
+            self.progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def _check_existing(self, digest: str) -> dict[str, Any] | None:
@@ -317,7 +352,19 @@ class Sweep:
         wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
         dataset_size = wl.train_size()
         b_noise = probe_b_noise(self.spec, meta)
-        the_plan = plan(self.spec, dataset_size, b_noise)
+        stored = (meta or {}).get("protocol", {}).get("estimates")
+        if not stored and protocol.needs_estimate(self.spec) and self.spec.protocol.s_min is None:
+            self._say(f"protocol {self.spec.protocol.kind}: pilot of the base recipe at B0 to the target ...")
+        estimates = protocol.estimates(self.spec, dataset_size, stored)
+        budgets = protocol.budget_table(self.spec, dataset_size, estimates)
+        if estimates:
+            for line in protocol.format_table(budgets, estimates, wl.metric):
+                self._say(line)
+        protocol.refuse_infeasible(self.spec, budgets)  # before anything is written
+        protocol_meta = {"kind": self.spec.protocol.kind, "margin": self.spec.protocol.margin,
+                         "checked": bool(estimates), "estimates": {o: e.to_json() for o, e in estimates.items()},
+                         "budgets": budgets}
+        the_plan = plan(self.spec, dataset_size, b_noise, budgets)
         session = {"started_at": now(), "address": self.address or "local"}
         if meta is None:
             meta = {
@@ -329,7 +376,7 @@ class Sweep:
                                               for o in self.spec.optimizers()}},
                 "trials": the_plan.rows, "studies": {}, "environment": environment(),
                 "started_at": session["started_at"], "finished_at": None, "sessions": [session],
-                "storage": self.storage, "noise_aware": b_noise,
+                "storage": self.storage, "noise_aware": b_noise, "protocol": protocol_meta,
             }
             self.store.root.mkdir(parents=True, exist_ok=True)
             self.store.write_meta(meta)
@@ -501,7 +548,13 @@ class Sweep:
         if meta.get("studies", {}).get(study.name, {}).get("status") == "finished":
             return
         spec, wl = self.spec, self.spec.workload_obj()
-        mode = "max" if wl.higher_is_better else "min"
+        by_steps = study.objective == "steps"
+        mode = "min" if by_steps or not wl.higher_is_better else "max"
+
+        def stored_objective(t: dict[str, Any]) -> float:
+            if by_steps:
+                return steps_objective(t, study.budget_steps)
+            return t["final_metric"] if t["final_metric"] is not None else worst_objective(wl.higher_is_better)
         storage_url = f"sqlite:///{(self.store.root / 'optuna.db').resolve()}"  # optuna-dashboard <url>
 
         def build():
@@ -536,11 +589,12 @@ class Sweep:
                 keys = ["peak_lr"] + (["warmup_epochs"] if spec.tuning.search_warmup else [])
                 searcher = OptunaSearch(metric="objective", mode=mode, study_name=study.name, sampler=sampler,
                                         points_to_evaluate=[{k: t[k] for k in keys} for t in done],
-                                        evaluated_rewards=[t["final_metric"] if t["final_metric"] is not None
-                                                           else worst_objective(wl.higher_is_better) for t in done])
+                                        evaluated_rewards=[stored_objective(t) for t in done])
             searcher = StudyBudget(searcher, study.name, spec.tuning.trials)
             space = {"study": study.name, "trial": study.trial, **self._worker_resources(),
                      "peak_lr": tune.loguniform(*study.lr_range)}
+            if by_steps:
+                space["objective_steps_budget"] = study.budget_steps
             if spec.tuning.search_warmup:
                 space["warmup_epochs"] = tune.loguniform(*spec.tuning.warmup_epochs_range)
             else:
@@ -555,13 +609,15 @@ class Sweep:
         export_optuna_study(study, rows, self.store.measurement_rows(), mode, storage_url,
                             spec.tuning.search_warmup and spec.tuning.warmup_epochs_range)
         scored = [t for t in rows if t["status"] == "complete" and t["final_metric"] is not None]
-        best = (max if wl.higher_is_better else min)(scored, key=lambda t: t["final_metric"]) if scored else None
+        best = best_trial(scored, wl.higher_is_better, by_steps)
         studies = dict(self.store.read_meta().get("studies", {}))
         studies[study.name] = {
             "status": "finished", "optimizer": study.optimizer, "batch_size": study.batch_size, "seed": study.seed,
             "trials": len(rows), "lr_range": list(study.lr_range), "storage": storage_url,
             "best_peak_lr": best["peak_lr"] if best else None, "best_metric": best["final_metric"] if best else None,
             "best_trial_id": best["trial_id"] if best else None,
+            "selects_on": "steps_to_target" if by_steps else "final_metric",
+            "best_steps_to_target": best.get("steps_to_target") if best else None,
         }
         self.store.update_meta(studies=studies)
 
@@ -601,13 +657,16 @@ def export_optuna_study(study: Study, rows: list[dict], measurements: list[dict]
         if m["metric"] == m["metric"]:
             curves.setdefault(m["trial_id"], {})[int(m["examples"])] = m["metric"]
     states = {"complete": TrialState.COMPLETE, "incomplete": TrialState.PRUNED}
+    by_steps = study.objective == "steps"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for t in rows:  # in the order they finished
         state = states.get(t["status"], TrialState.FAIL)
         curve = curves.get(t["trial_id"], {})
         st.add_trial(optuna.trial.create_trial(
-            params={k: t[k] for k in dists}, distributions=dists, intermediate_values=curve,
-            value=t["final_metric"] if state == TrialState.COMPLETE else None, state=state,
+            params={k: t[k] for k in dists}, distributions=dists,
+            intermediate_values={} if by_steps else curve,  # the metric's curve, not the objective's
+            value=(steps_objective(t, study.budget_steps) if by_steps else t["final_metric"])
+            if state == TrialState.COMPLETE else None, state=state,
             user_attrs={"trial_id": t["trial_id"], "status": t["status"], "batch_size": t["batch_size"]}))
 
 

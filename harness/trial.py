@@ -31,7 +31,7 @@ from harness.data.stream import ExampleStream
 from harness.errors import BatchscaleError
 from harness.noise import NoiseScale, squared_grad_norm
 from harness.optimizers import build_optimizer
-from harness.scaling import AUTOMATIC_METHODS, WARMUP_RULES, ResolvedRecipe, resolve
+from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve, warmup_epochs_for
 from harness.spec import TrialSpec
 
 CHECKPOINT_VERSION = 1
@@ -91,7 +91,8 @@ class Trial:
             if self.micro_batch_size == batch and not spec.micro_batch_size and batch >= 2:
                 self.micro_batch_size = auto_micro_batch(batch, batch // 2)  # two micro-batches at least
             if self.micro_batch_size < batch:
-                self.noise = NoiseScale(self.micro_batch_size, batch, spec.noise_ema_decay, self.device)
+                decay = math.exp(-batch / (spec.noise_ema_epochs * data.train_size))  # per example seen
+                self.noise = NoiseScale(self.micro_batch_size, batch, decay, self.device)
             else:
                 self.noise_note = (f"noise scale not measured: one micro-batch per step (micro_batch_size "
                                    f"{self.micro_batch_size} = batch_size); it needs two or more")
@@ -133,7 +134,7 @@ class Trial:
         if spec.method == "noise-aware" and peak is None:
             b_noise = spec.noise_aware.b_noise or probe_noise_scale(spec)
             peak = noise_aware_lr(base.peak_lr, base.base_batch_size, batch, b_noise)
-            warmup = WARMUP_RULES[spec.noise_aware.warmup_rule](base.warmup_epochs, batch / base.base_batch_size)
+            warmup = warmup_epochs_for(spec.noise_aware.warmup_rule, base, batch / base.base_batch_size, epochs)
         if spec.method == "adascale":  # the base recipe's LR and warmup; the gain scales them per step
             peak = peak or base.peak_lr
             warmup = base.warmup_epochs if warmup is None else warmup

@@ -20,7 +20,7 @@ def test_noise_scale_matches_linear_regression_closed_form(noise_std, error_norm
     over 4000 steps at a negligible LR (the weights, hence e, stay put)."""
     spec = load_spec(data={"workload": "linreg", "workload_options": {"noise_std": noise_std, "error_norm": error_norm},
                            "batch_size": 64, "micro_batch_size": 8, "method": "none", "threads": 1,
-                           "budget": {"examples": 64 * 4000}, "noise_ema_decay": 0.999,
+                           "budget": {"examples": 64 * 4000}, "noise_ema_epochs": 0.25,
                            "eval": {"every_examples": 10**9}, "divergence": {"loss_factor": None}})
     t = Trial(spec)
     expected = t.workload.expected_noise_scale()

@@ -6,9 +6,9 @@ from harness.scaling import BaseRecipe, resolve
 from harness.schedules import lr_at, lr_table
 
 
-def recipe(decay, warmup_epochs=0.0, method="none", batch=100, n=1000, epochs=10, lr=1.0):
+def recipe(decay, warmup_epochs=0.0, method="none", batch=100, n=1000, epochs=10, lr=1.0, **extra):
     base = BaseRecipe(base_batch_size=100, peak_lr=lr, warmup_epochs=warmup_epochs, epochs=epochs,
-                      decay=decay, optimizer={"name": "sgd"})
+                      decay=decay, optimizer={"name": "sgd"}, **extra)
     return resolve(base, batch, method, n)  # 10 steps per epoch at B=100
 
 
@@ -18,7 +18,7 @@ def test_linear_warmup_from_zero_reaches_peak_at_its_last_step():
 
 
 def test_goyal_warmup_ramps_from_eta0_to_k_eta0():
-    r = recipe({"kind": "constant"}, warmup_epochs=1, method="goyal", batch=400, n=4000)  # k=4, 10 warmup steps
+    r = recipe({"kind": "constant"}, method="goyal", batch=400, n=4000, fixed_warmup_epochs=1)  # k=4, 10 steps
     assert r.warmup_steps == 10 and r.peak_lr == 4.0
     assert lr_at(0, r) == pytest.approx(1.0 + 3.0 * 1 / 10)
     assert lr_at(9, r) == pytest.approx(4.0)
@@ -63,3 +63,11 @@ def test_steps_count_updates_not_examples_and_table_ends_at_last_step():
     assert r.total_steps == 34
     assert [s for s, _, _ in table] == [0, 10, 20, 30, 33]
     assert table[1][1] == pytest.approx(10 * 300 / 1000)
+
+
+def test_multistep_clock_after_warmup_shifts_the_milestones():
+    r = recipe({"kind": "multistep", "milestones_epochs": [2], "gamma": 0.1, "after_warmup": True}, warmup_epochs=1)
+    assert lr_at(9, r) == pytest.approx(1.0)  # last warmup step reaches the peak
+    assert lr_at(29, r) == pytest.approx(1.0) and lr_at(30, r) == pytest.approx(0.1)  # epoch 2 after warmup = step 30
+    absolute = recipe({"kind": "multistep", "milestones_epochs": [2], "gamma": 0.1}, warmup_epochs=1)
+    assert lr_at(20, absolute) == pytest.approx(0.1)

@@ -136,9 +136,9 @@ def _registry() -> dict[str, type[Workload]]:
     import os
 
     from harness.errors import BatchscaleError
-    from harness.workloads import images, language, mnist1d
+    from harness.workloads import images, language, mnist1d, synthetic
 
-    modules = [images, mnist1d, language]
+    modules = [images, mnist1d, language, synthetic]
     for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:
             modules.append(importlib.import_module(name))

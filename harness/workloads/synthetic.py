@@ -1,0 +1,114 @@
+"""A teacher-student regression whose gradient noise scale is known in closed form.
+
+Why: on real data the critical batch is only estimated, and on the small data sets of a laptop it
+is small (MNIST-1D reaches its target at 8K-32K only with budgets of ~100 epochs). Here it is a
+parameter. A linear teacher ``y = w*.x + n`` with Gaussian inputs ``x ~ N(0, Lambda)`` (eigenvalues
+geometric from 1 down to ``1/condition``) and label noise ``n ~ N(0, s^2)``; a linear student
+trained on ``1/2 (w.x - y)^2``. With weight error ``e = w - w*`` (McCandlish et al. 2018, appendix;
+Isserlis' theorem for the fourth moments):
+
+    G = Lambda e,   Sigma = (e'Lambda e + s^2) Lambda + Lambda e e' Lambda
+    B_simple = tr(Sigma)/|G|^2   = tr(Lambda) (e'Lambda e + s^2) / |Lambda e|^2 + 1
+    B_noise  = tr(H Sigma)/G'HG  = tr(Lambda^2) (e'Lambda e + s^2) / (e'Lambda^3 e) + 1   (H = Lambda)
+
+With ``condition: 1`` (Lambda = I) both are ``d (1 + s^2/|e|^2) + 1``, and McCandlish et al.'s
+theory is exact: the critical batch of a target is B_simple there. The metric is the excess risk
+``1/2 e'Lambda e``, computed exactly from the weights (no evaluation sample, hence no evaluation
+noise: steps-to-target is exact when every step is evaluated). The student starts at 0, the teacher
+is drawn so that the initial excess risk is about 1.
+
+The training set is a finite sample (``n_train`` rows drawn once from ``data_seed``), read by the
+usual stream of shuffled epochs; with ``n_train`` >> B_simple the finite sample changes the
+estimates by about B_simple/n_train.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from typing import Annotated
+
+from harness.workloads import Dataset, Workload
+
+
+class TeacherOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dim: PositiveInt = 64
+    #: Ratio of the largest to the smallest input variance (1: isotropic, B_noise = B_simple).
+    condition: Annotated[float, Field(ge=1)] = 100.0
+    noise_std: PositiveFloat = 3.0
+    n_train: PositiveInt = 2**20
+    #: Seed of the teacher and of the training sample (the data, not the trial).
+    data_seed: int = 0
+
+
+class TeacherRegression(Workload):
+    name = "teacher_regression"
+    summary = ("linear teacher-student regression, Gaussian inputs with a set spectrum and label noise: "
+               "noise scale in closed form (excess risk)")
+    metric = "excess_risk"
+    higher_is_better = False
+    default_optimizer = "sgd"
+    Options = TeacherOptions
+    cpu_micro_batch_cap = 8192
+    eval_batch_size = 1
+    # Tuned here at B0=256 for the default options (dim 64, condition 100, noise 3): the LR with the
+    # fewest steps to an excess risk of 0.01, from a grid of factors of sqrt(2) (docs/workloads.md).
+    base_recipes = {
+        "sgd": dict(base_batch_size=256, peak_lr=0.0707, warmup_epochs=0.0025, epochs=1.0,
+                    decay={"kind": "constant"}, optimizer={"name": "sgd"}),
+        "momentum": dict(base_batch_size=256, peak_lr=0.00707, warmup_epochs=0.0025, epochs=1.0,
+                         decay={"kind": "constant"}, optimizer={"name": "momentum"}),
+    }
+    recipe_source = "tuned here at B0=256 on steps to excess risk 0.01 (docs/workloads.md)"
+
+    # -- the problem ----------------------------------------------------------------------------
+    def spectrum(self) -> torch.Tensor:
+        o = self.options
+        return torch.logspace(0.0, -math.log10(o.condition), o.dim, dtype=torch.float64)
+
+    def teacher(self) -> torch.Tensor:
+        lam = self.spectrum()
+        g = torch.Generator().manual_seed(self.options.data_seed)
+        return torch.randn(self.options.dim, generator=g, dtype=torch.float64) * math.sqrt(2.0 / float(lam.sum()))
+
+    def weight_error(self, model) -> torch.Tensor:
+        return model.weight.detach().double().reshape(-1).cpu() - self.teacher()
+
+    def excess_risk(self, e: torch.Tensor) -> float:
+        return 0.5 * float((self.spectrum() * e * e).sum())
+
+    def noise_scales(self, e: torch.Tensor) -> dict[str, float]:
+        """B_simple and B_noise at weight error ``e`` (closed forms of the module docstring)."""
+        lam, s2 = self.spectrum(), self.options.noise_std**2
+        risk = float((lam * e * e).sum()) + s2
+        return {"b_simple": float(lam.sum()) * risk / float((lam**2 * e * e).sum()) + 1,
+                "b_noise": float((lam**2).sum()) * risk / float((lam**3 * e * e).sum()) + 1}
+
+    # -- workload contract ----------------------------------------------------------------------
+    def _load(self) -> Dataset:
+        o = self.options
+        g = torch.Generator().manual_seed(o.data_seed + 1)
+        x = torch.randn(o.n_train, o.dim, generator=g) * self.spectrum().sqrt().float()
+        y = x @ self.teacher().float() + o.noise_std * torch.randn(o.n_train, generator=g)
+        # The metric is exact (from the weights): evaluation reads one placeholder row.
+        return Dataset((x, y), (torch.zeros(1, o.dim), torch.zeros(1)),
+                       {"source": "teacher_regression (generated)", "train_size": o.n_train})
+
+    def build_model(self):
+        model = torch.nn.Linear(self.options.dim, 1, bias=False)
+        torch.nn.init.zeros_(model.weight)
+        return model
+
+    def loss(self, model, batch):
+        x, y = batch
+        return 0.5 * (model(x).squeeze(1) - y).square().mean()
+
+    def eval_sums(self, model, batch):
+        excess = self.excess_risk(self.weight_error(model))
+        return excess + 0.5 * self.options.noise_std**2, excess, 1.0
+
+
+WORKLOADS = (TeacherRegression,)

@@ -1,0 +1,95 @@
+"""The teacher-student regression against its closed forms: the noise scale measured by the trial
+loop and by the fixed-weight probe, and the critical batch fitted from steps to the target."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.critical import fit_critical_batch
+from harness.noise import noise_scale_at
+from harness.spec import load_spec
+from harness.trial import Trial
+from harness.workloads import get_workload
+
+SMALL = {"dim": 16, "n_train": 2**17}
+
+
+def at_fixed_weights(options: dict, error_scale: float):
+    """The workload and a student at w* + e with e = error_scale x (-w*) (the start shrunk)."""
+    wl = get_workload("teacher_regression", {**SMALL, **options})
+    model = wl.build_model()
+    with torch.no_grad():
+        model.weight.copy_(((1 - error_scale) * wl.teacher()).float().unsqueeze(0))
+    return wl, model
+
+
+@pytest.mark.parametrize("options,error_scale", [
+    ({"condition": 1, "noise_std": 0.5}, 0.5),
+    ({"condition": 1, "noise_std": 2.0}, 0.5),
+    ({"condition": 100, "noise_std": 3.0}, 0.3),
+])
+def test_trial_noise_scale_matches_the_closed_form_at_three_noise_settings(options, error_scale):
+    """The in-trial estimator (micro-batches of 32 in steps of 256), at a negligible LR so that the
+    weights (hence e) stay put, within 10% of tr(Lambda)(e'Lambda e + s^2)/|Lambda e|^2 + 1."""
+    wl, model = at_fixed_weights(options, error_scale)
+    expected = wl.noise_scales(wl.weight_error(model))["b_simple"]
+    spec = load_spec(data={"workload": "teacher_regression", "workload_options": {**SMALL, **options},
+                           "batch_size": 256, "micro_batch_size": 32, "method": "none", "threads": 1, "peak_lr": 1e-12,
+                           "budget": {"examples": 256 * 3000}, "noise_ema_epochs": 2.0,
+                           "eval": {"every_examples": 10**12}, "divergence": {"loss_factor": None}})
+    trial = Trial(spec)
+    trial.model.load_state_dict(model.state_dict())
+    measured = trial.run().summary["noise_scale"]
+    assert measured == pytest.approx(expected, rel=0.10), (measured, expected)
+
+
+@pytest.mark.parametrize("noise_std", [0.5, 1.0, 3.0])
+def test_fixed_weight_probe_matches_the_closed_form(noise_std):
+    wl, model = at_fixed_weights({"condition": 1, "noise_std": noise_std}, 0.3)
+    expected = wl.noise_scales(wl.weight_error(model))["b_simple"]
+    assert expected == pytest.approx(16 * (1 + noise_std**2 / float(wl.weight_error(model).square().sum())) + 1)
+    data = wl.load().train
+    probe = noise_scale_at(model, wl.loss, data, micro_batch=64, count=2**17 // 64)
+    assert probe["b_simple"] == pytest.approx(expected, rel=0.10), (probe, expected)
+
+
+def test_excess_risk_metric_is_exact_and_the_student_starts_near_one():
+    wl = get_workload("teacher_regression", SMALL)
+    model = wl.build_model()
+    e = wl.weight_error(model)
+    lam = wl.spectrum()
+    assert float(lam[0]) == 1.0 and float(lam[-1]) == pytest.approx(1 / 100)
+    assert wl.excess_risk(e) == pytest.approx(0.5 * float((lam * e * e).sum()))
+    loss, metric = wl.finish_eval(*wl.eval_sums(model, wl.load().eval))
+    assert metric == pytest.approx(wl.excess_risk(e)) and loss == pytest.approx(metric + 0.5 * 3.0**2)
+    assert 0.3 < metric < 3  # about 1 at the start
+
+
+def test_critical_batch_fitted_from_steps_to_result_is_within_2x_of_the_closed_form():
+    """Isotropic teacher (B_noise = B_simple exactly): per batch size, the fewest steps to an excess
+    risk of 5e-4 over an LR grid (steps to result, evaluated every step), fitted to
+    S_min (1 + B_crit/B); the closed form at the target, |e|^2 = 2 x 5e-4, is d(1 + s^2/|e|^2) + 1."""
+    options = {"dim": 16, "condition": 1, "noise_std": 1.0, "n_train": 2**18}
+    target = 5e-4
+    closed = 16 * (1 + 1.0 / (2 * target)) + 1
+    batches, steps = [64, 256, 1024, 4096, 16384, 65536], []  # past B_crit, where S(B) flattens
+    for b in batches:
+        best = math.inf
+        for lr in [2.0 ** (-k / 2) for k in range(0, 15)]:  # 1 ... 1/128 by factors of sqrt(2)
+            spec = load_spec(data={
+                "workload": "teacher_regression", "workload_options": options, "batch_size": b, "method": "none",
+                "peak_lr": lr, "threads": 1, "noise_scale": False, "recipe": {"warmup_epochs": 0},
+                "budget": {"examples": b * max(30, min(1500, 2**17 // b))}, "eval": {"every_examples": b},
+                "target": {"metric": "excess_risk", "value": target, "stop": True}})
+            s = Trial(spec).run().summary
+            if s["target_reached"]:
+                best = min(best, s["steps_to_target"])
+        steps.append(best)
+    assert all(np.isfinite(steps)), steps
+    fit = fit_critical_batch(batches, steps)
+    print(f"steps {steps}; fit S_min {fit.s_min:.2f}, B_crit {fit.b_crit:.0f}; closed form {closed:.0f}")
+    assert closed / 2 <= fit.b_crit <= 2 * closed, (fit, steps, closed)
