@@ -12,8 +12,8 @@ like the rule methods; ``best_peak_lr`` is the LR those best trials used.
 
 The protocol's budget table (``sweep.json``: ``protocol.budgets``, see harness.protocol) adds per
 cell whether the budget could reach the target at all (``feasible``: True, False, or None when it
-was not checked), the step budget, the evaluation interval, and the resolution the steps to the
-target got (interval / steps).
+was not checked), the step budget, the evaluation interval k, and the resolution the steps to the
+target got ((k - 1) / steps: the first evaluation at the target is at most k - 1 steps late).
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ def aggregate(res: Results) -> pd.DataFrame:
     agg["eval_every_steps"] = [budgets.get((o, b), {}).get("eval_every_steps", math.nan)
                                for o, b in zip(agg.optimizer, agg.batch_size)]
     with np.errstate(divide="ignore", invalid="ignore"):
-        agg["resolution"] = np.where(np.isfinite(agg.steps_to_target), agg.eval_every_steps.astype(float)
+        # read every k steps, the first evaluation at the target is at most k - 1 steps late
+        agg["resolution"] = np.where(np.isfinite(agg.steps_to_target), (agg.eval_every_steps.astype(float) - 1)
                                      / agg.steps_to_target, math.nan)
     return agg
 

@@ -177,7 +177,8 @@ def protocol_table(res: Results, agg: pd.DataFrame) -> Table | None:
             "budget (steps)": f"{r['budget_steps']}", "budget (epochs)": f"{r['budget_epochs']:.3g}",
             "evaluated every (steps)": f"{r['eval_every_steps']}",
             "fewest steps to target": "not reached" if math.isnan(fewest) else f"{fewest:.0f}",
-            "resolution": "" if math.isnan(fewest) else f"{r['eval_every_steps'] / fewest:.1%}",
+            "resolution": "" if math.isnan(fewest) else ("exact (every step)" if r["eval_every_steps"] == 1 else
+                                                          f"{(r['eval_every_steps'] - 1) / fewest:.1%}"),
             "rules measurable": verdict}))
     display = pd.DataFrame([v for _, v in rows], index=pd.Index([k for k, _ in rows], name="batch size"))
     est = pr.get("estimates") or {}
@@ -189,7 +190,7 @@ def protocol_table(res: Results, agg: pd.DataFrame) -> Table | None:
     margin = pr.get("margin")
     title = (f"Protocol — {PROTOCOLS.get(pr['kind'], pr['kind'])}. Budget = {margin:g} x S(B) = S_min (1 + B_crit/B)"
              + (f" [{'; '.join(parts)}]" if parts else " [not checked: no pilot]")
-             + ". Steps to the target are read at evaluations; resolution = evaluation interval / fewest steps")
+             + ". Steps to the target are read at evaluations every k steps: resolution = (k - 1) / fewest steps")
     return Table("protocol", title, display, display.copy(),
                  pd.DataFrame(False, index=display.index, columns=display.columns))
 

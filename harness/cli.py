@@ -254,11 +254,12 @@ def cmd_plan(args) -> int:
     slots = max(1, (os.cpu_count() or 1) // spec.resources.cpus) if not args.slots else args.slots
     if spec.max_concurrent:
         slots = min(slots, spec.max_concurrent)
-    t = protocol.time_estimate(spec, rows, throughput, per_cell, slots)
+    t = protocol.time_estimate(spec, rows, throughput, per_cell, slots, overhead_s=args.trial_overhead_s)
     print("throughput probe on this machine (" + f"{spec.resources.cpus} thread(s) per trial): "
           + ", ".join(f"B={b}: {v:,.0f} examples/s" for b, v in throughput.items()))
     print(f"estimated wall time: {t['low_s'] / 60:.1f} - {t['high_s'] / 60:.1f} min on {slots} slot(s) (trials stopping "
-          f"at the predicted steps - running their whole budget; ~1 s of Ray and data set-up per trial, ~15 s start)")
+          f"at the predicted steps - running their whole budget; {args.trial_overhead_s:g} s of Ray and data set-up "
+          f"per trial, 15 s start)")
     protocol.refuse_infeasible(spec, rows)
     return 0
 
@@ -403,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--probe-seconds", type=float, default=1.5, help="length of each throughput probe (default 1.5)")
     p.add_argument("--slots", type=_positive_int, help="trials at once (default: CPU cores / resources.cpus)")
+    p.add_argument("--trial-overhead-s", type=float, default=2.5,
+                   help="Ray and data set-up per trial (default 2.5 s: the default sweep on a 2-core VM, docs/protocols.md)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("sweep", help="run a study on Ray Tune (local by default, or a cluster)")

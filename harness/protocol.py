@@ -31,8 +31,9 @@ Two protocols (``protocol.kind``):
 
 In both, evaluation is dense enough to resolve steps-to-target to ``eval_resolution`` (5%): every
 ``floor(resolution * S(B) / 2)`` steps (at least 1; the 2 because S(B) may overestimate the steps
-of the best rule by up to that much when B_simple underestimates B_crit). The report states the
-resolution each cell got.
+of the best rule by up to that much when B_simple underestimates B_crit). Read every k steps, the
+first evaluation at the target is at most k - 1 steps late: the resolution is (k - 1) / steps (0
+when every step is evaluated). The report states the resolution each cell got.
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def budget_table(spec: SweepSpec, dataset_size: int, est: dict[str, Estimate]) -
                 budget_steps=budget_steps, budget_epochs=budget_steps * b / n,
                 feasible=None if needed is None else budget_steps >= needed,
                 eval_every_steps=every,
-                resolution_predicted=None if predicted is None else every / predicted,
+                # the first evaluation at or past the target is at most every - 1 steps late
+                resolution_predicted=None if predicted is None else (every - 1) / predicted,
             )
             rows.append(row)
     return rows
@@ -209,7 +211,9 @@ def trial_settings(spec: SweepSpec, row: dict[str, Any], dataset_size: int) -> d
     stop; and, for steps_to_result, the fixed warmup pinned to the study's epoch budget (Goyal's
     5/90 of it) so that it is the same number of epochs at every batch size."""
     b = row["batch_size"]
-    out: dict[str, Any] = {"eval": {**spec.eval.model_dump(), "every_examples": row["eval_every_steps"] * b}}
+    out: dict[str, Any] = {}
+    if row["steps_predicted"] is not None:  # dense enough to resolve the predicted steps; else the spec's grid
+        out["eval"] = {**spec.eval.model_dump(), "every_examples": row["eval_every_steps"] * b}
     if spec.protocol.kind == "steps_to_result":
         out["budget"] = {"epochs": None, "examples": row["budget_steps"] * b}
         out["target"] = {**spec.target.model_dump(), "stop": True}

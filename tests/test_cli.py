@@ -48,3 +48,24 @@ def test_report_of_a_missing_folder_is_one_line(capsys, tmp_path):
     assert main(["report", str(tmp_path / "nothing")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sweep.json missing" in err
+
+
+def test_plan_prints_counts_budgets_recipes_and_a_time_estimate_then_refuses_an_infeasible_budget(capsys, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: p\nworkload: teacher_regression\n"
+                    "workload_options: {dim: 16, condition: 10, noise_std: 1.0, n_train: 65536}\n"
+                    "recipe: {peak_lr: 0.1}\ntarget: {metric: excess_risk, value: 0.02}\n"
+                    "axes: {batch_sizes: [256, 8192], methods: [goyal, legw, tuned], seeds: [0, 1]}\n"
+                    "tuning: {trials: 3}\nprotocol: {kind: steps_to_result}\n")
+    assert main(["plan", str(spec), "--probe-seconds", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "protocol steps_to_result" in out and "Shallue et al. 2018" in out
+    assert "trials: 20 = goyal 4, legw 4, tuned 12 (4 studies x 3); 2 seed(s)" in out
+    assert "S_min" in out and "B_crit" in out and out.count("measurable") >= 2
+    assert "realised" in out and "examples/s" in out and "estimated wall time" in out
+    assert main(["plan", str(spec), "--probe-seconds", "0.2", "--set", "protocol.kind=fixed_epochs",
+                 "--set", "budget.epochs=0.05", "--set", "protocol.pilot_epochs=1"]) == 2
+    captured = capsys.readouterr()
+    assert "NOT MEASURABLE" in captured.out
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "batch size 8192 needs" in err and "budget.epochs" in err

@@ -39,6 +39,7 @@ SPEC = {
     "eval": {"per_epoch": 2},
     "axes": {"batch_sizes": [128, 512], "methods": ["legw", "goyal", "tuned"]},
     "tuning": {"trials": 4},
+    "protocol": {"pilot": False},  # these tests are about the machinery; tests/test_protocol.py has the protocols
 }
 
 
@@ -472,3 +473,38 @@ def test_a_restored_study_ignores_trials_its_searcher_never_suggested():
     budget.on_trial_complete("a", {"objective": 0.7})
     assert [t.value for t in inner._ot_study.trials] == [0.7]
     assert budget.live == set()
+
+
+def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an_infeasible_budget(tmp_path, ray_tmp):
+    """The protocol end to end on the teacher: the pilot's estimates and the budget table in
+    sweep.json, trials stopping at the target within their own step budgets, evaluations dense
+    enough to resolve the steps to 5%; then a fixed-epoch budget too small for the largest batch
+    is refused before anything is written."""
+    spec = {"name": "str", "workload": "teacher_regression",
+            "workload_options": {"dim": 16, "condition": 10, "noise_std": 1.0, "n_train": 2**16},
+            "recipe": {"peak_lr": 0.1}, "target": {"metric": "excess_risk", "value": 0.02},
+            "axes": {"batch_sizes": [256, 4096], "methods": ["sqrt", "none"]},
+            "protocol": {"kind": "steps_to_result"}}
+    proc = cli(["sweep", str(write_spec(tmp_path, spec)), "--results", str(tmp_path / "results"), "--no-report"],
+               ray_tmp)
+    assert proc.returncode == 0, why(proc)
+    assert "S_min" in proc.stdout and "measurable" in proc.stdout
+    meta, trials, measurements = load(tmp_path / "results" / "str")
+    pr = meta["protocol"]
+    assert pr["kind"] == "steps_to_result" and pr["checked"] and pr["estimates"]["sgd"]["source"] == "pilot"
+    budgets = {r["batch_size"]: r for r in pr["budgets"]}
+    for row in trials.itertuples():
+        b = budgets[row.batch_size]
+        assert row.total_steps == b["budget_steps"] == b["steps_needed"]
+        if row.target_reached:
+            assert row.steps == row.steps_to_target <= b["budget_steps"]  # stopped there
+            assert (b["eval_every_steps"] - 1) / row.steps_to_target <= 0.05  # at most k - 1 steps late
+    sqrt = trials[trials.method == "sqrt"]
+    assert sqrt.target_reached.all()
+    too_small = write_spec(tmp_path, {**spec, "name": "fixed", "budget": {"epochs": 0.05},
+                                      "protocol": {"kind": "fixed_epochs"}}, "fixed.yaml")
+    proc = cli(["sweep", str(too_small), "--results", str(tmp_path / "results"), "--quiet"], ray_tmp)
+    assert proc.returncode == 2, why(proc)
+    line = proc.stderr.strip()
+    assert "\n" not in line and "batch size 4096 needs" in line and "epochs" in line, line
+    assert not (tmp_path / "results" / "fixed").exists()

@@ -59,8 +59,6 @@ class TeacherRegression(Workload):
     base_recipes = {
         "sgd": dict(base_batch_size=256, peak_lr=0.0707, warmup_epochs=0.0025, epochs=1.0,
                     decay={"kind": "constant"}, optimizer={"name": "sgd"}),
-        "momentum": dict(base_batch_size=256, peak_lr=0.00707, warmup_epochs=0.0025, epochs=1.0,
-                         decay={"kind": "constant"}, optimizer={"name": "momentum"}),
     }
     recipe_source = "tuned here at B0=256 on steps to excess risk 0.01 (docs/workloads.md)"
 
