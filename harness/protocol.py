@@ -81,12 +81,14 @@ def needs_estimate(spec: SweepSpec) -> bool:
 
 
 def run_pilot(spec: SweepSpec, optimizer: str, dataset_size: int) -> Estimate:
-    """The base recipe at B0 to the target, evaluated densely; B_simple where it reached it."""
+    """The base recipe at B0 to the target, evaluated densely; B_simple where it reached it. Its
+    budget: ``protocol.pilot_epochs``, else the larger of the study's and the recipe's epochs."""
     from harness.trial import Trial
 
     base = spec.base_recipe(optimizer)
     b0 = base.base_batch_size
-    epochs = spec.protocol.pilot_epochs or spec.budget_epochs(optimizer, dataset_size)
+    # at least the recipe's own budget: a study budget too small for B0 is the feasibility check's to report
+    epochs = spec.protocol.pilot_epochs or max(spec.budget_epochs(optimizer, dataset_size), base.epochs)
     steps = epochs_to_steps(epochs, dataset_size, b0)
     every = max(1, steps // 400)  # S0 resolved to 0.25% of the pilot's budget
     trial_spec = spec.trial_spec(optimizer, "none", b0, spec.axes.seeds[0],
@@ -98,10 +100,11 @@ def run_pilot(spec: SweepSpec, optimizer: str, dataset_size: int) -> Estimate:
     where = (f"protocol: the pilot (base recipe of {optimizer} at B0={b0}, {epochs:g} epochs = {steps} steps)")
     if not s["target_reached"]:
         best = s["best_metric"]
-        raise BatchscaleError(
+        raise SpecError(
+            "protocol.pilot_epochs", epochs,
             f"{where} did not reach {spec.target.metric} {spec.target.value:g} (best "
-            f"{'n/a' if best is None else f'{best:.4g}'}, status {result.status}): no batch size can be judged; "
-            f"raise protocol.pilot_epochs or budget.epochs, ease the target, or give protocol.s_min and protocol.b_crit")
+            f"{'n/a' if best is None else f'{best:.4g}'}, status {result.status}), so no batch size can be judged; "
+            f"allowed: more pilot epochs, an easier target, or protocol.s_min and protocol.b_crit")
     s0 = s["steps_to_target"]
     # B_simple at the weights that reached the target, from many micro-batches (harness.noise)
     probe = probe_noise_scale_at_target(trial, dataset_size, seed=spec.axes.seeds[0])
