@@ -38,7 +38,7 @@ _HTML = """<!doctype html>
 <p>{{ description }}</p>
 <p><b>Workload</b> {{ workload }} ({{ metric }}, {{ direction }} is better), {{ dataset_size }} training examples;
 status <b>{{ status }}</b>; {{ counts }}; base batch B0 = {{ base }}.</p>
-{% for t in tables %}<h2>{{ t.title }}</h2>{{ t.html }}{% endfor %}
+{% for t in tables %}<h2>{{ t.title }}</h2>{% if t.note %}<p>{{ t.note }}</p>{% endif %}{{ t.html }}{% endfor %}
 {% if claims %}<h2>Paper claims</h2>{{ claims }}{% endif %}
 {% if studies %}<h2>Tuned studies</h2>{{ studies }}{% endif %}
 {% if projection %}<h2>Cost model of the projection</h2>{{ projection }}{% endif %}
@@ -96,7 +96,9 @@ def studies_frame(res: Results) -> pd.DataFrame:
         return pd.DataFrame()
     return pd.DataFrame([{"study": k, "batch size": v["batch_size"], "optimizer": v["optimizer"],
                           "trials": v["trials"], "LR range": f"{v['lr_range'][0]:.3g} - {v['lr_range'][1]:.3g}",
-                          "best peak LR": v["best_peak_lr"], f"best {res.metric}": v["best_metric"]}
+                          "selects on": v.get("selects_on", "final_metric").replace("_", " "),
+                          "best peak LR": v["best_peak_lr"], f"its {res.metric}": v["best_metric"],
+                          "its steps to target": v.get("best_steps_to_target")}
                          for k, v in sorted(studies.items(), key=lambda kv: (kv[1]["optimizer"], kv[1]["batch_size"]))
                          ]).set_index("study")
 
@@ -134,7 +136,7 @@ def build_report(root: str | Path) -> dict:
                   counts=counts, base=res.base_batch_size)
     page = Environment(autoescape=False).from_string(_HTML).render(
         **{k: html.escape(str(v)) for k, v in common.items()},
-        tables=[{"title": html.escape(t.title), "html": _html_table(t)} for t in tables],
+        tables=[{"title": html.escape(t.title), "note": html.escape(t.note), "html": _html_table(t)} for t in tables],
         claims=_verdict_html(claims) if not claims.empty else "",
         studies=_frame_html(studies) if not studies.empty else "",
         projection=_frame_html(pd.DataFrame({"value": proj_info})) if proj_info else "",

@@ -22,6 +22,7 @@ class Table:
     display: pd.DataFrame  # strings
     numbers: pd.DataFrame  # the values behind them (CSV)
     best: pd.DataFrame  # bool mask of the best cell of each row
+    note: str = ""  # a paragraph under the title: how to read the table
 
 
 def _columns(res: Results, agg: pd.DataFrame):
@@ -129,7 +130,8 @@ def _marked(table: Table, bold) -> pd.DataFrame:
 
 def to_markdown(table: Table) -> str:
     note = " (best of each row in bold)" if table.best.to_numpy().any() else ""
-    return f"**{table.title}**{note}\n\n" + _marked(table, lambda v: f"**{v}**").to_markdown(disable_numparse=True) + "\n"
+    text = f"**{table.title}**{note}\n\n" + (f"{table.note}\n\n" if table.note else "")
+    return text + _marked(table, lambda v: f"**{v}**").to_markdown(disable_numparse=True) + "\n"
 
 
 def to_latex(table: Table) -> str:
@@ -188,11 +190,19 @@ def protocol_table(res: Results, agg: pd.DataFrame) -> Table | None:
                if e["source"] == "pilot" else "given")
         parts.append(f"{o}: S_min = {e['s_min']:.1f}, B_crit = {e['b_crit']:.0f} ({src})")
     margin = pr.get("margin")
-    title = (f"Protocol — {PROTOCOLS.get(pr['kind'], pr['kind'])}. Budget = {margin:g} x S(B) = S_min (1 + B_crit/B)"
-             + (f" [{'; '.join(parts)}]" if parts else " [not checked: no pilot]")
-             + ". Steps to the target are read at evaluations every k steps: resolution = (k - 1) / fewest steps")
+    kind, _, source = PROTOCOLS.get(pr["kind"], pr["kind"]).partition(": ")
+    title = f"Protocol: {kind}"
+    note = (f"{source[0].upper()}{source[1:]}. Each batch size's budget is {margin:g} x S(B), S(B) = S_min (1 + B_crit/B) "
+            f"the steps the best rule needs at least ({'; '.join(parts) if parts else 'not checked: no pilot'}). "
+            f"A batch size whose budget is below that cannot tell the rules apart: its verdicts are not measurable. "
+            f"Steps to the target are read at evaluations every k steps, at most k - 1 steps late: resolution = "
+            f"(k - 1) / fewest steps (docs/protocols.md).")
+    after = pr.get("checked_after_run")
+    if after:
+        note += (f" This sweep ran before its budgets were checked; they were checked afterwards, by the same "
+                 f"pilot, on {after['at'][:10]} ({after['by']}).")
     return Table("protocol", title, display, display.copy(),
-                 pd.DataFrame(False, index=display.index, columns=display.columns))
+                 pd.DataFrame(False, index=display.index, columns=display.columns), note)
 
 
 def all_tables(res: Results, agg: pd.DataFrame) -> list[Table]:

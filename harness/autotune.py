@@ -6,13 +6,20 @@
   moving averages) scales the base LR and advances the base schedule's clock: ``lr = r * lr0(tau)``,
   ``tau += r``; the run ends when tau reaches the base schedule's length. With little gradient noise
   r -> B/B0 (linear scaling, k times fewer steps); with much noise r -> 1 (no scaling).
-* ``AutoWUControl`` (Kim et al. 2021, arXiv 2107.05855): the LR ramps exponentially from
-  ``start_lr`` (default: the base peak LR / 1000) by ``ramp_factor_per_epoch``; at regular checks a Gaussian process (RBF kernel, lengthscale 0.2 on normalized
-  time) fitted to the training-loss history asks whether the loss minimum is already behind; once
-  it is in a majority of 5 posterior draws for ``patience`` checks in a row, the LR is reset to the
-  ramp's LR at the posterior mean's minimum and decays by a cosine to 0 over the remaining steps.
-  The detected warmup length and peak LR are reported: they test LEGW's claim that warmup should
-  grow linearly with the batch.
+* ``AutoWUControl`` (Kim et al. 2021, arXiv 2107.05855), as their official code (kakaobrain/autowu)
+  does it, with its defaults: the LR ramps exponentially from ``min_lr`` (1e-5) to ``max_lr`` (1.0)
+  over ``max_warmup_fraction`` (half) of the run. At the end of every epoch of the warmup, the
+  epoch's per-step training losses join the history, and a Gaussian process (constant mean, scaled
+  RBF kernel of lengthscale 0.2 on x = step / steps so far, noise starting at 1e-3; mean, scale and
+  noise fitted by 100 Adam steps, lr 0.01, on the marginal likelihood of at most 100 subsampled
+  points, continuing from the previous epoch's fit) makes 5 predictions of the latent loss curve on
+  500 points, each conditioned on its own subsample of at most 500 points. Each prediction gives
+  p = max_i P(X_i < X_last) from the marginals of the differences; the epoch votes "the minimum is
+  behind" when p > 0.95 in a majority of them, and the warmup ends when the last 3 epochs all voted
+  so. The LR is then the mean over the predictions of the ramp's LR at the predicted mean's argmin,
+  held constant (decay factor 1) until the cosine cooldown to 0 over the last 20% of the run.
+  Reaching the warmup cap ends the warmup at the ramp's LR there. The detected warmup length and peak
+  LR are reported: they test LEGW's claim that warmup should grow linearly with the batch.
 
 The noise-aware rule (``noise_aware_lr``) is a scaling rule, not a control: eta0 * k * (B0 + Bn) /
 (B + Bn), with Bn the noise scale measured at B0 (McCandlish et al.'s eps_opt(B) ratio).
@@ -23,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+import torch
 
 from harness.errors import BatchscaleError
 from harness.scaling import resolve
@@ -97,82 +104,165 @@ class AdaScaleControl(ScheduleControl):
         self.tau, self.last_gain, self.gain_sum = state["tau"], state["last_gain"], state["gain_sum"]
 
 
-def gp_minimum_behind(losses: np.ndarray, lengthscale: float = 0.2, noise: float = 0.1, draws: int = 5,
-                      confidence: float = 0.95, seed: int = 0) -> tuple[bool, int]:
-    """Is the minimum of the loss curve behind its end? An exact GP on normalized time and loss.
+class LossGP:
+    """The GP regression of AutoWU's test (Kim et al.'s ``Regressor``), in torch without gpytorch.
 
-    Returns (behind in a majority of ``draws`` posterior draws, index of the posterior mean's minimum).
-    A draw has its minimum behind when its end exceeds its minimum by more than the one-sided
-    ``confidence`` quantile of the posterior standard deviation at the end.
+    f ~ GP(c, s^2 exp(-(x - x')^2 / (2 l^2))), y = f + N(0, n^2); l is fixed, and c, s^2 and n^2 are
+    fitted by Adam on the marginal log-likelihood per point, as softplus-transformed raw values
+    (gpytorch's parametrization: s^2 = softplus(raw), n^2 = 1e-4 + softplus(raw)), so that successive
+    fits continue from the last one. Losses are stored whole; every fit and prediction conditions on
+    a uniform subsample (without replacement) drawn from one seeded generator.
     """
-    y = np.asarray(losses, dtype=float)
-    n = len(y)
-    if n < 5:
-        return False, int(np.argmin(y)) if n else 0
-    x = np.linspace(0.0, 1.0, n)
-    mu, sd = y.mean(), y.std() or 1.0
-    z = (y - mu) / sd
-    k = np.exp(-0.5 * (x[:, None] - x[None, :]) ** 2 / lengthscale**2)
-    chol = np.linalg.cholesky(k + noise * np.eye(n))
-    alpha = np.linalg.solve(chol.T, np.linalg.solve(chol, z))
-    mean = k @ alpha
-    v = np.linalg.solve(chol, k)
-    cov = k - v.T @ v
-    sd_end = math.sqrt(max(cov[-1, -1], 1e-12))
-    samples = np.random.default_rng(seed).multivariate_normal(mean, cov + 1e-9 * np.eye(n), size=draws,
-                                                              method="cholesky")
-    margin = _normal_quantile(confidence) * sd_end
-    behind = sum(1 for s in samples if s[-1] - s.min() > margin and s.argmin() < n - 1)
-    return behind > draws // 2, int(np.argmin(mean))
+
+    NOISE_FLOOR = 1e-4
+
+    def __init__(self, lengthscale: float = 0.2, seed: int = 0):
+        self.lengthscale = lengthscale
+        self.losses = torch.empty(0, dtype=torch.float64)
+        self.raw = torch.tensor([0.0, 0.0, _inv_softplus(1e-3 - self.NOISE_FLOOR)], dtype=torch.float64,
+                                requires_grad=True)  # (constant mean, raw outputscale, raw noise)
+        self.adam = torch.optim.Adam([self.raw], lr=0.01)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def add(self, losses) -> None:
+        self.losses = torch.cat([self.losses, torch.as_tensor(losses, dtype=torch.float64)])
+        ok = torch.isfinite(self.losses)
+        with torch.no_grad():
+            self.raw[0] = self.losses[ok].mean()  # the mean restarts at the data's mean (as Kim et al.)
+
+    def _subsample(self, max_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.losses)
+        valid = torch.arange(n)[torch.isfinite(self.losses)]
+        if len(valid) > max_points:
+            pick = torch.ones(len(valid), dtype=torch.float64).multinomial(max_points, generator=self.gen).sort().values
+            valid = valid[pick]
+        return valid.to(torch.float64) / n, self.losses[valid]
+
+    def _kernel(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return scale * torch.exp(-0.5 * (a[:, None] - b[None, :]) ** 2 / self.lengthscale**2)
+
+    def _params(self):
+        return self.raw[0], torch.nn.functional.softplus(self.raw[1]), \
+            self.NOISE_FLOOR + torch.nn.functional.softplus(self.raw[2])
+
+    def fit(self, steps: int = 100, max_points: int = 100) -> None:
+        x, y = self._subsample(max_points)
+        for _ in range(steps):
+            self.adam.zero_grad()
+            mean, scale, noise = self._params()
+            k = self._kernel(x, x, scale) + noise * torch.eye(len(x), dtype=torch.float64)
+            dist = torch.distributions.MultivariateNormal(mean.expand(len(x)), covariance_matrix=k)
+            (-dist.log_prob(y) / len(x)).backward()
+            self.adam.step()
+
+    @torch.no_grad()
+    def predict(self, grid: torch.Tensor, max_points: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and covariance of the latent curve f at ``grid`` (x in [0, 1])."""
+        x, y = self._subsample(max_points)
+        mean, scale, noise = self._params()
+        k = self._kernel(x, x, scale) + noise * torch.eye(len(x), dtype=torch.float64)
+        ks = self._kernel(x, grid, scale)
+        chol = torch.linalg.cholesky(k)
+        alpha = torch.cholesky_solve((y - mean).unsqueeze(1), chol).squeeze(1)
+        v = torch.linalg.solve_triangular(chol, ks, upper=False)
+        return mean + ks.T @ alpha, self._kernel(grid, grid, scale) - v.T @ v
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"losses": self.losses.clone(), "raw": self.raw.detach().clone(), "adam": self.adam.state_dict(),
+                "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.losses = state["losses"].clone()
+        with torch.no_grad():
+            self.raw.copy_(state["raw"])
+        self.adam.load_state_dict(state["adam"])
+        self.gen.set_state(state["gen"])
 
 
-def _normal_quantile(p: float) -> float:
-    from scipy.stats import norm
+def _inv_softplus(y: float) -> float:
+    return math.log(math.expm1(y))
 
-    return float(norm.ppf(p))
+
+def past_minimum_probability(mean: torch.Tensor, cov: torch.Tensor) -> float:
+    """max_i P(X_i < X_last) for (X_1..X_k) ~ N(mean, cov), from the marginals of X_i - X_last
+    (Kim et al.'s test; 1e-4 added to the differences' variances as they do)."""
+    d = mean[:-1] - mean[-1]
+    var = cov.diagonal()[:-1] + cov[-1, -1] - 2 * cov[:-1, -1] + 1e-4
+    p = torch.distributions.Normal(d, var.clamp(min=1e-12).sqrt()).cdf(torch.zeros_like(d))
+    return float(p.max())
+
+
+def minimum_behind(gp: LossGP, draws: int = 5, confidence: float = 0.95, grid_points: int = 500,
+                   fit_steps: int = 100) -> tuple[bool, torch.Tensor]:
+    """One test: fit, then ``draws`` predictions; (majority voted "behind", argmin x of each prediction)."""
+    gp.fit(fit_steps)
+    grid = torch.linspace(0.0, 1.0, grid_points, dtype=torch.float64)
+    votes, argmins = 0, []
+    for _ in range(draws):
+        mean, cov = gp.predict(grid)
+        votes += past_minimum_probability(mean, cov) > confidence
+        argmins.append(grid[int(mean.argmin())])
+    return votes > draws / 2, torch.stack(argmins)
 
 
 class AutoWUControl(ScheduleControl):
     def __init__(self, trial: "Trial", spec: "TrialSpec"):
         super().__init__(trial)
-        self.cfg = spec.autowu
+        self.cfg = c = spec.autowu
         r = trial.recipe
-        self.start_lr = self.cfg.start_lr or r.base_peak_lr / 1000
-        self.check_every = max(1, round(self.cfg.check_every_epochs * r.steps_per_epoch))
-        self.growth = self.cfg.ramp_factor_per_epoch ** (1.0 / r.steps_per_epoch)  # per step
+        total = r.total_steps
+        self.max_warmup_steps = max(1, int(c.max_warmup_fraction * total))
+        self.cooldown_start = (1 - c.cooldown_fraction) * total
+        self.gamma = (c.max_lr / c.min_lr) ** (1.0 / self.max_warmup_steps)  # per step
+        self.check_every = max(1, round(c.check_every_epochs * r.steps_per_epoch))
+        self.gp = LossGP(c.lengthscale, seed=0)
         self.phase = "warmup"
-        self.losses: list[float] = []
-        self.streak = 0
+        self.epoch_losses: list[float] = []
+        self.votes: list[bool] = []
+        self.current_lr = c.min_lr
+        self.cooldown_from: tuple[int, float] | None = None
         self.warmup_steps: int | None = None
         self.peak_lr: float | None = None
-        self.decay_start = 0
-
-    def _ramp(self, step: int) -> float:
-        return self.start_lr * self.growth**step
+        self.switched_by = None
 
     def lr(self) -> float:
-        s = self.trial.step
-        if self.phase == "warmup":
-            return min(self._ramp(s), self.cfg.max_lr)
-        span = max(1, self.trial.recipe.total_steps - self.decay_start)
-        frac = min(1.0, (s - self.decay_start) / span)
-        return self.peak_lr * 0.5 * (1 + math.cos(math.pi * frac))
+        return self.current_lr
 
     def after_step(self, loss: float) -> None:
-        if self.phase != "warmup":
-            return
-        self.losses.append(loss if math.isfinite(loss) else max(self.losses, default=1e6) * 10)
-        if self.trial.step % self.check_every:
-            return
-        history = np.asarray(self.losses)
-        stride = max(1, len(history) // 200)  # the GP is exact: keep it small
-        behind, at = gp_minimum_behind(history[::stride], self.cfg.lengthscale, draws=self.cfg.draws,
-                                       seed=self.trial.step)
-        self.streak = self.streak + 1 if behind else 0
-        if self.streak >= self.cfg.patience:
-            self.phase, self.decay_start = "decay", self.trial.step
-            self.warmup_steps = self.trial.step
-            self.peak_lr = min(self._ramp(at * stride), self.cfg.max_lr)
+        step = self.trial.step  # updates done
+        total = self.trial.recipe.total_steps
+        if step >= self.cooldown_start and self.phase != "cooldown":
+            if self.phase == "warmup":
+                self._end_warmup(step, "cooldown")
+            self.phase, self.cooldown_from = "cooldown", (step, self.current_lr)
+        if self.phase == "warmup":
+            if step >= self.max_warmup_steps:
+                self._end_warmup(step, "cap")
+            else:
+                self.epoch_losses.append(loss)
+                if len(self.epoch_losses) >= self.check_every:
+                    self.gp.add(self.epoch_losses)
+                    self.epoch_losses = []
+                    if self._test(step):
+                        return
+                self.current_lr *= self.gamma
+        elif self.phase == "cooldown":  # cosine from the LR at its start to 0 after the last step
+            start, lr0 = self.cooldown_from  # as torch's CosineAnnealingLR(T_max = total - start), stepped now
+            span = max(1, total - start)
+            self.current_lr = lr0 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start + 1) / span)))
+
+    def _test(self, step: int) -> bool:
+        behind, argmins = minimum_behind(self.gp, self.cfg.draws, self.cfg.confidence)
+        self.votes = (self.votes + [bool(behind)])[-self.cfg.patience:]
+        if len(self.votes) == self.cfg.patience and all(self.votes):
+            ramp = self.cfg.min_lr * (self.current_lr / self.cfg.min_lr) ** argmins  # the ramp's LR there
+            self.current_lr = float(ramp.mean())
+            self._end_warmup(step, "test")
+            return True
+        return False
+
+    def _end_warmup(self, step: int, why: str) -> None:
+        self.phase, self.warmup_steps, self.peak_lr, self.switched_by = "constant", step, self.current_lr, why
 
     def measurement(self) -> dict[str, Any]:
         return {"gain": math.nan}
@@ -181,15 +271,27 @@ class AutoWUControl(ScheduleControl):
         spe = self.trial.recipe.steps_per_epoch
         return {"autowu_warmup_steps": self.warmup_steps,
                 "autowu_warmup_epochs": self.warmup_steps / spe if self.warmup_steps is not None else None,
-                "autowu_peak_lr": self.peak_lr}
+                "autowu_peak_lr": self.peak_lr, "autowu_switched_by": self.switched_by}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "losses": list(self.losses), "streak": self.streak,
-                "warmup_steps": self.warmup_steps, "peak_lr": self.peak_lr, "decay_start": self.decay_start}
+        return {"phase": self.phase, "epoch_losses": list(self.epoch_losses), "votes": list(self.votes),
+                "current_lr": self.current_lr, "cooldown_from": self.cooldown_from, "warmup_steps": self.warmup_steps,
+                "peak_lr": self.peak_lr, "switched_by": self.switched_by, "gp": self.gp.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.phase, self.losses, self.streak = state["phase"], list(state["losses"]), state["streak"]
-        self.warmup_steps, self.peak_lr, self.decay_start = state["warmup_steps"], state["peak_lr"], state["decay_start"]
+        self.phase, self.epoch_losses, self.votes = state["phase"], list(state["epoch_losses"]), list(state["votes"])
+        self.current_lr, self.cooldown_from = state["current_lr"], state["cooldown_from"]
+        self.warmup_steps, self.peak_lr, self.switched_by = state["warmup_steps"], state["peak_lr"], state["switched_by"]
+        self.gp.load_state_dict(state["gp"])
+
+
+def autowu_deviations(cfg) -> list[str]:
+    """Settings that differ from Kim et al.'s, for the trial's recipe warnings."""
+    from harness.spec import AutoWUSpec
+
+    kim = AutoWUSpec()
+    return [f"autowu.{k} = {getattr(cfg, k)!r} differs from Kim et al.'s {getattr(kim, k)!r}"
+            for k in AutoWUSpec.model_fields if getattr(cfg, k) != getattr(kim, k)]
 
 
 def make_control(trial: "Trial", spec: "TrialSpec") -> ScheduleControl:

@@ -300,9 +300,33 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def check_budgets(results: str) -> None:
+    """Run the protocol's pilot for a finished sweep's spec (as given) and record, in its
+    ``sweep.json``, the budget table it implies, marked as checked after the run."""
+    from harness import protocol
+    from harness.spec import load_spec
+    from harness.store import ResultsStore, now
+
+    store = ResultsStore(results)
+    meta = store.read_meta()
+    given = (meta.get("spec_given") or {}).get("effective") or meta["spec_resolved"]
+    spec = load_spec(data=given, kind="sweep")
+    n = meta["workload"]["dataset_size"]
+    spec.workload_obj().prepare()
+    estimates = protocol.estimates(spec, n)
+    budgets = protocol.budget_table(spec, n, estimates)
+    for line in protocol.format_table(budgets, estimates, meta["workload"]["metric"]):
+        print(line)
+    store.update_meta(protocol={"kind": spec.protocol.kind, "margin": spec.protocol.margin, "checked": bool(estimates),
+                                "estimates": {o: e.to_json() for o, e in estimates.items()}, "budgets": budgets,
+                                "checked_after_run": {"at": now(), "by": "batchscale report --check-budgets"}})
+
+
 def cmd_report(args) -> int:
     from analysis.report import build_report
 
+    if getattr(args, "check_budgets", False):
+        check_budgets(args.results)
     try:
         out = build_report(args.results)
     except ValueError as e:
@@ -423,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables, plots and the HTML report of a sweep's results")
     p.add_argument("results", help="a sweep's results folder, e.g. results/default")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
+    p.add_argument("--check-budgets", action="store_true",
+                   help="first run the protocol's pilot for this sweep's spec and record which batch sizes its "
+                        "budget could reach the target at (for sweeps run before protocols existed)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run (or reuse) a LEGW paper study and judge its claims")

@@ -65,19 +65,24 @@ class Divergence(Strict):
 
 
 class AutoWUSpec(Strict):
-    """Settings of the ``autowu`` method (harness.autotune.AutoWUControl)."""
+    """Settings of the ``autowu`` method (harness.autotune.AutoWUControl). The defaults are Kim et
+    al.'s (arXiv 2107.05855, official code kakaobrain/autowu); a trial that changes one says so in
+    its recipe warnings."""
 
-    #: Where the ramp starts; default the base recipe's peak LR / 1000 (Kim et al. start at 1e-5
-    #: for ImageNet; a fixed value is far too low or too high for other recipes and short budgets).
-    start_lr: PositiveFloat | None = None
-    #: The ramp multiplies the LR by this much per epoch (exponentially, step by step).
-    ramp_factor_per_epoch: Annotated[float, Field(gt=1)] = 10.0
-    max_lr: PositiveFloat = 100.0
-    #: How often the GP looks for the loss minimum (Kim et al.: every epoch; our budgets are short).
-    check_every_epochs: PositiveFloat = 0.25
+    min_lr: PositiveFloat = 1e-5
+    max_lr: PositiveFloat = 1.0
+    #: The exponential ramp reaches max_lr at this fraction of the run, and the warmup ends there at the latest.
+    max_warmup_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    #: How often the GP tests for the loss minimum (Kim et al.: at the end of every epoch).
+    check_every_epochs: PositiveFloat = 1.0
+    #: Switch when this many consecutive tests voted "minimum behind".
     patience: PositiveInt = 3
-    lengthscale: PositiveFloat = 0.2
+    #: Predictions per test (each on its own subsample); the test votes by majority.
     draws: PositiveInt = 5
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    lengthscale: PositiveFloat = 0.2
+    #: The last fraction of the run is a cosine cooldown to 0.
+    cooldown_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
 
 
 class NoiseAwareSpec(Strict):

@@ -139,8 +139,13 @@ class Trial:
             peak = peak or base.peak_lr
             warmup = base.warmup_epochs if warmup is None else warmup
         # tuned sets both; autowu's control replaces the schedule (the recipe keeps the bookkeeping)
-        return resolve(base, batch, "none+none", dataset_size, epochs=epochs, peak_lr=peak, warmup_epochs=warmup,
-                       lr_method_label=spec.method)
+        recipe = resolve(base, batch, "none+none", dataset_size, epochs=epochs, peak_lr=peak, warmup_epochs=warmup,
+                         lr_method_label=spec.method)
+        if spec.method == "autowu":  # a method named after a paper runs with its parameters, or says it does not
+            from harness.autotune import autowu_deviations
+
+            recipe = recipe.model_copy(update={"warnings": (*recipe.warnings, *autowu_deviations(spec.autowu))})
+        return recipe
 
     # -- one optimizer update -------------------------------------------------------------------
     def _train_step(self) -> float:
