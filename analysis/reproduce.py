@@ -243,8 +243,12 @@ def _speedup(res, agg, p):
 
 def _one_cpu_core_per_trial(res) -> bool:
     t = res.trials
-    on_cpu = not t.device.astype(str).str.startswith("cuda").any()
-    return bool(on_cpu and (t.workers.fillna(1) <= 1).all() and (t.threads.fillna(1) <= 1).all())
+
+    def column(name, default):  # older stores lack some columns
+        return t[name] if name in t else pd.Series(default, index=t.index)
+
+    on_cpu = not column("device", "cpu").astype(str).str.startswith("cuda").any()
+    return bool(on_cpu and (column("workers", 1).fillna(1) <= 1).all() and (column("threads", 1).fillna(1) <= 1).all())
 
 
 def _projected_speedup(res, agg, method, need, p):

@@ -174,6 +174,8 @@ def protocol_table(res: Results, agg: pd.DataFrame) -> Table | None:
         fewest = float(reached.steps_to_target.min()) if len(reached) else math.nan
         label = r["batch_size"] if len(optimizers) == 1 else f"{r['optimizer']} {r['batch_size']}"
         verdict = {True: "yes", False: "NO: budget too small", None: "not checked"}[r.get("feasible")]
+        if r.get("feasible") is False and not math.isnan(fewest):
+            verdict = "yes: reached, though below the predicted need"
         rows.append((label, {
             "S(B) predicted": "" if r.get("steps_predicted") is None else f"{r['steps_predicted']:.0f}",
             "budget (steps)": f"{r['budget_steps']}", "budget (epochs)": f"{r['budget_epochs']:.3g}",

@@ -315,6 +315,12 @@ def check_budgets(results: str) -> None:
     spec.workload_obj().prepare()
     estimates = protocol.estimates(spec, n)
     budgets = protocol.budget_table(spec, n, estimates)
+    for row in budgets:  # the evaluation grid the run used, not the one the protocol would have planned
+        b = row["batch_size"]
+        used = spec.eval.every_examples or math.ceil(n / spec.eval.per_epoch)
+        row["eval_every_steps"] = max(1, math.ceil(used / b))
+        if row["steps_predicted"]:
+            row["resolution_predicted"] = (row["eval_every_steps"] - 1) / row["steps_predicted"]
     for line in protocol.format_table(budgets, estimates, meta["workload"]["metric"]):
         print(line)
     store.update_meta(protocol={"kind": spec.protocol.kind, "margin": spec.protocol.margin, "checked": bool(estimates),
