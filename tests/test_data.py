@@ -136,3 +136,25 @@ def test_idx_shape_is_read_from_the_header_alone(data_dir):
     assert read_idx_shape(data_dir / "fashion-mnist" / "train-images-idx3-ubyte.gz") == (512, 28, 28)
     wl = get_workload("fmnist_lstm", {"train_examples": 100}, str(data_dir))
     assert wl.train_size() == 100 and get_workload("fmnist_lstm", {}, str(data_dir)).train_size() == 512
+
+
+def test_large_mnist1d_is_generated_in_seeded_chunks_with_exact_sizes(monkeypatch, tmp_path):
+    """Above PARALLEL_ABOVE samples the set is made in chunks on all cores: exact train/test sizes,
+    balanced classes, the same arrays on every call (each chunk's seed comes from the data seed)."""
+    import numpy as np
+
+    import harness.data.mnist1d as m
+
+    monkeypatch.setattr(m, "PARALLEL_ABOVE", 1000)
+    monkeypatch.setattr(m, "CHUNK", 3000)
+    monkeypatch.setenv("BATCHSCALE_CACHE_DIR", str(tmp_path))
+    for total in (7000, 9990, 3000):
+        sizes = m._chunks(total)
+        assert sum(sizes) == total and all(s % 10 == 0 and s <= 3000 + 10 for s in sizes), sizes
+    d = m.load_mnist1d(7000, 2000, 5)
+    assert d["x"].shape == (7000, 40) and d["x_test"].shape == (2000, 40)
+    assert np.bincount(d["y"], minlength=10).tolist() == [700] * 10
+    again = m._generate(7000, 2000, 5)
+    assert np.array_equal(again["x"].astype(np.float32), d["x"]) and np.array_equal(again["y_test"], d["y_test"])
+    assert not np.array_equal(m._generate(7000, 2000, 6)["x"], d["x"])
+    assert abs(float(d["x"].std()) - 1) < 0.02  # each chunk standardized; together still ~unit

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 from torch import nn
 
-from harness.data.mnist1d import load_mnist1d
+from harness.data.mnist1d import PARALLEL_ABOVE, load_mnist1d
 from harness.workloads import Dataset, Workload
 
 
@@ -28,6 +28,9 @@ class Mnist1dOptions(BaseModel):
     def _multiple_of_ten(self):
         if (self.n_train + self.n_test) % 10:
             raise ValueError("n_train + n_test must be a multiple of 10 (the generator draws the same number per class)")
+        if self.n_train + self.n_test > PARALLEL_ABOVE and (self.n_train % 10 or self.n_test % 10):
+            raise ValueError(f"above {PARALLEL_ABOVE} samples (generated in chunks), n_train and n_test must each be "
+                             "multiples of 10")
         return self
 
 
