@@ -12,8 +12,9 @@ like the rule methods; ``best_peak_lr`` is the LR those best trials used.
 
 The protocol's budget table (``sweep.json``: ``protocol.budgets``, see harness.protocol) adds per
 cell whether the budget could reach the target at all (``feasible``: True, False, or None when it
-was not checked; True wherever some arm of the same optimizer reached the target at that batch size), the step budget, the evaluation interval k, and the resolution the steps to the
-target got ((k - 1) / steps: the first evaluation at the target is at most k - 1 steps late).
+was not checked; True wherever some arm of the same optimizer reached the target at that batch
+size), the step budget, the evaluation interval k, and the resolution the steps to the target got
+((k - 1) / steps: the first evaluation at the target is at most k - 1 steps late).
 """
 
 from __future__ import annotations

@@ -65,7 +65,10 @@ def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
                           for b in batches]
     best = _best_mask(numbers, res.higher_is_better)
     title = f"Final {res.metric} ({'higher' if res.higher_is_better else 'lower'} is better), mean ± std over seeds"
-    return Table("accuracy", title, display, numbers, best)
+    note = ("Under the steps-to-result protocol trials stop at the target, so a complete cell's final value is where "
+            "it stopped (at or past the target): read the steps to the target, not this table, to compare rules."
+            if res.protocol["kind"] == "steps_to_result" else "")
+    return Table("accuracy", title, display, numbers, best, note)
 
 
 def _best_mask(numbers: pd.DataFrame, higher: bool) -> pd.DataFrame:
@@ -194,8 +197,8 @@ def protocol_table(res: Results, agg: pd.DataFrame) -> Table | None:
     margin = pr.get("margin")
     kind, _, source = PROTOCOLS.get(pr["kind"], pr["kind"]).partition(": ")
     title = f"Protocol: {kind}"
-    note = (f"{source[0].upper()}{source[1:]}. Each batch size's budget is {margin:g} x S(B), S(B) = S_min (1 + B_crit/B) "
-            f"the steps the best rule needs at least ({'; '.join(parts) if parts else 'not checked: no pilot'}). "
+    note = (f"{source[0].upper()}{source[1:]}. Each batch size's budget is {margin:g} x S(B), "
+            f"S(B) = S_min (1 + B_crit/B) the steps the best rule needs at least ({'; '.join(parts) if parts else 'not checked: no pilot'}). "
             f"A batch size whose budget is below that cannot tell the rules apart: its verdicts are not measurable. "
             f"Steps to the target are read at evaluations every k steps, at most k - 1 steps late: resolution = "
             f"(k - 1) / fewest steps (docs/protocols.md).")

@@ -435,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-seconds", type=float, default=1.5, help="length of each throughput probe (default 1.5)")
     p.add_argument("--slots", type=_positive_int, help="trials at once (default: CPU cores / resources.cpus)")
     p.add_argument("--trial-overhead-s", type=float, default=2.5,
-                   help="Ray and data set-up per trial (default 2.5 s: the default sweep on a 2-core VM, docs/protocols.md)")
+                   help="Ray and data set-up per trial (default 2.5 s: the default sweep on a 2-core VM, "
+                        "docs/protocols.md)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("sweep", help="run a study on Ray Tune (local by default, or a cluster)")

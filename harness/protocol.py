@@ -14,9 +14,9 @@ B_simple at the weights that reached it, from 64 micro-batches of B0 or more wit
 which the gradient shrinks, and is dominated by its start). B_crit is the *smaller* of the two:
 S(B)/S0 = (1 + B_crit/B)/(1 + B_crit/B0) falls as B_crit grows, so an overestimate would cut the
 large batches' budgets, and B_simple overestimates B_crit when the Hessian is ill-conditioned
-(McCandlish et al.'s B_noise = tr(H Sigma)/G'HG is then smaller). ``S_min = S0 / (1 + B_crit/B0)``. Both may instead be given (``protocol.s_min``, ``protocol.b_crit``).
-S(B) is a lower bound (the best LR at B, a decay that ends after the target), so a budget must
-hold ``margin`` times it (default 2: in this project's first default study, 4K and 8K had 1.8x and
+(McCandlish et al.'s B_noise = tr(H Sigma)/G'HG is then smaller); ``S_min = S0 / (1 + B_crit/B0)``.
+Both may instead be given (``protocol.s_min``, ``protocol.b_crit``). S(B) is a lower bound (the best
+LR at B, a decay that ends after the target), so a budget must hold ``margin`` times it (default 2: in this project's first default study, 4K and 8K had 1.8x and
 1.1x of it and no arm reached the target).
 
 Two protocols (``protocol.kind``):
@@ -91,13 +91,14 @@ def run_pilot(spec: SweepSpec, optimizer: str, dataset_size: int) -> Estimate:
     epochs = spec.protocol.pilot_epochs or max(spec.budget_epochs(optimizer, dataset_size), base.epochs)
     steps = epochs_to_steps(epochs, dataset_size, b0)
     every = max(1, steps // 400)  # S0 resolved to 0.25% of the pilot's budget
-    trial_spec = spec.trial_spec(optimizer, "none", b0, spec.axes.seeds[0],
-                                 budget={"epochs": epochs}, eval={**spec.eval.model_dump(), "every_examples": every * b0},
-                                 target={**spec.target.model_dump(), "stop": True}, noise_scale=True, threads=spec.resources.cpus)
+    trial_spec = spec.trial_spec(optimizer, "none", b0, spec.axes.seeds[0], budget={"epochs": epochs},
+                                 eval={**spec.eval.model_dump(), "every_examples": every * b0},
+                                 target={**spec.target.model_dump(), "stop": True}, noise_scale=True,
+                                 threads=spec.resources.cpus)
     trial = Trial(trial_spec)
     result = trial.run()
     s = result.summary
-    where = (f"protocol: the pilot (base recipe of {optimizer} at B0={b0}, {epochs:g} epochs = {steps} steps)")
+    where = f"protocol: the pilot (base recipe of {optimizer} at B0={b0}, {epochs:g} epochs = {steps} steps)"
     if not s["target_reached"]:
         best = s["best_metric"]
         raise SpecError(
@@ -126,8 +127,8 @@ def run_pilot(spec: SweepSpec, optimizer: str, dataset_size: int) -> Estimate:
 
 def probe_noise_scale_at_target(trial, dataset_size: int, seed: int = 0) -> dict[str, float]:
     """B_simple at the trial's current weights: micro-batches of the trial's size, at least
-    PROBE_MICRO_BATCHES of them and PROBE_MIN_EXAMPLES examples, doubled until the probe holds four
-    times the B_simple it measures (or the whole training set)."""
+    PROBE_MICRO_BATCHES of them and PROBE_MIN_EXAMPLES examples, grown fourfold until the probe holds
+    four times the B_simple it measures (or the whole training set)."""
     micro = trial.micro_batch_size
     examples = min(dataset_size, max(PROBE_MICRO_BATCHES * trial.recipe.batch_size, PROBE_MIN_EXAMPLES))
     while True:

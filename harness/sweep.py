@@ -217,7 +217,8 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
         budget = settings.get("budget") or spec.budget.model_dump()
         epochs = budget["epochs"] or (budget["examples"] / dataset_size if budget["examples"] else None)
         reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
-        protocol_info = {k: budget_row[k] for k in ("budget_steps", "eval_every_steps", "feasible")} if budget_row else {}
+        protocol_info = ({k: budget_row[k] for k in ("budget_steps", "eval_every_steps", "feasible")}
+                         if budget_row else {})
         micro = spec.micro_batch_size or auto_micro_batch(batch // spec.data_parallel.workers, wl.micro_batch_cap(cuda))
         if method == "tuned":
             k = batch / base.base_batch_size
