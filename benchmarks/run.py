@@ -6,8 +6,10 @@
 3. Sweep overhead: a 16-trial grid of short trials through Ray Tune vs the same trials back to back
    in one process with the trial loop: target <= 1.15.
 4. Gradient-noise-scale overhead of the trial loop: target <= 5% of step time.
+5. The protocol's pilot (dense evaluation and the noise probe at the target) against one plain run
+   of the base recipe to the target: target <= 2.0.
 
-Usage: python benchmarks/run.py [--only loop,memory,sweep,noise] [--repeats N]
+Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot] [--repeats N]
 Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
 """
 
@@ -208,7 +210,37 @@ def bench_noise(repeats: int) -> list[dict]:
              "note": "throughput with / without the estimator"}]
 
 
-BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise}
+def bench_pilot(repeats: int) -> list[dict]:
+    """The protocol's pilot on the default study against the run it is made of: the base recipe at B0
+    trained to the target once, evaluated on the study's own grid. The pilot evaluates 400 times per
+    budget and probes the noise scale at the target with >= 4 B_simple examples."""
+    from harness.protocol import run_pilot
+    from harness.spec import load_spec
+    from harness.trial import Trial
+
+    spec = load_spec(REPO / "experiments/default.yaml")
+    n = spec.workload_obj().train_size()
+    optimizer = spec.optimizers()[0]
+    b0 = spec.base_recipe(optimizer).base_batch_size
+
+    def pilot() -> float:
+        start = time.perf_counter()
+        run_pilot(spec, optimizer, n)
+        return time.perf_counter() - start
+
+    def plain() -> float:
+        start = time.perf_counter()
+        Trial(spec.trial_spec(optimizer, "none", b0, 0, target={**spec.target.model_dump(), "stop": True})).run()
+        return time.perf_counter() - start
+
+    ours, base, ratio = median_ratio(pilot, plain, repeats)
+    return [{"benchmark": f"protocol pilot vs one plain B0={b0} run to the target (default study, wall s)",
+             "ours": ours, "baseline": base, "ratio": ratio, "target": "<= 2.0", "ok": ratio <= 2.0,
+             "note": "dense evaluation + noise probe at the target"}]
+
+
+BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise,
+           "pilot": bench_pilot}
 
 
 def main() -> int:

@@ -111,8 +111,16 @@ def test_pilot_measures_s0_and_b_simple_at_b0():
     assert est.pilot["b_simple_probe_examples"] >= 4 * est.pilot["b_simple_probe"]
 
 
-def handmade_with_budgets(tmp_path, feasible: dict[int, bool]):
+def handmade_with_budgets(tmp_path, feasible: dict[int, bool], unreached: tuple[int, ...] = ()):
+    """The hand-made store with a budget table; ``unreached`` batch sizes lose their target hits."""
+    from harness.store import TRIAL_SCHEMA, write_table
+
     store = write_handmade_store(tmp_path / "handmade")
+    rows = store.trial_rows()
+    for r in rows:
+        if r["batch_size"] in unreached:
+            r.update(target_reached=False, steps_to_target=None, examples_to_target=None, seconds_to_target=None)
+    write_table(store.trials_path, rows, TRIAL_SCHEMA)
     store.update_meta(protocol={"kind": "fixed_epochs", "checked": True, "estimates": {}, "budgets": [
         {"optimizer": "momentum", "batch_size": b, "feasible": ok, "budget_steps": 100, "eval_every_steps": 4}
         for b, ok in feasible.items()]})
@@ -120,8 +128,16 @@ def handmade_with_budgets(tmp_path, feasible: dict[int, bool]):
     return res, {v.id: v for v in judge_all(res, aggregate(res))}
 
 
-def test_claims_at_batch_sizes_the_budget_cannot_serve_are_not_measurable(tmp_path):
+def test_a_batch_size_where_an_arm_reached_the_target_is_measurable_whatever_the_prediction(tmp_path):
+    # legw reached 85% at 2048 in one seed of three: the budget can reach the target there
     res, v = handmade_with_budgets(tmp_path, {128: True, 512: True, 2048: False})
+    agg = aggregate(res)
+    assert agg[agg.batch_size == 2048].feasible.tolist() == [True] * 3
+    assert v["legw-flat"].verdict == HOLDS and "not measurable" not in v["legw-flat"].measured
+
+
+def test_claims_at_batch_sizes_the_budget_cannot_serve_are_not_measurable(tmp_path):
+    res, v = handmade_with_budgets(tmp_path, {128: True, 512: True, 2048: False}, unreached=(2048,))
     # legw holds at 128 and 512; 2048 (16x) cannot be judged: the 16x claim is not measurable
     assert v["legw-flat"].verdict == UNMEASURABLE and "not measurable at B=2048" in v["legw-flat"].measured
     assert v["legw-flat-strict"].verdict == UNMEASURABLE  # it failed only where nothing could be judged
