@@ -71,7 +71,7 @@ class AutoWUSpec(Strict):
 
     min_lr: PositiveFloat = 1e-5
     max_lr: PositiveFloat = 1.0
-    #: The exponential ramp reaches max_lr at this fraction of the run, and the warmup ends there at the latest.
+    #: The exponential ramp reaches max_lr at this fraction of the run; the warmup ends there at the latest.
     max_warmup_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     #: How often the GP tests for the loss minimum (Kim et al.: at the end of every epoch).
     check_every_epochs: PositiveFloat = 1.0
@@ -222,7 +222,7 @@ class Protocol(Strict):
     #: Run the pilot when the spec has a target and does not give s_min and b_crit. ``false``:
     #: budgets are not checked, and the report says so.
     pilot: bool = True
-    #: Budget of the pilot in epochs (default: the study's epoch budget).
+    #: Budget of the pilot in epochs (default: the larger of the study's and the recipe's epochs).
     pilot_epochs: PositiveFloat | None = None
     s_min: PositiveFloat | None = None
     b_crit: PositiveFloat | None = None

@@ -181,7 +181,7 @@ class Study:
     #: The rules' LR predictions tried first (``tuning.start_from_rules``), smallest first.
     start_points: list[dict[str, float]] = field(default_factory=list)
     #: What the search optimizes: the final metric (fixed_epochs) or steps to the target
-    #: (steps_to_result; a miss counts as ``study_objective``'s penalty).
+    #: (steps_to_result; a miss counts as ``steps_objective``'s penalty).
     objective: str = "metric"
     budget_steps: int | None = None
 
@@ -206,14 +206,13 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
     p = Plan()
     wl = spec.workload_obj()
     cuda = spec.resources.gpus > 0
-    from harness.protocol import trial_settings
     from harness.trial import auto_micro_batch
 
     by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
     for optimizer, method, batch, seed in spec.grid():
         base = spec.base_recipe(optimizer)
         budget_row = by_cell.get((optimizer, batch))
-        settings = trial_settings(spec, budget_row, dataset_size) if budget_row else {}
+        settings = protocol.trial_settings(spec, budget_row, dataset_size) if budget_row else {}
         budget = settings.get("budget") or spec.budget.model_dump()
         epochs = budget["epochs"] or (budget["examples"] / dataset_size if budget["examples"] else None)
         reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
