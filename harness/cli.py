@@ -392,7 +392,7 @@ def cmd_list(args) -> int:
         print(f"  {m.name:<14} {m.summary} (lr {m.lr_rule}, warmup {m.warmup_rule})")
     for name, summary in AUTOMATIC_METHODS.items():
         print(f"  {name:<14} {summary}")
-    print("  <lr>+<warmup>  any LR rule (none, linear, sqrt) with any warmup rule (none, fixed, legw)")
+    print("  <lr>+<warmup>  any LR rule (none, linear, sqrt) with any warmup rule (none, fixed, legw, base)")
     print("optimizers:")
     for o in OPTIMIZERS.values():
         print(f"  {o.name:<14} {o.summary}; params: {json.dumps(o.defaults)}")
