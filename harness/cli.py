@@ -309,6 +309,9 @@ def check_budgets(results: str) -> None:
 
     store = ResultsStore(results)
     meta = store.read_meta()
+    if (meta.get("protocol") or {}).get("checked") and not meta["protocol"].get("checked_after_run"):
+        raise BatchscaleError(f"report --check-budgets: {results} ran under its protocol's pilot already "
+                              "(sweep.json: protocol); its budgets are recorded, nothing to check")
     given = (meta.get("spec_given") or {}).get("effective") or meta["spec_resolved"]
     spec = load_spec(data=given, kind="sweep")
     n = meta["workload"]["dataset_size"]

@@ -69,3 +69,15 @@ def test_plan_prints_counts_budgets_recipes_and_a_time_estimate_then_refuses_an_
     assert "NOT MEASURABLE" in captured.out
     err = captured.err.strip()
     assert err.count("\n") == 0 and "batch size 8192 needs" in err and "budget.epochs" in err
+
+
+def test_check_budgets_refuses_a_sweep_that_ran_under_its_pilot(capsys, tmp_path):
+    from harness.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "s")
+    store.root.mkdir()
+    store.write_meta({"name": "s", "protocol": {"kind": "fixed_epochs", "checked": True, "budgets": []},
+                      "spec_resolved": {}, "workload": {}})
+    assert main(["report", str(store.root), "--check-budgets"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already" in err
