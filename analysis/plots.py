@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.aggregate import Results, cell_label, representative_trials  # noqa: E402
-from harness.scaling import AUTOMATIC_METHODS, BaseRecipe, resolve  # noqa: E402
+from harness.scaling import AUTOMATIC_METHODS, GOYAL_WARMUP_FRACTION, BaseRecipe, resolve  # noqa: E402
 from harness.schedules import lr_table  # noqa: E402
 
 
@@ -182,11 +182,17 @@ def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     n = res.meta["workload"]["dataset_size"]
     budget = spec.get("budget") or {}
     epochs = budget.get("epochs") or (budget["examples"] / n if budget.get("examples") else None)
+    by_steps = res.protocol["kind"] == "steps_to_result"
+    budgets = {r["batch_size"]: r for r in res.protocol.get("budgets", []) if r["optimizer"] == optimizer}
+    if by_steps and base.fixed_warmup_epochs is None:  # pinned to the study's reference budget, as the trials were
+        base = base.model_copy(update={"fixed_warmup_epochs": GOYAL_WARMUP_FRACTION * (epochs or base.epochs)})
     fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(3.2 * max(1, len(methods)), 3.2), sharey=True,
                              squeeze=False)
     for ax, m in zip(axes[0], methods):
         for b in picks:
-            r = resolve(base, b, m, n, epochs=epochs)
+            # under steps_to_result each batch size ran its own step budget
+            own = budgets[b]["budget_steps"] * b / n if by_steps and b in budgets else epochs
+            r = resolve(base, b, m, n, epochs=own)
             rows = lr_table(r, every=max(1, r.total_steps // 1000))
             ax.plot([e for _, e, _ in rows], [lr for _, _, lr in rows], label=f"B={b}")
         ax.set_title(m, fontsize=9)
@@ -195,9 +201,10 @@ def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"learning rate ({optimizer})")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("LR schedules of each method", fontsize=10)
+    fig.suptitle("LR schedules of each method", fontsize=10, y=1.04)  # above the panels' titles
     p = Plot("schedules", "LR schedules", f"Resolved schedules at B = {', '.join(map(str, picks))} "
-             f"(log LR; {optimizer} base recipe).")
+             f"(log LR; {optimizer} base recipe)" + (", each over its batch size's step budget (steps to result); "
+                                                     "trials stopped earlier, at the target." if by_steps else "."))
     p.files = _save(fig, folder, p.stem)
     return p
 
