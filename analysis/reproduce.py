@@ -238,7 +238,12 @@ def _speedup(res, agg, p):
         return f"{method} reached the target at no batch size", False
     b = reached.index.max()
     value = reached.loc[b, col]
-    return f"B={b} ({b / res.base_batch_size:g}x) reaches the target {value:.2f}x faster ({kind}) than B0", value >= need - EPS
+    measured = f"B={b} ({b / res.base_batch_size:g}x) reaches the target {value:.2f}x faster ({kind}) than B0"
+    beyond = [int(x) for x, r in cells.iterrows() if x > b and not _feasible(r)]
+    if value < need - EPS and beyond:  # the larger batches that might show it could not reach the target
+        return measured + (f"; not measurable beyond: the budget cannot reach the target at B="
+                           f"{', '.join(map(str, beyond))}"), None
+    return measured, bool(value >= need - EPS)
 
 
 def _one_cpu_core_per_trial(res) -> bool:
