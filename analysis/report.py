@@ -129,7 +129,11 @@ def build_report(root: str | Path) -> dict:
     spec_text = yaml.safe_dump(res.meta.get("spec_given", {}).get("effective") or res.meta["spec_resolved"],
                                sort_keys=False)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(res.trials.status.value_counts().items()))
-    common = dict(name=res.meta.get("name"), description=res.meta["spec_resolved"].get("description", ""),
+    description = res.meta["spec_resolved"].get("description", "")
+    overrides = [o for o in (res.meta.get("spec_given") or {}).get("overrides") or [] if not o.startswith("data_dir=")]
+    if overrides:  # the description is the spec file's; say what this run changed
+        description += f" This run overrode the spec with: {', '.join(overrides)}."
+    common = dict(name=res.meta.get("name"), description=description,
                   workload=res.meta["workload"]["name"], metric=res.metric,
                   direction="higher" if res.higher_is_better else "lower",
                   dataset_size=res.meta["workload"]["dataset_size"], status=res.meta.get("status"),
