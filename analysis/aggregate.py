@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.outcome import _extra, chance_metric, outcomes
 from harness.protocol import best_trial
 from harness.store import ResultsStore
 
@@ -70,8 +71,53 @@ class Results:
 
 
 def load_results(root: str | Path) -> Results:
+    """The store, with each trial's ``outcome`` (analysis.outcome) and its model-only pace."""
     meta, trials, measurements = ResultsStore(root).load()
+    hib = bool(meta["workload"]["higher_is_better"])
+    trials = outcomes(trials, measurements, chance_metric(meta), hib)
+    for key in ("model_step_seconds", "model_throughput"):
+        trials[key] = _extra(trials, key)
+    # training seconds to the target at the model's own pace: the steps it took times its step time
+    # measured without the noise measurement (harness.trial.Trial.timing_step); older stores, which
+    # did not measure it, keep their recorded seconds (and the report says so)
+    paced = trials.model_step_seconds.notna() & trials.steps_to_target.notna()
+    trials["seconds_to_target_recorded"] = trials.seconds_to_target
+    trials.loc[paced, "seconds_to_target"] = trials.steps_to_target[paced] * trials.model_step_seconds[paced]
     return Results(Path(root), meta, trials, measurements)
+
+
+def timing_source(res: Results) -> str:
+    """How the report's seconds and throughputs were measured, in one sentence."""
+    t = res.trials[res.trials.status.isin(["complete", "diverged"])]
+    if len(t) and t.model_step_seconds.notna().all():
+        return ("training seconds exclude evaluation and the noise-scale measurement: each trial's steps times its "
+                "mean step time on steps run without the measurement (every 8th step, or all when it is off; "
+                "AdaScale's own measurement is part of its cost)")
+    if len(t) and t.model_step_seconds.notna().any():
+        return ("training seconds exclude evaluation; the noise-scale measurement is excluded where the trial timed "
+                "steps without it, and included in the others (older trials)")
+    return ("training seconds exclude evaluation but include the noise-scale measurement (this store predates the "
+            "model-only timing): batch sizes that were split only for the measurement look slower than they are")
+
+
+def eval_grid(res: Results) -> str:
+    """The sweep's evaluation interval in words (the spec's ``eval``)."""
+    ev = res.meta["spec_resolved"].get("eval") or {}
+    if ev.get("every_examples"):
+        return f"every {ev['every_examples']:,} examples"
+    return f"{ev.get('per_epoch', 'a few')} per epoch"
+
+
+def series_order(res: Results) -> list[tuple[str, str, str]]:
+    """(label, optimizer, method) of every series the trials have, in the spec's order: optimizers,
+    then methods within each; a label carries the optimizer only when there are several."""
+    axes = res.meta["spec_resolved"]["axes"]
+    present = set(zip(res.trials.optimizer, res.trials.method))
+    optimizers = [o for o in (axes.get("optimizers") or sorted(res.trials.optimizer.unique()))
+                  if any(o == p[0] for p in present)]
+    optimizers += sorted({o for o, _ in present} - set(optimizers))
+    methods = list(axes["methods"]) + sorted({m for _, m in present} - set(axes["methods"]))
+    return [(cell_label(o, m, optimizers), o, m) for o in optimizers for m in methods if (o, m) in present]
 
 
 def representative_trials(res: Results) -> pd.DataFrame:
@@ -84,7 +130,9 @@ def representative_trials(res: Results) -> pd.DataFrame:
     by_steps = res.protocol["kind"] == "steps_to_result"
     picked = []
     for _, study in tuned.groupby("study"):
-        ok = study[(study.status == "complete") & study.final_metric.notna()]
+        ok = study[(study.outcome == "complete") & study.final_metric.notna()]
+        if ok.empty:  # every finished trial failed: the least bad of them
+            ok = study[(study.status == "complete") & study.final_metric.notna()]
         if ok.empty:  # every trial diverged or failed: the study's result is that
             picked.append(study.iloc[[0]])
         else:
@@ -115,11 +163,13 @@ def aggregate(res: Results) -> pd.DataFrame:
         row = dict(zip(KEYS, key))
         row.update(
             seeds=len(g),
-            complete=int((g.status == "complete").sum()),
+            complete=int((g.outcome == "complete").sum()),  # clean: neither failed nor diverged
+            failed=int((g.outcome == "failed").sum()),
             diverged=int((g.status == "diverged").sum()),
             errors=int((g.status == "error").sum()),
             incomplete=int((g.status == "incomplete").sum()),
             divergence_rate=float((finished.status == "diverged").mean()) if len(finished) else math.nan,
+            failure_rate=float((finished.outcome == "failed").mean()) if len(finished) else math.nan,
             final_mean=g.final_metric.mean(),
             final_std=g.final_metric.std(ddof=1) if g.final_metric.count() > 1 else math.nan,
             final_ci95=_ci95(g.final_metric),
@@ -133,7 +183,7 @@ def aggregate(res: Results) -> pd.DataFrame:
             warmup_steps=g.warmup_steps.median(),
             total_steps=g.total_steps.median(),
             train_seconds=g.train_seconds.mean(),
-            throughput=g.throughput.mean(),
+            throughput=(g.model_throughput if g.model_throughput.notna().any() else g.throughput).mean(),
         )
         row["best_peak_lr"] = row["peak_lr"] if key[2] == "tuned" else math.nan
         rows.append(row)

@@ -12,10 +12,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.aggregate import Results, cell_label
+from matplotlib.lines import Line2D
+
+from analysis.aggregate import Results, series_order
 from analysis.critical import critical_summary
 from analysis.costmodel import project
-from analysis.plots import Plot, _log2_axis, _save
+from analysis.plots import Plot, _log2_axis, finish
+from analysis.style import FIT, MEASURED, REFERENCE, batch_styles, series_styles
 from analysis.tables import Table
 from harness.errors import BatchscaleError
 from harness.scaling import BaseRecipe
@@ -29,45 +32,81 @@ def _trial_curves(res: Results, method: str, column: str) -> pd.DataFrame:
 
 
 def noise_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
-    methods = [m for m in res.meta["spec_resolved"]["axes"]["methods"] if m != "tuned"]
-    curves = {m: _trial_curves(res, m, "noise_scale") for m in methods}
-    curves = {m: c for m, c in curves.items() if not c.empty}
+    """Every method that measured it, one panel each (four to a row)."""
+    methods = [(label, m) for label, o, m in series_order(res) if m != "tuned"]
+    curves = {}
+    for label, m in methods:
+        c = _trial_curves(res, m, "noise_scale")
+        if len(set(res.trials.optimizer)) > 1:
+            c = c[c.optimizer == label.split("/")[0]]
+        if not c.empty:
+            curves[label] = c
     if not curves:
         return None
-    shown = list(curves)[:4]
     batches = sorted(res.trials.batch_size.unique())
-    cmap = plt.get_cmap("viridis", max(2, len(batches)))
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.3), sharey=True, squeeze=False)
-    for ax, method in zip(axes[0], shown):
-        for b, c in curves[method].groupby("batch_size"):
-            ax.plot(c.epoch, c.noise_scale, color=cmap(batches.index(b)), label=f"B={b}")
-        ax.set_title(method, fontsize=9)
+    styles = batch_styles(batches)
+    cols = min(4, len(curves))
+    rows = math.ceil(len(curves) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows + 0.5), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax, (label, c) in zip(axes.flat, curves.items()):
+        for b, g in c.groupby("batch_size"):
+            color, ls = styles[int(b)]
+            ax.plot(g.epoch, g.noise_scale, color=color, ls=ls, label=f"B={b}")
+        ax.set_title(label, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].set_ylabel("B_simple (log)")
-    axes[0][0].legend(fontsize=6, ncol=2)
-    fig.suptitle("Gradient noise scale B_simple during training", fontsize=10)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("B_simple (log)")
+    handles, _ = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(8, len(handles)), fontsize=7)
+    left_out = [label for label, _ in methods if label not in curves]
     p = Plot("noise_scale", "Gradient noise scale", "B_simple = tr(Sigma)/|G|^2 from the two-batch estimator "
-             "(micro-batch vs step gradients), moving averages, per batch size (first seed).")
-    p.files = _save(fig, folder, p.stem)
-    return p
+             "(micro-batch vs step gradients), a moving average over examples, per batch size (first seed), for every "
+             "method that measured it" + (f"; not measured: {', '.join(left_out)}" if left_out else "")
+             + "; tuned is left out (its trials are a search, not one run).")
+    return finish(fig, folder, p)
 
 
 def critical_extra(res: Results, agg: pd.DataFrame):
-    """Draws the fitted S(B) = S_min(1 + B_crit/B) and B_crit / mean B_simple on the steps plot."""
+    """Draws the fitted S(B) = S_min(1 + B_crit/B), solid over the batch sizes it was fitted on and
+    dotted beyond (extrapolation), and B_crit and the mean measured B_simple as vertical lines;
+    returns the legend handles."""
     summary = critical_summary(res, agg)
 
     def draw(ax):
+        handles = []
         fit = summary["fit"]
-        xs = np.array(sorted(agg.batch_size.unique()), dtype=float)
+        batches = sorted(agg.batch_size.unique())
         if fit is not None:
-            ax.plot(xs, fit.steps(xs), color="black", lw=1.2, ls="-.",
-                    label=f"fit S_min(1+B_crit/B): B_crit = {fit.b_crit:,.0f}")
-            ax.axvline(fit.b_crit, color="black", lw=0.8, ls=":")
-        if math.isfinite(summary["mean_noise_scale"]):
-            ax.axvline(summary["mean_noise_scale"], color="tab:red", lw=0.8, ls=":",
-                       label=f"mean measured B_simple = {summary['mean_noise_scale']:,.0f}")
+            fitted = summary["envelope"].batch_size
+            inside = np.geomspace(fitted.min(), fitted.max(), 60)
+            handles += ax.plot(inside, fit.steps(inside), color=FIT, lw=1.2, ls="-",
+                               label=f"fit S_min(1+B_crit/B) on B={fitted.min()}-{fitted.max()}")
+            beyond_pts = [b for b in batches if b > fitted.max() or b < fitted.min()]
+            if beyond_pts:
+                for a, b in ((batches[0], fitted.min()), (fitted.max(), batches[-1])):
+                    if b > a:
+                        xs = np.geomspace(a, b, 30)
+                        line = ax.plot(xs, fit.steps(xs), color=FIT, lw=1, ls=":")
+                handles.append(Line2D([], [], color=FIT, lw=1, ls=":", label="fit, extrapolated (not fitted there)"))
+            if batches[0] <= fit.b_crit <= batches[-1]:
+                handles.append(ax.axvline(fit.b_crit, color=FIT, lw=0.8, ls=(0, (1, 3)),
+                                          label=f"B_crit (fit) = {fit.b_crit:,.0f}"))
+            else:
+                handles.append(Line2D([], [], color="none", label=f"B_crit (fit) = {fit.b_crit:,.0f}, off the axis"))
+        b_simple = summary["mean_noise_scale"]
+        if math.isfinite(b_simple):
+            if batches[0] <= b_simple <= batches[-1]:
+                handles.append(ax.axvline(b_simple, color=MEASURED, lw=1, ls=(0, (5, 2, 1, 2)),
+                                          label=f"mean measured B_simple = {b_simple:,.0f}"))
+            else:
+                handles.append(Line2D([], [], color="none",
+                                      label=f"mean measured B_simple = {b_simple:,.0f}, off the axis"))
+        return handles
 
     return draw, summary
 
@@ -101,11 +140,13 @@ def adascale_gain(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     c = _trial_curves(res, "adascale", "gain")
     if c.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     base = res.base_batch_size
+    styles = batch_styles(c.batch_size.unique())
     for b, g in c.groupby("batch_size"):
-        line = ax.plot(g.epoch, g.gain, label=f"B={b}")
-        ax.axhline(b / base, color=line[0].get_color(), ls=":", lw=0.8)
+        color, ls = styles[int(b)]
+        ax.plot(g.epoch, g.gain, color=color, ls=ls, label=f"B={b}")
+        ax.axhline(b / base, color=color, ls=":", lw=0.8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("gain r (dotted: its maximum B/B0)")
     ax.set_yscale("log", base=2)
@@ -113,9 +154,9 @@ def adascale_gain(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     p = Plot("adascale_gain", "AdaScale gain", "r = (tr(Sigma)/B0 + |G|^2)/(tr(Sigma)/B + |G|^2): 1 means no "
-             "benefit from the larger batch, B/B0 means perfect linear scaling.")
-    p.files = _save(fig, folder, p.stem)
-    return p
+             "benefit from the larger batch, B/B0 means perfect linear scaling; the first seed of each batch size, "
+             "at every evaluation.")
+    return finish(fig, folder, p)
 
 
 def autowu_table(res: Results) -> Table | None:
@@ -146,13 +187,16 @@ def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     base = BaseRecipe.model_validate(res.meta["workload"]["base_recipes"][o])
     xs = np.array(sorted(res.trials.batch_size.unique()), dtype=float)
     k = xs / base.base_batch_size
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a1.plot(g.batch_size, g.autowu_warmup_epochs, marker="o", label="AutoWU detected")
-    a1.plot(xs, base.warmup_epochs * k, ls="--", color="gray", label="LEGW: w0 * k")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    label = next((lbl for lbl, _, m in series_order(res) if m == "autowu"), "autowu")
+    st = series_styles(res).get(label)
+    kw = st.kw() if st else {"marker": "o"}
+    a1.plot(g.batch_size, g.autowu_warmup_epochs, label=f"{label}: detected", **kw)
+    a1.plot(xs, base.warmup_epochs * k, ls="--", color=REFERENCE, label="LEGW: w0 * k")
     a1.set_ylabel("warmup (epochs)")
-    a2.plot(g.batch_size, g.autowu_peak_lr, marker="o", label="AutoWU detected")
-    a2.plot(xs, base.peak_lr * np.sqrt(k), ls=":", color="gray", label="sqrt rule")
-    a2.plot(xs, base.peak_lr * k, ls="--", color="gray", label="linear rule")
+    a2.plot(g.batch_size, g.autowu_peak_lr, label=f"{label}: detected", **kw)
+    a2.plot(xs, base.peak_lr * np.sqrt(k), ls=":", color=REFERENCE, label="sqrt rule")
+    a2.plot(xs, base.peak_lr * k, ls="--", color=REFERENCE, label="linear rule")
     a2.set_ylabel("peak LR")
     for ax in (a1, a2):
         _log2_axis(ax, [int(x) for x in xs])
@@ -160,10 +204,10 @@ def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("AutoWU against LEGW's linear-epoch warmup", fontsize=10)
-    p = Plot("autowu", "AutoWU warmup and peak LR", "Warmup length and peak LR that AutoWU's GP test found, "
+    p = Plot("autowu", "AutoWU warmup and peak LR", "Warmup length and peak LR that AutoWU's GP test found "
+             "(mean over the seeds whose warmup ended; runs where it never ended are left out, see the AutoWU table), "
              "against LEGW's warmup (w0 x k epochs) and the linear and sqrt LR rules.")
-    p.files = _save(fig, folder, p.stem)
-    return p
+    return finish(fig, folder, p)
 
 
 def projection(res: Results, agg: pd.DataFrame, folder: Path) -> tuple[Table | None, Plot | None, dict]:
@@ -175,36 +219,60 @@ def projection(res: Results, agg: pd.DataFrame, folder: Path) -> tuple[Table | N
         return None, None, {"projection not made": str(e)}
     if proj.empty or not np.isfinite(proj.seconds).any():
         return None, None, {**info, "projection not made": "no method reached the target"}
-    optimizers = sorted(proj.optimizer.unique())
     devices = sorted(proj.devices.unique())
     display = pd.DataFrame(index=pd.Index(devices, name="devices"))
     numbers = pd.DataFrame(index=display.index)
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for (o, m), g in proj.groupby(["optimizer", "method"], sort=False):
-        label = cell_label(o, m, optimizers)
-        g = g.set_index("devices")
+    status = pd.DataFrame(index=display.index)
+    styles = series_styles(res)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    starved_any = False
+    for label, o, m in series_order(res):
+        g = proj[(proj.optimizer == o) & (proj.method == m)].set_index("devices")
+        if g.empty:
+            continue
         display[label] = [_fmt_time(g.loc[n]) for n in devices]
         numbers[label] = [g.loc[n, "seconds"] for n in devices]
+        numbers[f"{label} batch"] = [g.loc[n, "best_batch"] for n in devices]
+        numbers[f"{label} per-device batch"] = [g.loc[n, "per_device_batch"] for n in devices]
+        status[label] = ["not reached" if not math.isfinite(g.loc[n, "seconds"]) else
+                         "below efficient batch" if g.loc[n, "below_efficient"] else "projected" for n in devices]
         ok = g[np.isfinite(g.seconds)]
         if len(ok):
-            ax.plot(ok.index, ok.seconds, marker="o", ms=3, label=label)
+            ax.plot(ok.index, ok.seconds, ms=4, label=label, **styles[label].kw())
+            starved = ok[ok.below_efficient.astype(bool)]
+            if len(starved):
+                starved_any = True
+                ax.scatter(starved.index, starved.seconds, s=110, facecolors="none", edgecolors="black", lw=0.8,
+                           zorder=5)
+    handles, _ = ax.get_legend_handles_labels()
+    if starved_any:
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=10,
+                              label=f"fewer than {info['efficient batch per device']} examples per device"))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("devices N (data parallel)")
     ax.set_ylabel("projected time to target (s)")
     ax.set_title("Projected time to solution vs devices (best batch size per N)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    plot = Plot("projected_time", "Projected time to solution", "Steps to target at each batch size times the cost "
-                "model's step time on N devices; each point uses the batch size that is fastest there.")
-    plot.files = _save(fig, folder, plot.stem)
+    ax.legend(handles=handles, fontsize=7, ncol=2)
+    plot = Plot("projected_time", "Projected time to solution",
+                f"Measured steps to the target at each batch size times the cost model's step time on N devices "
+                f"(per-device throughput: {info['throughput source']}); each point uses the batch size that is fastest "
+                f"there. A projection, not a measurement: ringed points would put fewer examples on a device than "
+                f"its efficient batch, where the throughput assumed is not reached.")
+    plot = finish(fig, folder, plot)
     best = pd.DataFrame(False, index=display.index, columns=display.columns)
-    for n, row in numbers.iterrows():
-        vals = row[np.isfinite(row.astype(float))]
+    for n in numbers.index:
+        vals = numbers.loc[n, list(display.columns)].astype(float)
+        vals = vals[np.isfinite(vals)]
         if len(vals):
-            best.loc[n, vals.astype(float).idxmin()] = True
+            best.loc[n, vals.idxmin()] = True
+    note = (f"Per-device throughput: {info['throughput source']}. * marks a projection whose batch would put fewer "
+            f"examples on each device than the efficient batch ({info['efficient batch per device']}): the assumed "
+            f"throughput is not reached there, so its time is optimistic. The cost model is below the table.")
     table = Table("projected_time", f"Projected time to target on N devices (batch size used; speedup over "
-                  f"B={res.base_batch_size} of the same method on the same N devices)", display, numbers, best)
+                  f"B={res.base_batch_size} of the same method on the same N devices)", display, numbers, best,
+                  note, status)
     return table, plot, info
 
 
@@ -216,4 +284,4 @@ def _fmt_time(row) -> str:
     text += f" (B={int(row.best_batch)}"
     if math.isfinite(row.speedup_vs_base):
         text += f", {row.speedup_vs_base:.1f}x"
-    return text + ")"
+    return text + ")" + (" *" if row.below_efficient else "")

@@ -1,7 +1,10 @@
 """Plots (matplotlib, Agg backend: no screen needed), each saved as PNG and SVG.
 
-Every plot function takes the loaded results and the aggregate and returns a ``Figure``
-record (title, file stem, caption); ``save`` writes the files.
+Every plot function takes the loaded results and the aggregate and returns a ``Plot`` record (title,
+file stem, a caption that says what was measured, how often and what is left out); ``finish``
+reads the legend's colours and any overlapping titles back from the figure (tests/test_report.py
+checks both) and writes the files. Colours and markers come from analysis.style: one per series
+for the whole report, in the spec's order; reference lines are grey or black.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.aggregate import Results, cell_label, representative_trials  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from analysis.aggregate import Results, eval_grid, representative_trials, series_order  # noqa: E402
+from analysis.outcome import chance_metric  # noqa: E402
+from analysis.style import (DIVERGED_MARK, REFERENCE, batch_styles, series_styles)  # noqa: E402
 from harness.scaling import AUTOMATIC_METHODS, GOYAL_WARMUP_FRACTION, BaseRecipe, resolve  # noqa: E402
 from harness.schedules import lr_table  # noqa: E402
 
@@ -29,22 +36,77 @@ class Plot:
     title: str
     caption: str
     files: list[Path] = field(default_factory=list)
+    #: legend label -> colour (hex) of every legend entry, read back from the figure
+    legend: dict[str, str] = field(default_factory=dict)
+    #: pairs of titles, axis labels or legends whose boxes overlap on the saved figure
+    overlaps: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _save(fig, folder: Path, stem: str, formats=("png", "svg")) -> list[Path]:
+def _handle_color(handle) -> str | None:
+    for getter in ("get_color", "get_edgecolor", "get_facecolor"):
+        target = handle[0] if isinstance(handle, tuple) or hasattr(handle, "lines") else handle
+        if hasattr(handle, "lines") and handle.lines:  # an errorbar container
+            target = handle.lines[0]
+        if hasattr(target, getter):
+            c = getattr(target, getter)()
+            c = c[0] if hasattr(c, "__len__") and len(c) and not isinstance(c, str) and hasattr(c[0], "__len__") else c
+            try:
+                return matplotlib.colors.to_hex(c)
+            except (ValueError, TypeError):
+                continue
+    return None
+
+
+def _inspect(fig) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Legend colours, and overlapping text boxes (suptitle, axes titles, axis labels, legends)."""
+    legend: dict[str, str] = {}
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    for lg in legends:
+        for handle, text in zip(lg.legend_handles, lg.get_texts()):
+            c = _handle_color(handle)
+            if c is not None:
+                legend[text.get_text()] = c
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    if fig._suptitle is not None and fig._suptitle.get_text():
+        boxes.append(("suptitle", fig._suptitle.get_window_extent(renderer)))
+    for i, ax in enumerate(fig.axes):
+        if ax.get_label() == "<colorbar>":
+            continue
+        for name, t in (("title", ax.title), ("xlabel", ax.xaxis.label), ("ylabel", ax.yaxis.label)):
+            if t.get_text():
+                boxes.append((f"axes {i} {name}", t.get_window_extent(renderer)))
+        if ax.get_legend() is not None:
+            boxes.append((f"axes {i} legend", ax.get_legend().get_window_extent(renderer)))
+    for lg in fig.legends:
+        boxes.append(("figure legend", lg.get_window_extent(renderer)))
+    overlaps = []
+    for i, (na, a) in enumerate(boxes):
+        for nb, b in boxes[i + 1:]:
+            if a.overlaps(b) and a.width > 0 and b.width > 0:
+                ix = min(a.x1, b.x1) - max(a.x0, b.x0)
+                iy = min(a.y1, b.y1) - max(a.y0, b.y0)
+                if ix > 1 and iy > 1:  # a shared edge is not an overlap
+                    overlaps.append((na, nb))
+    return legend, overlaps
+
+
+def finish(fig, folder: Path, plot: Plot, formats=("png", "svg")) -> Plot:
+    """Inspect the figure (legend colours, overlapping texts), save it as PNG and SVG, close it."""
+    plot.legend, plot.overlaps = _inspect(fig)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
     for fmt in formats:
-        path = folder / f"{stem}.{fmt}"
+        path = folder / f"{plot.stem}.{fmt}"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        paths.append(path)
+        plot.files.append(path)
     plt.close(fig)
-    return paths
+    return plot
 
 
 def plot_schedules(recipes, path: Path, max_points: int = 2000) -> list[Path]:
     """LR against epochs for each (method, batch size) recipe (``batchscale schedule --plot``)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     for r in recipes:
         rows = lr_table(r, every=max(1, r.total_steps // max_points))
         ax.plot([e for _, e, _ in rows], [lr for _, _, lr in rows], label=f"{r.method} B={r.batch_size}")
@@ -61,113 +123,208 @@ def plot_schedules(recipes, path: Path, max_points: int = 2000) -> list[Path]:
 
 
 def _series(res: Results, agg: pd.DataFrame):
-    optimizers = res.meta["spec_resolved"]["axes"].get("optimizers") or sorted(agg.optimizer.unique())
-    methods = res.meta["spec_resolved"]["axes"]["methods"]
-    for o in optimizers:
-        for m in methods:
-            sub = agg[(agg.optimizer == o) & (agg.method == m)].sort_values("batch_size")
-            if len(sub):
-                yield cell_label(o, m, optimizers), o, m, sub
+    """(label, optimizer, method, its cells sorted by batch size, its style) in the spec's order."""
+    styles = series_styles(res)
+    for label, o, m in series_order(res):
+        sub = agg[(agg.optimizer == o) & (agg.method == m)].sort_values("batch_size")
+        if len(sub):
+            yield label, o, m, sub, styles[label]
 
 
 def _log2_axis(ax, batches):
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches)
     ax.set_xticklabels([f"{b // 1024}K" if b >= 1024 and b % 1024 == 0 else str(b) for b in batches], fontsize=8)
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("batch size (log2)")
 
 
+def _spread(i: int, n: int, width: float = 0.05) -> float:
+    """A multiplicative x offset that keeps n series' markers at one batch size apart."""
+    return 2 ** (width * (i - (n - 1) / 2))
+
+
+def _proxy(marker: str, label: str, **kw) -> Line2D:
+    return Line2D([], [], ls="none", marker=marker, color=kw.pop("color", "black"), label=label, **kw)
+
+
+def _seeds_phrase(agg: pd.DataFrame) -> str:
+    n = sorted({int(v) for v in agg.seeds.dropna()})
+    return f"{n[0]} seed{'s' if n[0] > 1 else ''}" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
+
+
 def metric_vs_batch(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     batches = sorted(agg.batch_size.unique())
-    diverged = []
-    for label, _, _, sub in _series(res, agg):
-        ok = sub[sub.complete > 0]
-        line = ax.errorbar(ok.batch_size, ok.final_mean, yerr=ok.final_std.fillna(0), marker="o", ms=4,
-                           capsize=2, label=label)
-        div = sub[(sub.complete == 0) & (sub.diverged > 0)]
+    series = list(_series(res, agg))
+    dead, rings = [], []
+    for i, (label, _, _, sub, st) in enumerate(series):
+        shift = _spread(i, len(series), 0.03)
+        ok = sub[sub.final_mean.notna() & ((sub.complete > 0) | (sub.failed > 0))]
+        ax.errorbar(ok.batch_size * shift, ok.final_mean, yerr=ok.final_std.fillna(0), capsize=2, ms=4,
+                    label=label, **st.kw())
+        spoiled = ok[(ok.diverged > 0) | (ok.failed > 0)]
+        rings += [(b * shift, v) for b, v in zip(spoiled.batch_size, spoiled.final_mean)]
+        div = sub[(sub.complete == 0) & (sub.failed == 0) & (sub.diverged > 0)]
         if len(div):
-            diverged.append((div.batch_size, line[0].get_color()))
+            dead.append((div.batch_size * shift, st.color))
     edge = ax.get_ylim()[0] if res.higher_is_better else ax.get_ylim()[1]  # the worse edge, once all is drawn
-    for i, (xs, color) in enumerate(diverged):  # spread a little so that methods stay apart
-        ax.scatter(xs * 2 ** (0.06 * (i - (len(diverged) - 1) / 2)), [edge] * len(xs), marker="x", color=color,
-                   zorder=5, clip_on=False)
+    for xs, color in dead:
+        ax.scatter(xs, [edge] * len(xs), marker=DIVERGED_MARK, color=color, s=50, zorder=5, clip_on=False)
+    if rings:
+        ax.scatter([x for x, _ in rings], [y for _, y in rings], s=170, facecolors="none", edgecolors="black",
+                   linewidths=1, zorder=4)
+    handles, _ = ax.get_legend_handles_labels()
     base = agg[agg.batch_size == res.base_batch_size].final_mean.dropna()
     if len(base):
-        ax.axhline(base.max() if res.higher_is_better else base.min(), color="gray", ls="--", lw=1,
-                   label=f"B={res.base_batch_size} (base)")
+        handles.append(ax.axhline(base.max() if res.higher_is_better else base.min(), color=REFERENCE, ls="--", lw=1,
+                                  label=f"best at B0={res.base_batch_size}"))
+    chance = chance_metric(res.meta)
+    if chance is not None and (agg.failed > 0).any():  # only where a run is near it: it would squash the axis
+        handles.append(ax.axhline(chance, color=REFERENCE, ls=":", lw=1, label=f"chance ({chance:.3g})"))
+    if dead:
+        handles.append(_proxy(DIVERGED_MARK, "every seed diverged (at the axis edge)"))
+    if rings:
+        handles.append(_proxy("o", "some seeds diverged or failed", mfc="none", ms=10))
     _log2_axis(ax, batches)
     ax.set_ylabel(f"final {res.metric}")
-    ax.set_title(f"{res.metric.capitalize()} vs batch size (x: diverged)")
+    if not res.higher_is_better:
+        ax.set_yscale("log")
+    ax.set_title(f"Final {res.metric} vs batch size")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(handles=handles, fontsize=7, ncol=2)
+    steps_note = (" Under steps to result trials stop at the target, so these values sit at the target by design: "
+                  "read the steps plot." if res.protocol["kind"] == "steps_to_result" else "")
     p = Plot("metric_vs_batch", f"{res.metric.capitalize()} vs batch size",
-             "Final metric per method (mean ± std over seeds); the dashed line is the base batch's best result.")
-    p.files = _save(fig, folder, p.stem)
-    return p
+             f"Final {res.metric} per method and batch size, mean ± std over {_seeds_phrase(agg)} (failed seeds "
+             f"included in the mean, ringed); a cell where every seed diverged has no value and is marked x at the "
+             f"worse edge. The dashed line is the best result at B0.{steps_note}")
+    return finish(fig, folder, p)
 
 
 def steps_to_target(res: Results, agg: pd.DataFrame, folder: Path, extra=None) -> Plot | None:
     if not res.target:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.8, 4.8), layout="constrained")
     batches = sorted(agg.batch_size.unique())
-    any_point = False
-    for label, _, _, sub in _series(res, agg):
+    _log2_axis(ax, batches)
+    ax.set_yscale("log", base=2)
+    series = list(_series(res, agg))
+    any_point, misses = False, []
+    for i, (label, _, _, sub, st) in enumerate(series):
         ok = sub[np.isfinite(sub.steps_to_target)]
         if len(ok):
             any_point = True
-            ax.plot(ok.batch_size, ok.steps_to_target, marker="o", ms=4, label=label)
+            ax.plot(ok.batch_size * _spread(i, len(series), 0.02), ok.steps_to_target, ms=4, label=label, **st.kw())
+        miss = sub[~np.isfinite(sub.steps_to_target)]
+        if len(miss):
+            misses.append((miss.batch_size * _spread(i, len(series)), st.color,
+                           [DIVERGED_MARK if r.diverged == r.seeds else "^" for r in miss.itertuples()]))
+    handles, _ = ax.get_legend_handles_labels()
     ref = agg[(agg.batch_size == res.base_batch_size) & np.isfinite(agg.steps_to_target)].steps_to_target
     if len(ref):
-        s0 = ref.min()
         xs = np.array(batches, dtype=float)
-        ax.plot(xs, s0 * res.base_batch_size / xs, color="gray", ls="--", lw=1, label="perfect scaling (slope -1)")
+        handles += ax.plot(xs, ref.min() * res.base_batch_size / xs, color=REFERENCE, ls="--", lw=1,
+                           label="perfect scaling from B0 (slope -1)")
     if extra:
-        extra(ax)
+        handles += extra(ax)
     if not any_point:
         ax.text(0.5, 0.5, "no method reached the target", transform=ax.transAxes, ha="center")
-    _log2_axis(ax, batches)
-    ax.set_yscale("log", base=2)
+    _log2_axis(ax, batches)  # again: the reference lines may have moved the limits
+    top = ax.get_ylim()[1]
+    for xs, color, marks in misses:  # at the top edge: the target was not reached within the budget
+        for x, mk in zip(xs, marks):
+            ax.scatter([x], [top], marker=mk, color=color, s=45, zorder=5, clip_on=False)
+    ax.set_ylim(top=top)
+    if misses:
+        handles += [_proxy("^", "not reached within the budget (top edge)"),
+                    _proxy(DIVERGED_MARK, "every seed diverged (top edge)")]
     ax.set_ylabel("steps to target (log2)")
     ax.set_title(f"Steps to {res.metric} {'>=' if res.higher_is_better else '<='} {res.target['value']}")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(handles=handles, fontsize=7, ncol=2)
+    budgets = res.protocol.get("budgets") or []
+    every = sorted({r["eval_every_steps"] for r in budgets})
+    how_often = (f"evaluated every {every[0]}-{every[-1]} steps by batch size (resolution in the protocol table)"
+                 if every else f"read at the sweep's evaluations ({eval_grid(res)}), so up to one interval late")
     p = Plot("steps_to_target", "Steps to target vs batch size",
-             "Median optimizer steps to the target (misses left out of the line, see the table); the dashed line "
-             "halves the steps with every doubling of the batch (Shallue et al. 2018).")
-    p.files = _save(fig, folder, p.stem)
-    return p
+             f"Median optimizer steps to the target over {_seeds_phrase(agg)}, {how_often}; a miss counts as "
+             "infinitely late in the median, and a cell that missed is marked at the top edge (^ not reached, x all "
+             "seeds diverged), not drawn in the line; series are offset sideways a little so that equal values stay "
+             "visible. The grey dashed line halves the steps with every doubling of "
+             "the batch (Shallue et al. 2018); the black fit is drawn solid over the batch sizes it was fitted on "
+             "and dotted where it is an extrapolation.")
+    return finish(fig, folder, p)
 
 
 def tuned_lr(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     tuned = agg[(agg.method == "tuned") & agg.best_peak_lr.notna()]
     if tuned.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.3))
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     batches = sorted(agg.batch_size.unique())
+    styles = series_styles(res)
+    labels = {(o, m): label for label, o, m in series_order(res)}
+    optimizers = sorted(tuned.optimizer.unique())
+    edges, counts = [], {"complete": 0, "failed": 0, "diverged": 0, "other": 0}
     for o, sub in tuned.groupby("optimizer"):
+        st = styles[labels[(o, "tuned")]]
         sub = sub.sort_values("batch_size")
-        line = ax.plot(sub.batch_size, sub.best_peak_lr, marker="o", label=f"tuned best LR ({o})")
+        suffix = f" ({o})" if len(optimizers) > 1 else ""
+        ax.plot(sub.batch_size, sub.best_peak_lr, ms=6, label=f"best LR per batch size{suffix}", **st.kw())
         base = BaseRecipe.model_validate(res.meta["workload"]["base_recipes"][o])
         xs = np.array(batches, dtype=float)
         k = xs / base.base_batch_size
-        ax.plot(xs, base.peak_lr * k, ls="--", color=line[0].get_color(), alpha=0.6, label=f"linear rule ({o})")
-        ax.plot(xs, base.peak_lr * np.sqrt(k), ls=":", color=line[0].get_color(), alpha=0.8, label=f"sqrt rule ({o})")
-        all_trials = res.trials[(res.trials.method == "tuned") & (res.trials.optimizer == o)]
-        ok = all_trials[all_trials.status == "complete"]
-        ax.scatter(ok.batch_size, ok.peak_lr, s=8, color=line[0].get_color(), alpha=0.25)
+        ax.plot(xs, base.peak_lr * k, ls="--", color=REFERENCE, lw=1, label=f"linear rule eta0*k{suffix}")
+        ax.plot(xs, base.peak_lr * np.sqrt(k), ls=":", color=REFERENCE, lw=1.2, label=f"sqrt rule eta0*sqrt(k){suffix}")
+        trials = res.trials[(res.trials.method == "tuned") & (res.trials.optimizer == o)]
+        for outcome, marker, kw in (("complete", "o", {"alpha": 0.45}), ("failed", "s", {"facecolors": "none"}),
+                                    ("diverged", DIVERGED_MARK, {})):
+            pts = trials[trials.outcome == outcome]
+            counts[outcome] += len(pts)
+            if len(pts):
+                jitter = np.exp(np.random.default_rng(0).uniform(-0.06, 0.06, len(pts)))
+                color = st.color
+                ax.scatter(pts.batch_size * jitter, pts.peak_lr, s=16, marker=marker,
+                           **({"edgecolors": color} if outcome == "failed" else {"color": color}), **kw,
+                           label=f"{outcome} trial{suffix}")
+        counts["other"] += int((~trials.outcome.isin(["complete", "failed", "diverged"])).sum())
+        for study in (res.meta.get("studies") or {}).values():
+            if study.get("optimizer") != o:
+                continue
+            lo, hi = study["lr_range"]
+            ax.plot([study["batch_size"]] * 2, [lo, hi], color=REFERENCE, lw=0.6, alpha=0.5)
+            at = range_edge(study.get("best_peak_lr"), lo, hi)
+            if at:
+                edges.append((study["batch_size"], study["best_peak_lr"]))
+    if edges:
+        ax.scatter([b for b, _ in edges], [v for _, v in edges], s=200, facecolors="none", edgecolors="#D55E00",
+                   linewidths=1.5, zorder=6, label="best LR at the edge of its search range")
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], color=REFERENCE, lw=0.6, alpha=0.5, label="search range of each study"))
     _log2_axis(ax, batches)
     ax.set_yscale("log", base=2)
     ax.set_ylabel("peak learning rate (log2)")
-    ax.set_title("Best tuned LR vs the scaling rules' predictions")
+    ax.set_title("Tuned LR vs the scaling rules' predictions")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    ax.legend(handles=handles, fontsize=7, ncol=2)
+    total = sum(counts.values())
     p = Plot("tuned_lr", "Tuned LR vs batch size",
-             "Best peak LR of each batch size's Optuna study (dots: every searched trial) against eta0*k and "
-             "eta0*sqrt(k) from the base recipe.")
-    p.files = _save(fig, folder, p.stem)
-    return p
+             f"Every one of the {total} searched trials ({counts['complete']} complete, {counts['failed']} failed, "
+             f"{counts['diverged']} diverged" + (f", {counts['other']} error or incomplete, not drawn" if counts['other']
+                                                 else "") +
+             "; jittered sideways), the best LR of each batch size's Optuna study (by the study's objective) and the "
+             "search range of each study (grey bars), against eta0*k and eta0*sqrt(k) from the base recipe. A best LR "
+             "in the outer 10% of its (log) range is ringed: the optimum may lie outside the range.")
+    return finish(fig, folder, p)
+
+
+def range_edge(best: float | None, lo: float, hi: float, fraction: float = 0.1) -> str:
+    """'top' or 'bottom' when ``best`` lies in the outer ``fraction`` of the log range [lo, hi], else ''."""
+    if best is None or not (best == best) or hi <= lo:
+        return ""
+    pos = math.log(best / lo) / math.log(hi / lo)
+    return "top" if pos >= 1 - fraction else "bottom" if pos <= fraction else ""
 
 
 def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
@@ -186,71 +343,135 @@ def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     budgets = {r["batch_size"]: r for r in res.protocol.get("budgets", []) if r["optimizer"] == optimizer}
     if by_steps and base.fixed_warmup_epochs is None:  # pinned to the study's reference budget, as the trials were
         base = base.model_copy(update={"fixed_warmup_epochs": GOYAL_WARMUP_FRACTION * (epochs or base.epochs)})
-    fig, axes = plt.subplots(1, max(1, len(methods)), figsize=(3.2 * max(1, len(methods)), 3.2), sharey=True,
-                             squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    cols = min(3, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False, layout="constrained")
+    styles = batch_styles(picks)
+    for ax, m in zip(axes.flat, methods):
         for b in picks:
             # under steps_to_result each batch size ran its own step budget
             own = budgets[b]["budget_steps"] * b / n if by_steps and b in budgets else epochs
             r = resolve(base, b, m, n, epochs=own)
-            rows = lr_table(r, every=max(1, r.total_steps // 1000))
-            ax.plot([e for _, e, _ in rows], [lr for _, _, lr in rows], label=f"B={b}")
+            rows_ = lr_table(r, every=max(1, r.total_steps // 1000))
+            color, ls = styles[b]
+            ax.plot([e for _, e, _ in rows_], [lr for _, _, lr in rows_], color=color, ls=ls, label=f"B={b}")
         ax.set_title(m, fontsize=9)
         ax.set_xlabel("epoch")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"learning rate ({optimizer})")
+    for ax in list(axes.flat)[len(methods):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(f"learning rate ({optimizer})")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("LR schedules of each method", fontsize=10, y=1.04)  # above the panels' titles
-    p = Plot("schedules", "LR schedules", f"Resolved schedules at B = {', '.join(map(str, picks))} "
-             f"(log LR; {optimizer} base recipe)" + (", each over its batch size's step budget (steps to result); "
-                                                     "trials stopped earlier, at the target." if by_steps else "."))
-    p.files = _save(fig, folder, p.stem)
-    return p
+    fig.suptitle("LR schedule of each rule at three batch sizes", fontsize=10)
+    p = Plot("schedules", "LR schedules", f"Resolved schedules at B = {', '.join(map(str, picks))} (linear LR axis, "
+             f"so that the warmup shows; {optimizer} base recipe; automatic methods choose their own and are not shown)"
+             + (", each over its batch size's step budget (steps to result); trials stopped earlier, at the target."
+                if by_steps else "."))
+    return finish(fig, folder, p)
 
 
 def training_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
     reps = representative_trials(res)
     m = res.measurements
-    spec = res.meta["spec_resolved"]
-    series = [(o, meth) for o in (spec["axes"].get("optimizers") or sorted(reps.optimizer.unique()))
-              for meth in spec["axes"]["methods"] if ((reps.optimizer == o) & (reps.method == meth)).any()]
+    series = [(label, o, meth) for label, o, meth in series_order(res)
+              if ((reps.optimizer == o) & (reps.method == meth)).any()]
     batches = sorted(reps.batch_size.unique())
-    cmap = plt.get_cmap("viridis", max(2, len(batches)))
-    fig, axes = plt.subplots(len(series), 2, figsize=(9, 2.6 * len(series)), squeeze=False)
+    styles = batch_styles(batches)
+    fig, axes = plt.subplots(len(series), 2, figsize=(9.5, 2.5 * len(series) + 0.6), squeeze=False,
+                             layout="constrained")
     first_seed = reps.sort_values("seed").groupby(["optimizer", "method", "batch_size"]).head(1)
-    for (o, meth), row_axes in zip(series, axes):
+    target = res.target["value"] if res.target else None
+    ends = {"diverged": False, "failed": False}
+    early = []
+    for (label, o, meth), row_axes in zip(series, axes):
         chosen = first_seed[(first_seed.optimizer == o) & (first_seed.method == meth)].sort_values("batch_size")
         for _, t in chosen.iterrows():
-            curve = m[m.trial_id == t.trial_id].dropna(subset=["metric"])
-            color = cmap(batches.index(t.batch_size))
-            row_axes[0].plot(curve.epoch, curve.metric, color=color, label=f"B={t.batch_size}")
-            row_axes[1].plot(curve.step, curve.metric, color=color)
-        row_axes[0].set_ylabel(f"{o}/{meth}\n{res.metric}", fontsize=8)
+            curve = m[m.trial_id == t.trial_id].dropna(subset=["metric"]).sort_values("step")
+            color, ls = styles[int(t.batch_size)]
+            if curve.empty:  # diverged before its first evaluation: marked at the worse edge where it did
+                if t.outcome == "diverged" and pd.notna(t.diverged_step):
+                    early.append((row_axes, t.diverged_step * t.batch_size / res.meta["workload"]["dataset_size"],
+                                  t.diverged_step, color))
+                continue
+            row_axes[0].plot(curve.epoch, curve.metric, color=color, ls=ls, label=f"B={t.batch_size}")
+            row_axes[1].plot(curve.step, curve.metric, color=color, ls=ls)
+            if t.outcome in ends:  # where it ended: diverged (x) or failed (square)
+                ends[t.outcome] = True
+                mk = DIVERGED_MARK if t.outcome == "diverged" else "s"
+                for ax, x in ((row_axes[0], curve.epoch.iloc[-1]), (row_axes[1], curve.step.iloc[-1])):
+                    ax.scatter([x], [curve.metric.iloc[-1]], marker=mk, s=45, color=color, zorder=5,
+                               **({"facecolors": "none", "edgecolors": color} if mk == "s" else {}))
+        row_axes[0].set_ylabel(f"{label}\n{res.metric}", fontsize=8)
         row_axes[1].set_xscale("log")
         row_axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for ax in row_axes:
+            if target is not None:
+                ax.axhline(target, color=REFERENCE, ls="--", lw=0.8)
+            if not res.higher_is_better:
+                ax.set_yscale("log")
             ax.grid(alpha=0.3)
+    for row_axes, epoch, step, color in early:
+        ends["diverged"] = True
+        for ax, x in ((row_axes[0], epoch), (row_axes[1], step)):
+            edge = ax.get_ylim()[0 if res.higher_is_better else 1]
+            ax.scatter([x], [edge], marker=DIVERGED_MARK, s=45, color=color, zorder=5, clip_on=False)
     axes[0][0].set_title("vs epochs", fontsize=9)
     axes[0][1].set_title("vs optimizer steps (log)", fontsize=9)
     axes[-1][0].set_xlabel("epoch")
     axes[-1][1].set_xlabel("step")
-    axes[0][0].legend(fontsize=6, ncol=2)
+    handles, _ = axes[0][0].get_legend_handles_labels()
+    if target is not None:
+        handles.append(Line2D([], [], color=REFERENCE, ls="--", lw=0.8, label=f"target {target}"))
+    if ends["diverged"]:
+        handles.append(_proxy(DIVERGED_MARK, "diverged here"))
+    if ends["failed"]:
+        handles.append(_proxy("s", "failed run ends here", mfc="none"))
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(6, len(handles)), fontsize=7)
     p = Plot("training_curves", "Training curves", f"Held-out {res.metric} during training, one line per batch size "
-             "(first seed; for tuned, the best trial).")
-    p.files = _save(fig, folder, p.stem)
-    return p
+             "(the first seed; for tuned, its study's best trial); x: where a run diverged (at its last evaluation "
+             "before, or at the worse edge when it diverged before its first), square: a failed run's end" + (", dashed: the target" if target is not None else "") + ".")
+    return finish(fig, folder, p)
+
+
+def divergence_counts(res: Results, batches) -> pd.DataFrame:
+    """Per (series label, batch size): trials run (complete or diverged: errors and unfinished ones
+    left out), diverged, failed. Every trial counts: every seed, every trial of every tuned study."""
+    t = res.trials[res.trials.status.isin(["complete", "diverged"])]
+    rows = []
+    for label, o, m in series_order(res):
+        cells = t[(t.optimizer == o) & (t.method == m)]
+        for b in batches:
+            c = cells[cells.batch_size == b]
+            if len(c):
+                rows.append({"series": label, "batch_size": int(b), "trials": len(c),
+                             "diverged": int((c.outcome == "diverged").sum()),
+                             "failed": int((c.outcome == "failed").sum())})
+    return pd.DataFrame(rows, columns=["series", "batch_size", "trials", "diverged", "failed"])
 
 
 def divergence_map(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
-    labels, rows = [], []
+    """Over every trial (every trial of a tuned study too), per series and batch size."""
     batches = sorted(agg.batch_size.unique())
-    for label, _, _, sub in _series(res, agg):
-        rate = sub.set_index("batch_size").divergence_rate
-        labels.append(label)
-        rows.append([rate.get(b, math.nan) for b in batches])
-    data = np.array(rows, dtype=float)
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(batches), 1 + 0.45 * len(labels)))
+    counts = divergence_counts(res, batches)
+    labels = list(dict.fromkeys(counts.series))
+    share, texts = [], []
+    for label in labels:
+        mine = counts[counts.series == label].set_index("batch_size")
+        row_share, row_text = [], []
+        for b in batches:
+            if b not in mine.index:
+                row_share.append(math.nan)
+                row_text.append("")
+                continue
+            n, d, f = mine.loc[b, ["trials", "diverged", "failed"]]
+            row_share.append((d + f) / n)
+            row_text.append(f"{d + f}/{n}" + (f"\n{f} failed" if f else ""))
+        share.append(row_share)
+        texts.append(row_text)
+    data = np.array(share, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.85 * len(batches), 1.4 + 0.5 * len(labels)), layout="constrained")
     im = ax.imshow(data, cmap="Reds", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(batches)))
     ax.set_xticklabels([str(b) for b in batches], fontsize=8, rotation=45)
@@ -258,16 +479,17 @@ def divergence_map(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
     ax.set_yticklabels(labels, fontsize=8)
     for i in range(len(labels)):
         for j in range(len(batches)):
-            if not math.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.0%}", ha="center", va="center", fontsize=7,
+            if texts[i][j]:
+                ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=7,
                         color="white" if data[i, j] > 0.5 else "black")
     ax.set_xlabel("batch size")
-    ax.set_title("Divergence rate (share of seeds)", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.03)
-    p = Plot("divergence_map", "Divergence map", "Share of seeds that diverged (NaN/inf loss or a loss blow-up), "
-             "per method and batch size; for tuned, of the chosen trials.")
-    p.files = _save(fig, folder, p.stem)
-    return p
+    ax.set_title("Diverged or failed runs (of all trials run)", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04, label="share diverged or failed")
+    p = Plot("divergence_map", "Divergence map", "Diverged or failed runs / trials run, per method and batch size, "
+             "over every trial (all seeds; for tuned, every trial of every study, not only the chosen one). Diverged: "
+             "a NaN/inf loss or a loss blow-up; failed: ended at chance or with its loss above its start "
+             "(docs/reports.md). Errors and unfinished trials are not counted.")
+    return finish(fig, folder, p)
 
 
 def all_plots(res: Results, agg: pd.DataFrame, folder: Path, extras: dict | None = None) -> list[Plot]:

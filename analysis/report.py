@@ -8,6 +8,7 @@ tables, the paper claims when the spec has any, the sweep's metadata and version
 from __future__ import annotations
 
 import base64
+import math
 import html
 import json
 from pathlib import Path
@@ -17,10 +18,12 @@ import yaml
 from jinja2 import Environment
 
 from analysis import beyond
-from analysis.aggregate import Results, aggregate, load_results
+from analysis.aggregate import Results, aggregate, load_results, timing_source
 from analysis.plots import Plot, all_plots
 from analysis.reproduce import judge_all, verdict_table
-from analysis.tables import Table, all_tables, to_markdown, write_table
+from analysis.outcome import CHANCE_FRACTION, chance_metric
+from analysis.plots import range_edge
+from analysis.tables import Table, all_tables, to_csv, to_html, to_markdown, write_table
 
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -30,20 +33,21 @@ _HTML = """<!doctype html>
  table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
  th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
  th { background: #f3f3f3; } td.best { font-weight: bold; background: #eef7ee; }
- td.bad { color: #a00; } figure { margin: 1.2em 0; } img { max-width: 100%; }
+ td.bad { color: #a00; font-style: italic; } table.table td:first-child { font-weight: bold; background: #f3f3f3; } figure { margin: 1.2em 0; } img { max-width: 100%; }
  figcaption { font-size: 0.85em; color: #555; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
- .holds { color: #070; font-weight: bold; } .fails { color: #a00; font-weight: bold; } .na { color: #777; }
+ .small { font-size: 0.85em; color: #444; } .holds { color: #070; font-weight: bold; } .fails { color: #a00; font-weight: bold; } .na { color: #777; }
 </style></head><body>
 <h1>batchscale report: {{ name }}</h1>
 <p>{{ description }}</p>
 <p><b>Workload</b> {{ workload }} ({{ metric }}, {{ direction }} is better), {{ dataset_size }} training examples;
-status <b>{{ status }}</b>; {{ counts }}; base batch B0 = {{ base }}.</p>
+status <b>{{ status }}</b>; trials: {{ counts }}; base batch B0 = {{ base }}.</p>
+<p class="small">{{ outcome_rule }} Timing: {{ timing }}.</p>
 {% for t in tables %}<h2>{{ t.title }}</h2>{% if t.note %}<p>{{ t.note }}</p>{% endif %}{{ t.html }}{% endfor %}
 {% if claims %}<h2>Paper claims</h2>{{ claims }}{% endif %}
 {% if studies %}<h2>Tuned studies</h2>{{ studies }}{% endif %}
 {% if projection %}<h2>Cost model of the projection</h2>{{ projection }}{% endif %}
 <h2>Plots</h2>
-{% for p in plots %}<figure><img alt="{{ p.title }}" src="data:image/png;base64,{{ p.data }}">
+{% for p in plots %}<figure id="plot-{{ p.stem }}"><img alt="{{ p.title }}" src="data:image/png;base64,{{ p.data }}">
 <figcaption><b>{{ p.title }}.</b> {{ p.caption }}</figcaption></figure>{% endfor %}
 <h2>Sweep</h2>
 {{ meta }}
@@ -52,20 +56,11 @@ status <b>{{ status }}</b>; {{ counts }}; base batch B0 = {{ base }}.</p>
 """
 
 
-def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.display.index.name or "", *table.display.columns])
-    rows = [f"<table><thead><tr>{head}</tr></thead><tbody>"]
-    for b, row in table.display.iterrows():
-        cells = []
-        for col, value in row.items():
-            cls = "best" if col in table.best.columns and table.best.loc[b, col] and value else (
-                "bad" if "diverged" in str(value) or "not reached" in str(value) or value == "error" else "")
-            cells.append(f'<td class="{cls}">{html.escape(str(value))}</td>')
-        rows.append(f"<tr><th>{b}</th>{''.join(cells)}</tr>")
-    return "".join(rows) + "</tbody></table>"
-
-
 def _frame_html(df: pd.DataFrame) -> str:
+    """One header row: a named index becomes the first column."""
+    if df.index.name:
+        df = df.reset_index()
+        return df.to_html(escape=True, border=0, na_rep="—", index=False)
     return df.to_html(escape=True, border=0, na_rep="—")
 
 
@@ -94,13 +89,96 @@ def studies_frame(res: Results) -> pd.DataFrame:
     studies = res.meta.get("studies", {})
     if not studies:
         return pd.DataFrame()
-    return pd.DataFrame([{"study": k, "batch size": v["batch_size"], "optimizer": v["optimizer"],
-                          "trials": v["trials"], "LR range": f"{v['lr_range'][0]:.3g} - {v['lr_range'][1]:.3g}",
-                          "selects on": v.get("selects_on", "final_metric").replace("_", " "),
-                          "best peak LR": v["best_peak_lr"], f"its {res.metric}": v["best_metric"],
-                          "its steps to target": v.get("best_steps_to_target")}
-                         for k, v in sorted(studies.items(), key=lambda kv: (kv[1]["optimizer"], kv[1]["batch_size"]))
-                         ]).set_index("study")
+    t = res.trials[res.trials.method == "tuned"]
+    rows = []
+    for k, v in sorted(studies.items(), key=lambda kv: (kv[1]["optimizer"], kv[1]["batch_size"], kv[0])):
+        mine = t[t.study == k]
+        edge = range_edge(v.get("best_peak_lr"), *v["lr_range"])
+        rows.append({"study": k, "batch size": v["batch_size"], "optimizer": v["optimizer"], "trials": v["trials"],
+                     "diverged / failed": f"{int((mine.outcome == 'diverged').sum())} / "
+                                          f"{int((mine.outcome == 'failed').sum())}",
+                     "LR range": f"{v['lr_range'][0]:.3g} - {v['lr_range'][1]:.3g}",
+                     "selects on": v.get("selects_on", "final_metric").replace("_", " "),
+                     "best peak LR": f"{v['best_peak_lr']:.4g}" if v.get("best_peak_lr") is not None else "none",
+                     "at range edge": f"YES ({edge}): widen the range" if edge else "no",
+                     f"its {res.metric}": v["best_metric"], "its steps to target": v.get("best_steps_to_target")})
+    return pd.DataFrame(rows).set_index("study")
+
+
+def _outcome_rule(res: Results) -> str:
+    chance = chance_metric(res.meta)
+    where = (f"its final {res.metric} covered less than {CHANCE_FRACTION:.0%} of the way from chance "
+             f"({chance:.4g}) to the sweep's best" if chance is not None else "")
+    return ("Diverged: a NaN/inf loss or a loss blow-up. Failed: completed, but " + (where + ", or " if where else "")
+            + "its training loss ended above its first step's loss (docs/reports.md).")
+
+
+def _clean(o):
+    """JSON without NaN/inf (null instead) and with plain Python numbers."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if hasattr(o, "item") and not isinstance(o, (str, bytes)):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def summary(res: Results, agg: pd.DataFrame, tables: list[Table], critical: dict, verdicts, studies: pd.DataFrame,
+            projection_info: dict) -> dict:
+    """Every headline figure a script would want, and every table's cells as shown and as numbers."""
+    from analysis.tables import cell_status
+
+    cells = []
+    for r in agg.to_dict("records"):
+        row = pd.Series(r)
+        cells.append({
+            "optimizer": r["optimizer"], "method": r["method"], "batch_size": r["batch_size"], "scale": r["scale"],
+            "status": cell_status(row),
+            "seeds": r["seeds"], "counts": {k: r[c] for k, c in (("complete", "complete"), ("failed", "failed"),
+                                                                 ("diverged", "diverged"), ("error", "errors"),
+                                                                 ("incomplete", "incomplete"))},
+            "metric": {"name": res.metric, "final_mean": r["final_mean"], "final_std": r["final_std"],
+                       "final_ci95": r["final_ci95"], "best_mean": r["best_mean"]},
+            "target": {"reached_by": r["reached"], "steps": r["steps_to_target"], "examples": r["examples_to_target"],
+                       "seconds": r["seconds_to_target"], "speedup_steps": r["speedup_steps"],
+                       "speedup_time": r["speedup_time"]} if res.target else None,
+            "recipe": {"peak_lr": r["peak_lr"], "warmup_epochs": r["warmup_epochs"], "warmup_steps": r["warmup_steps"],
+                       "total_steps": r["total_steps"]},
+            "protocol": {"feasible": r["feasible"], "budget_steps": r["budget_steps"],
+                         "eval_every_steps": r["eval_every_steps"], "resolution": r["resolution"]},
+            "throughput": r["throughput"]})
+    fit = critical.get("fit") if critical else None
+    env = critical.get("envelope") if critical else None
+    out = {
+        "name": res.meta.get("name"), "status": res.meta.get("status"),
+        "workload": {k: res.meta["workload"].get(k) for k in ("name", "metric", "higher_is_better", "dataset_size")}
+        | {"chance_metric": chance_metric(res.meta)},
+        "base_batch_size": res.base_batch_size, "target": res.target,
+        "protocol": {k: v for k, v in res.protocol.items()},
+        "timing": timing_source(res), "outcome_rule": _outcome_rule(res),
+        "trial_outcomes": res.trials.outcome.value_counts().to_dict(),
+        "failed_trials": [{"trial_id": t.trial_id, "method": t.method, "optimizer": t.optimizer,
+                           "batch_size": t.batch_size, "seed": t.seed, "because": t.failed_because}
+                          for t in res.trials[res.trials.outcome == "failed"].itertuples()],
+        "cells": cells,
+        "critical_batch": None if not critical else {
+            "fit": None if fit is None else {"s_min": fit.s_min, "e_min": fit.e_min, "b_crit": fit.b_crit,
+                                             "points": fit.points,
+                                             "fitted_batch_sizes": [int(b) for b in env.batch_size]},
+            "mean_measured_b_simple": critical.get("mean_noise_scale"),
+            "envelope": [] if env is None else env.to_dict("records"),
+            "b_simple_by_batch": critical["noise"].to_dict("records") if len(critical.get("noise", [])) else []},
+        "studies": {} if studies.empty else studies.reset_index().to_dict("records"),
+        "projection": projection_info,
+        "claims": [v.__dict__ for v in verdicts],
+        "tables": {t.name: {"title": t.title, "note": t.note, "columns": [t.display.index.name or "", *t.display.columns],
+                            "rows": [[str(i), *map(str, row)] for i, row in zip(t.display.index, t.display.to_numpy())],
+                            "numbers": to_csv(t).reset_index().to_dict("records")} for t in tables},
+    }
+    return _clean(out)
 
 
 def build_report(root: str | Path) -> dict:
@@ -128,7 +206,7 @@ def build_report(root: str | Path) -> dict:
     studies = studies_frame(res)
     spec_text = yaml.safe_dump(res.meta.get("spec_given", {}).get("effective") or res.meta["spec_resolved"],
                                sort_keys=False)
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(res.trials.status.value_counts().items()))
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(res.trials.outcome.value_counts().items()))
     description = res.meta["spec_resolved"].get("description", "")
     overrides = [o for o in (res.meta.get("spec_given") or {}).get("overrides") or [] if not o.startswith("data_dir=")]
     if overrides:  # the description is the spec file's; say what this run changed
@@ -137,14 +215,14 @@ def build_report(root: str | Path) -> dict:
                   workload=res.meta["workload"]["name"], metric=res.metric,
                   direction="higher" if res.higher_is_better else "lower",
                   dataset_size=res.meta["workload"]["dataset_size"], status=res.meta.get("status"),
-                  counts=counts, base=res.base_batch_size)
+                  counts=counts, base=res.base_batch_size, outcome_rule=_outcome_rule(res), timing=timing_source(res))
     page = Environment(autoescape=False).from_string(_HTML).render(
         **{k: html.escape(str(v)) for k, v in common.items()},
-        tables=[{"title": html.escape(t.title), "note": html.escape(t.note), "html": _html_table(t)} for t in tables],
+        tables=[{"title": html.escape(t.title), "note": html.escape(t.note), "html": to_html(t)} for t in tables],
         claims=_verdict_html(claims) if not claims.empty else "",
         studies=_frame_html(studies) if not studies.empty else "",
         projection=_frame_html(pd.DataFrame({"value": proj_info})) if proj_info else "",
-        plots=[{"title": html.escape(p.title), "caption": html.escape(p.caption),
+        plots=[{"title": html.escape(p.title), "caption": html.escape(p.caption), "stem": p.stem,
                 "data": base64.b64encode(p.files[0].read_bytes()).decode()} for p in plots],
         meta=_frame_html(_meta_frame(res)), spec=html.escape(spec_text))
     (out / "report.html").write_text(page)
@@ -152,7 +230,7 @@ def build_report(root: str | Path) -> dict:
     md = [f"# batchscale report: {common['name']}", "", common["description"], "",
           f"Workload **{common['workload']}** ({res.metric}, {common['direction']} is better), "
           f"{common['dataset_size']} training examples; status **{common['status']}**; {counts}; "
-          f"base batch B0 = {res.base_batch_size}.", ""]
+          f"base batch B0 = {res.base_batch_size}.", "", f"{common['outcome_rule']} Timing: {common['timing']}.", ""]
     for t in tables:
         md += [to_markdown(t), ""]
     if not claims.empty:
@@ -166,6 +244,7 @@ def build_report(root: str | Path) -> dict:
         md += [f"![{p.title}](plots/{p.files[0].name})", "", f"*{p.title}.* {p.caption}", ""]
     md += ["## Sweep", "", _meta_frame(res).to_markdown(), "", "## Spec", "", "```yaml", spec_text.rstrip(), "```", ""]
     (out / "report.md").write_text("\n".join(md))
-    (out / "summary.json").write_text(json.dumps({"claims": [v.__dict__ for v in verdicts]}, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary(res, agg, tables, critical, verdicts, studies, proj_info),
+                                                 indent=1, default=str))
     return {"folder": out, "html": out / "report.html", "markdown": out / "report.md", "tables": tables,
             "plots": plots, "verdicts": verdicts, "aggregate": agg}

@@ -1,7 +1,10 @@
 """Tables in the LEGW paper's shape: rows = batch sizes, columns = methods (x optimizers).
 
-Each table is written as Markdown, CSV (numbers) and LaTeX. The best cell of each row is marked
-(bold); diverged cells say so; a target never reached says "not reached" with how many seeds did.
+Each table is written as Markdown, LaTeX and HTML through pandas' Styler (one header row: the
+batch size is the first column; the best cell of each row bold; diverged, failed and never-reached
+cells italic and saying so in words), and as CSV: the numbers, and beside each series a status
+column (complete, diverged, failed, not reached, reached by k/n, mixed: ...), so that a script never
+has to guess what an empty cell means.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import Results, cell_label
+from analysis.aggregate import Results, eval_grid, series_order, timing_source
 
 
 @dataclass
@@ -23,25 +26,42 @@ class Table:
     numbers: pd.DataFrame  # the values behind them (CSV)
     best: pd.DataFrame  # bool mask of the best cell of each row
     note: str = ""  # a paragraph under the title: how to read the table
+    status: pd.DataFrame | None = None  # per cell: complete, diverged, failed, not reached, ... (CSV, styling)
+
+
+BAD = ("diverged", "failed", "not reached", "error")
 
 
 def _columns(res: Results, agg: pd.DataFrame):
     """(batch sizes, [(column label, that column's cells indexed by batch size)]) in the spec's order."""
-    spec = res.meta["spec_resolved"]
-    optimizers = spec["axes"].get("optimizers") or sorted(agg.optimizer.unique())
-    present = set(zip(agg.optimizer, agg.method))
-    cols = [(o, m) for o in optimizers for m in spec["axes"]["methods"] if (o, m) in present]
-    shown = sorted({o for o, _ in cols})
     batches = sorted(agg.batch_size.unique())
-    return batches, [(cell_label(o, m, shown), agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size"))
-                     for o, m in cols]
+    return batches, [(label, agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size"))
+                     for label, o, m in series_order(res) if ((agg.optimizer == o) & (agg.method == m)).any()]
+
+
+def _seed_counts(row) -> str:
+    """', 1 diverged, 1 failed' style note of the seeds that did not end cleanly."""
+    parts = [f"{int(row[k])} {k}" for k in ("diverged", "failed", "errors") if row.get(k, 0)]
+    return ", ".join(parts).replace("errors", "error")
+
+
+def cell_status(row) -> str:
+    """One word (or a mix) for a cell of seeds: complete, diverged, failed, error, or e.g.
+    'mixed: 2 complete, 1 diverged'."""
+    counts = {k: int(row.get(c, 0) or 0) for k, c in (("complete", "complete"), ("diverged", "diverged"),
+                                                      ("failed", "failed"), ("error", "errors"),
+                                                      ("incomplete", "incomplete"))}
+    present = {k: v for k, v in counts.items() if v}
+    if len(present) == 1:
+        return next(iter(present))
+    return "mixed: " + ", ".join(f"{v} {k}" for k, v in present.items()) if present else "missing"
 
 
 def _fmt_metric(row, digits: int | str) -> str:
     """``digits``: decimals (accuracy: 4), or a format such as ``.3g`` for metrics of any scale."""
     if row.seeds == row.errors:
         return "error"
-    if row.complete == 0 and row.diverged:
+    if row.complete == 0 and row.get("failed", 0) == 0 and row.diverged:
         return "diverged"
     if math.isnan(row.final_mean):
         return "n/a"
@@ -49,8 +69,12 @@ def _fmt_metric(row, digits: int | str) -> str:
     text = f"{row.final_mean:{fmt}}"
     if not math.isnan(row.final_std):
         text += f" ± {row.final_std:{fmt}}"
-    if row.diverged:
-        text += f" ({row.diverged}/{row.seeds} diverged)"
+    if row.complete == 0 and row.get("failed", 0):
+        return f"failed: {text}" + (f" ({_seed_counts(row)})" if row.diverged else "")
+    bad = [f"{int(row[k])}/{int(row.seeds)} {k.replace('errors', 'error')}" for k in ("diverged", "failed", "errors")
+           if row.get(k, 0)]
+    if bad:
+        text += f" ({', '.join(bad)})"
     return text
 
 
@@ -59,16 +83,23 @@ def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
     batches, columns = _columns(res, agg)
     display = pd.DataFrame(index=pd.Index(batches, name="batch size"))
     numbers = pd.DataFrame(index=display.index)
+    status = pd.DataFrame(index=display.index)
     for label, sub in columns:
         display[label] = [_fmt_metric(sub.loc[b], digits) if b in sub.index else "" for b in batches]
+        status[label] = [cell_status(sub.loc[b]) if b in sub.index else "missing" for b in batches]
         numbers[label] = [sub.loc[b, "final_mean"] if b in sub.index and sub.loc[b, "complete"] else math.nan
                           for b in batches]
-    best = _best_mask(numbers, res.higher_is_better)
+        numbers[f"{label} std"] = [sub.loc[b, "final_std"] if b in sub.index and sub.loc[b, "complete"] else math.nan
+                                   for b in batches]
+    best = _best_mask(numbers[[c for c in numbers.columns if not c.endswith(" std")]], res.higher_is_better)
     title = f"Final {res.metric} ({'higher' if res.higher_is_better else 'lower'} is better), mean ± std over seeds"
-    note = ("Under the steps-to-result protocol trials stop at the target, so a complete cell's final value is where "
-            "it stopped (at or past the target): read the steps to the target, not this table, to compare rules."
-            if res.protocol["kind"] == "steps_to_result" else "")
-    return Table("accuracy", title, display, numbers, best, note)
+    note = ("A failed seed (it ended at chance or above its starting loss, docs/reports.md) or a diverged one is "
+            "counted in brackets; a cell is a clean result only when every seed completed cleanly. ")
+    if res.protocol["kind"] == "steps_to_result":
+        note += ("Under the steps-to-result protocol trials stop at the target, so a complete cell's final value is "
+                 "where it stopped (at or past the target): read the steps to the target, not this table, to compare "
+                 "rules.")
+    return Table("accuracy", title, display, numbers, best, note.strip(), status)
 
 
 def _best_mask(numbers: pd.DataFrame, higher: bool) -> pd.DataFrame:
@@ -88,24 +119,28 @@ def time_to_target_table(res: Results, agg: pd.DataFrame) -> Table | None:
     batches, columns = _columns(res, agg)
     display = pd.DataFrame(index=pd.Index(batches, name="batch size"))
     numbers = pd.DataFrame(index=display.index)
+    status = pd.DataFrame(index=display.index)
     for label, sub in columns:
-        cells, steps, secs = [], [], []
+        cells, steps, secs, states = [], [], [], []
         for b in batches:
             if b not in sub.index:
                 cells.append("")
                 steps.append(math.nan)
                 secs.append(math.nan)
+                states.append("missing")
                 continue
             r = sub.loc[b]
             if not math.isfinite(r.steps_to_target):
-                cells.append(f"not reached ({r.reached}/{r.seeds})")
+                bad = _seed_counts(r)
+                cells.append(f"not reached ({r.reached}/{r.seeds}" + (f"; {bad}" if bad else "") + ")")
                 steps.append(math.nan)
                 secs.append(math.nan)
+                states.append("not reached")
                 continue
             text = f"{r.steps_to_target:.0f} steps"
             if math.isfinite(r.speedup_steps):
                 text += f" ({r.speedup_steps:.1f}x)"
-            text += f", {r.seconds_to_target:.1f} s"
+            text += f", {_fmt_seconds(r.seconds_to_target)} s"
             if math.isfinite(r.speedup_time):
                 text += f" ({r.speedup_time:.1f}x)"
             if r.reached < r.seeds:
@@ -113,45 +148,98 @@ def time_to_target_table(res: Results, agg: pd.DataFrame) -> Table | None:
             cells.append(text)
             steps.append(r.steps_to_target)
             secs.append(r.seconds_to_target)
+            states.append("reached" if r.reached == r.seeds else f"reached by {r.reached}/{r.seeds}")
         display[label] = cells
+        status[label] = states
         numbers[f"{label} steps"] = steps
         numbers[f"{label} seconds"] = secs
     step_cols = numbers[[c for c in numbers.columns if c.endswith(" steps")]]
     best = _best_mask(step_cols.rename(columns=lambda c: c[: -len(" steps")]), higher=False)
     title = (f"Time to {res.metric} {'>=' if res.higher_is_better else '<='} {target['value']}: optimizer steps "
              f"and training seconds (median over seeds), speedup over B={res.base_batch_size} of the same method")
-    return Table("time_to_target", title, display, numbers, best)
+    every = [r.get("eval_every_steps") for r in res.protocol.get("budgets") or []]
+    grid = (f"Steps are read at evaluations every {min(every)}-{max(every)} steps (the protocol table gives each batch "
+            f"size's interval and resolution); " if every else
+            f"Steps are read at the sweep's evaluations ({eval_grid(res)}), so they are late by up to one interval; ")
+    note = (grid + "a miss counts as infinitely late in the median, so a cell most seeds missed reads 'not reached'. "
+            f"Seconds: {timing_source(res)}.")
+    return Table("time_to_target", title, display, numbers, best, note, status)
 
 
-def _marked(table: Table, bold) -> pd.DataFrame:
-    out = table.display.copy()
-    for col in out.columns:
+def _fmt_seconds(v: float) -> str:
+    return f"{v:.0f}" if v >= 10 else f"{v:.1f}" if v >= 1 else f"{v:.2g}"
+
+
+def _frame(table: Table) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(display with the index as its first column, best mask, bad mask) aligned to it."""
+    shown = table.display.reset_index()
+    first = shown.columns[0]
+    best = pd.DataFrame(False, index=shown.index, columns=shown.columns)
+    bad = pd.DataFrame(False, index=shown.index, columns=shown.columns)
+    for col in table.display.columns:
         if col in table.best.columns:
-            out[col] = [bold(v) if table.best.loc[b, col] and v else v for b, v in zip(out.index, out[col])]
-    return out
+            best[col] = table.best[col].to_numpy(dtype=bool) & (table.display[col] != "").to_numpy()
+        bad[col] = [any(str(v).startswith(w) for w in BAD) for v in table.display[col]]
+        if table.status is not None and col in table.status.columns:
+            bad[col] |= table.status[col].isin(["diverged", "failed", "not reached", "error"]).to_numpy()
+    best[first] = False
+    return shown, best, bad
+
+
+def _styler(table: Table, escape: str):
+    shown, best, bad = _frame(table)
+    css = pd.DataFrame("", index=shown.index, columns=shown.columns)
+    css = css.mask(best, "font-weight: bold;").mask(bad & ~best, "font-style: italic;")
+    classes = pd.DataFrame("", index=shown.index, columns=shown.columns).mask(best, "best").mask(bad & ~best, "bad")
+    sty = (shown.style.hide(axis="index").format(escape=escape, na_rep="")
+           .format_index(escape=escape, axis=1).apply(lambda _: css, axis=None).set_td_classes(classes))
+    return sty
 
 
 def to_markdown(table: Table) -> str:
     note = " (best of each row in bold)" if table.best.to_numpy().any() else ""
     text = f"**{table.title}**{note}\n\n" + (f"{table.note}\n\n" if table.note else "")
-    return text + _marked(table, lambda v: f"**{v}**").to_markdown(disable_numparse=True) + "\n"
+    shown, best, _ = _frame(table)
+    marked = shown.astype(str).mask(best, shown.astype(str).map(lambda v: f"**{v}**"))
+    return text + marked.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def to_latex(table: Table) -> str:
-    def esc(v: str) -> str:
-        return v.replace("±", r"$\pm$").replace("%", r"\%").replace("_", r"\_")
+    """One header row (the index is a column), best bold, diverged/failed/not reached italic; booktabs rules."""
+    sty = _styler(table, "latex")
+    ncols = len(table.display.columns) + 1
+    latex = sty.to_latex(hrules=True, convert_css=True, column_format="r" * ncols,
+                         caption=_latex_escape(table.title), label=f"tab:{table.name}", position="htbp")
+    return latex.replace("±", r"$\pm$")
 
-    marked = _marked(table, lambda v: f"BOLD{{{v}}}").map(esc)
-    marked.columns = [esc(c) for c in marked.columns]
-    latex = marked.to_latex(escape=False, caption=esc(table.title), label=f"tab:{table.name}")
-    return latex.replace("BOLD{", r"\textbf{")
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        text = text.replace(a, b)
+    return text.replace("±", r"$\pm$").replace(">=", r"$\geq$").replace("<=", r"$\leq$")
+
+
+def to_html(table: Table) -> str:
+    """One header row, classes ``best`` and ``bad`` on the cells (the report's CSS styles them)."""
+    return (_styler(table, "html").set_uuid(table.name).set_table_attributes(f'class="table"')
+            .to_html(doctype_html=False))
+
+
+def to_csv(table: Table) -> pd.DataFrame:
+    """The numbers, and beside each series its cells' status in words."""
+    out = table.numbers.copy()
+    if table.status is not None:
+        for col in table.status.columns:
+            out[f"{col} status"] = table.status[col]
+    return out
 
 
 def write_table(table: Table, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{table.name}.md", folder / f"{table.name}.csv", folder / f"{table.name}.tex"]
     paths[0].write_text(to_markdown(table))
-    table.numbers.to_csv(paths[1])
+    to_csv(table).to_csv(paths[1])
     paths[2].write_text(to_latex(table))
     return paths
 

@@ -62,12 +62,15 @@ class NoiseScale:
         self.g2_ema = torch.zeros((), dtype=torch.float64, device=device)  # |G|^2
         self.updates = 0
 
-    def update(self, small_sq: torch.Tensor, big_sq: torch.Tensor) -> None:
+    def update(self, small_sq: torch.Tensor, big_sq: torch.Tensor, steps: int = 1) -> None:
+        """One more pair of squared norms; ``steps``: the optimizer steps since the last update (the
+        trial leaves the measurement out of some steps, harness.trial.Trial.timing_step), so that
+        the average decays per step (per example) whether or not every step was measured."""
         bs, bb = self.b_small, self.b_big
         small_sq, big_sq = small_sq.double(), big_sq.double()
         g2 = (bb * big_sq - bs * small_sq) / (bb - bs)
         trace = (small_sq - big_sq) / (1.0 / bs - 1.0 / bb)
-        d = self.decay
+        d = self.decay ** steps
         self.trace_ema.mul_(d).add_(trace, alpha=1 - d)
         self.g2_ema.mul_(d).add_(g2, alpha=1 - d)
         self.updates += 1

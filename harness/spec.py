@@ -246,6 +246,9 @@ class Projection(Strict):
     #: A row of the accelerator table (analysis/accelerators.yaml, or BATCHSCALE_ACCELERATORS);
     #: ``measured`` is this sweep's own per-trial throughput.
     accelerator: str = "measured"
+    #: with ``measured``: read the throughput from another results folder of the same workload
+    #: (e.g. a sweep run on a GPU) instead of this sweep's trials
+    throughput_from: str | None = None
     devices: Annotated[list[PositiveInt], Field(min_length=1)] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
     link_bandwidth_gbps: PositiveFloat = 100.0
     link_latency_us: NonNegativeFloat = 5.0

@@ -371,7 +371,7 @@ class Sweep:
                 "name": self.name, "status": "running", "spec_hash": digest,
                 "spec_given": self.given, "spec_resolved": self.spec.model_dump(mode="json"),
                 "workload": {"name": wl.name, "metric": wl.metric, "higher_is_better": wl.higher_is_better,
-                             "dataset_size": dataset_size, "summary": wl.summary,
+                             "chance_metric": wl.chance_metric(), "dataset_size": dataset_size, "summary": wl.summary,
                              "base_recipes": {o: self.spec.base_recipe(o).model_dump(mode="json")
                                               for o in self.spec.optimizers()}},
                 "trials": the_plan.rows, "studies": {}, "environment": environment(),

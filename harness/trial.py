@@ -35,6 +35,7 @@ from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve, warmup_e
 from harness.spec import TrialSpec
 
 CHECKPOINT_VERSION = 1
+TIMING_EVERY = 8  # every 8th step runs without the noise measurement, to time the model alone
 
 
 def auto_micro_batch(batch_size: int, cap: int) -> int:
@@ -85,6 +86,7 @@ class Trial:
         self.local_batch = batch // self.world_size
         self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(self.local_batch, wl.micro_batch_cap(
             self.device.type == "cuda"))
+        self.timing_micro_batch = self.micro_batch_size  # the model's own micro-batching, without the noise split
         self.noise: NoiseScale | None = None
         self.noise_note: str | None = None
         if spec.noise_scale or spec.method == "adascale":
@@ -112,6 +114,8 @@ class Trial:
         self.step = 0
         self.resumed_from_step: int | None = None  # set when continued from a checkpoint
         self.train_seconds = 0.0
+        self.clean_seconds, self.clean_steps = 0.0, 0  # steps timed without the noise measurement
+        self.noise_step = 0  # the step count at the noise scale's last update
         self.wall_seconds = 0.0
         self.measurements: list[dict[str, Any]] = []
         self.status = "running"
@@ -148,8 +152,19 @@ class Trial:
         return recipe
 
     # -- one optimizer update -------------------------------------------------------------------
-    def _train_step(self) -> float:
-        r, m = self.recipe, self.micro_batch_size
+    def timing_step(self) -> bool:
+        """Whether the next step runs as the model alone: the noise measurement forces a split into
+        two or more micro-batches and adds norms, which would make small batches look slow. It is
+        left out of every TIMING_EVERY-th step (of every step when the noise is not measured), and
+        those steps give the model's step time (``model_step_seconds``). AdaScale needs its gain at
+        every step: its measurement is part of the method, and its timing includes it."""
+        if self.noise is None:
+            return True
+        return self.spec.method != "adascale" and self.step % TIMING_EVERY == TIMING_EVERY - 1
+
+    def _train_step(self, measure: bool = True) -> float:
+        r = self.recipe
+        m = self.micro_batch_size if measure else self.timing_micro_batch
         idx = self.stream.take(r.batch_size)  # every worker draws the same examples ...
         if self.world_size > 1:  # ... and trains on its share of them
             idx = idx[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
@@ -157,7 +172,7 @@ class Trial:
         self.optimizer.zero_grad(set_to_none=True)
         scale = m / r.batch_size
         total = None
-        micro = NoiseScale.MicroNorms(self.params) if self.noise is not None else None
+        micro = NoiseScale.MicroNorms(self.params) if self.noise is not None and measure else None
         for start in range(0, self.local_batch, m):
             part = idx[start:start + m]
             loss = self.workload.loss(self.model, tuple(t[part] for t in train)) * scale
@@ -170,7 +185,9 @@ class Trial:
 
             total = all_reduce_step(self.params, total, micro)
         if micro is not None:  # mean |micro-batch gradient|^2, and the whole step's |gradient|^2
-            self.noise.update(micro.mean_sq() / scale**2, squared_grad_norm(self.params))
+            self.noise.update(micro.mean_sq() / scale**2, squared_grad_norm(self.params),
+                              steps=self.step + 1 - self.noise_step)
+            self.noise_step = self.step + 1
         if r.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(self.params, r.grad_clip_norm)
         self.last_lr = lr = self.control.lr()
@@ -234,9 +251,14 @@ class Trial:
         factor = self.spec.divergence.loss_factor
         wall_start = time.perf_counter() - self.wall_seconds
         while self.status == "running" and not self.control.done():
+            clean = self.timing_step()
             t0 = time.perf_counter()
-            loss = self._train_step()
-            self.train_seconds += time.perf_counter() - t0
+            loss = self._train_step(measure=not clean)
+            seconds = time.perf_counter() - t0
+            self.train_seconds += seconds
+            if clean and self.step > 1:  # the first step allocates and warms caches: not the model's pace
+                self.clean_seconds += seconds
+                self.clean_steps += 1
             if self.initial_loss is None:
                 self.initial_loss = loss
             self._loss_sum += loss
@@ -278,6 +300,12 @@ class Trial:
             "train_seconds": self.train_seconds,
             "wall_seconds": self.wall_seconds,
             "throughput": self.stream.position / self.train_seconds if self.train_seconds else None,
+            # the model's pace, measured on steps without the noise measurement (timing_step)
+            "model_step_seconds": self.clean_seconds / self.clean_steps if self.clean_steps else None,
+            "model_throughput": (r.batch_size * self.clean_steps / self.clean_seconds
+                                 if self.clean_steps and self.clean_seconds else None),
+            "timing_steps": self.clean_steps,
+            "initial_loss": self.initial_loss,
             "target_reached": self.target_hit is not None,
             "steps_to_target": hit.get("step"),
             "examples_to_target": hit.get("examples"),
@@ -317,6 +345,7 @@ class Trial:
                 "wall_seconds": self.wall_seconds, "status": self.status, "initial_loss": self.initial_loss,
                 "diverged_step": self.diverged_step, "target_hit": self.target_hit, "next_eval": self.next_eval,
                 "loss_sum": self._loss_sum, "loss_steps": self._loss_steps,
+                "clean_seconds": self.clean_seconds, "clean_steps": self.clean_steps, "noise_step": self.noise_step,
             },
             "measurements": list(self.measurements),
             "noise": self.noise.state_dict() if self.noise is not None else None,
@@ -339,6 +368,8 @@ class Trial:
         self.train_seconds, self.wall_seconds, self.status = c["train_seconds"], c["wall_seconds"], c["status"]
         self.initial_loss, self.diverged_step, self.target_hit = c["initial_loss"], c["diverged_step"], c["target_hit"]
         self.next_eval, self._loss_sum, self._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]
+        self.clean_seconds, self.clean_steps = c.get("clean_seconds", 0.0), c.get("clean_steps", 0)
+        self.noise_step = c.get("noise_step", self.step)
         self.measurements = list(state["measurements"])
         if self.noise is not None:
             self.noise.load_state_dict(state["noise"])

@@ -69,7 +69,7 @@ def test_accuracy_table_marks_the_best_cell_and_divergence(store):
     assert t.best.loc[2048].to_dict() == {"goyal": False, "legw": True, "tuned": False}
     md = to_markdown(t)
     assert "**0.9000**" in md and "| diverged" in md
-    assert r"\textbf{0.9000}" in to_latex(t) and r"$\pm$" in to_latex(t)
+    assert r"\bfseries 0.8700 $\pm$ 0.0100" in to_latex(t) and r"\itshape diverged" in to_latex(t)
 
 
 def test_time_to_target_table_shows_misses_and_speedups(store):
@@ -77,7 +77,7 @@ def test_time_to_target_table_shows_misses_and_speedups(store):
     t = time_to_target_table(res, aggregate(res))
     assert t.display.loc[2048, "legw"] == "not reached (1/3)"
     assert t.display.loc[512, "legw"] == "110 steps (3.6x), 2.0 s (2.0x) [2/3 reached]"
-    assert t.display.loc[2048, "goyal"] == "not reached (0/3)"
+    assert t.display.loc[2048, "goyal"] == "not reached (0/3; 3 diverged)"
     assert t.numbers.loc[512, "goyal steps"] == 120
 
 

@@ -127,6 +127,48 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
     assert set(measurements.trial_id) == set(trials.trial_id)
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="Debian's chromium is not installed (make test installs it as root)")
+def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_path):
+    """The report of this small real sweep, rendered as a reader sees it."""
+    import matplotlib.colors
+
+    from analysis.aggregate import load_results
+    from analysis.report import build_report
+    from analysis.style import series_styles
+    from tests.test_report import rendered
+
+    _, _, results, _ = finished_sweep
+    out = build_report(results)
+    seen = rendered(out["html"], tmp_path / "page.png")
+    assert len(seen["images"]) == len(out["plots"]) >= 6 and all(ok and w > 300 for _, ok, w in seen["images"])
+    assert all(seen["captions"]) and set(seen["header_rows"]) == {1} and seen["overlaps"] == []
+    assert "Failed: completed, but its final accuracy covered less than 10%" in seen["text"]
+    res = load_results(results)
+    styles = series_styles(res)
+    assert list(styles) == ["legw", "goyal", "tuned"]  # the spec's order
+    for p in out["plots"]:
+        assert p.overlaps == [], (p.stem, p.overlaps)
+        for label, style in styles.items():
+            if label in p.legend:
+                assert p.legend[label] == matplotlib.colors.to_hex(style.color), (p.stem, label)
+    # the markers are there where the data has them
+    agg = out["aggregate"]
+    bad = " | ".join(seen["bad_cells"])
+    if ((agg.complete == 0) & (agg.diverged > 0)).any():
+        assert "diverged" in bad
+    if ((agg.complete == 0) & (agg.failed > 0)).any():
+        assert "failed" in bad
+    if (~agg.steps_to_target.apply(math.isfinite)).any():
+        assert "not reached" in bad
+    tuned = next(p for p in out["plots"] if p.stem == "tuned_lr")
+    counts = res.trials[res.trials.method == "tuned"].outcome.value_counts()
+    for outcome in ("diverged", "failed"):
+        if counts.get(outcome):
+            assert f"{outcome} trial" in tuned.legend
+    assert tuned.caption.startswith(f"Every one of the {int(counts.sum())} searched trials")
+
+
 def test_tuned_studies_search_the_lr_and_record_the_best(finished_sweep):
     _, _, results, _ = finished_sweep
     meta, trials, _ = load(results)

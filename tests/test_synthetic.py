@@ -93,3 +93,29 @@ def test_critical_batch_fitted_from_steps_to_result_is_within_2x_of_the_closed_f
     fit = fit_critical_batch(batches, steps)
     print(f"steps {steps}; fit S_min {fit.s_min:.2f}, B_crit {fit.b_crit:.0f}; closed form {closed:.0f}")
     assert closed / 2 <= fit.b_crit <= 2 * closed, (fit, steps, closed)
+
+
+def test_every_eighth_step_runs_without_the_noise_split_and_times_the_model_alone():
+    """B0 = 256 runs as one micro-batch, so measuring the noise splits it in two: 7 steps in 8 do,
+    every 8th runs unsplit and unmeasured and gives the model's own step time; the moving average
+    still decays per step (one update covering two steps decays twice)."""
+    from harness.noise import NoiseScale
+    from harness.trial import TIMING_EVERY
+
+    spec = load_spec(data={"workload": "teacher_regression", "workload_options": SMALL, "batch_size": 256,
+                           "method": "none", "threads": 1, "budget": {"examples": 256 * 100},
+                           "eval": {"every_examples": 10**12}})
+    trial = Trial(spec)
+    assert (trial.micro_batch_size, trial.timing_micro_batch) == (128, 256)
+    summary = trial.run().summary
+    assert TIMING_EVERY == 8 and summary["timing_steps"] == 100 // 8 and trial.noise.updates == 100 - 100 // 8
+    assert summary["model_step_seconds"] > 0 and summary["model_throughput"] == pytest.approx(
+        256 / summary["model_step_seconds"])
+    quiet = Trial(load_spec(data={**spec.model_dump(mode="json"), "noise_scale": False}))
+    assert quiet.run().summary["timing_steps"] == 99  # all but the first step, which warms up
+    ema = NoiseScale(1, 2, decay=0.5)
+    ema.update(torch.tensor(3.0), torch.tensor(2.0))
+    ema.update(torch.tensor(5.0), torch.tensor(2.0), steps=2)
+    # each update's trace is (small - big) / (1/1 - 1/2); over two steps the average keeps 0.5^2 of its old value
+    first_trace, second_trace = (3 - 2) / 0.5, (5 - 2) / 0.5
+    assert float(ema.trace_ema) == pytest.approx(0.25 * 0.5 * first_trace + 0.75 * second_trace)

@@ -117,6 +117,11 @@ class Workload(ABC):
         fields.setdefault("source", self.recipe_source)
         return BaseRecipe.model_validate(fields)
 
+    def chance_metric(self) -> float | None:
+        """The metric of a model that learned nothing (a uniform guess, the untrained student), or
+        None where there is no such level. analysis.outcome marks a run that ends there ``failed``."""
+        return None
+
     def micro_batch_cap(self, cuda: bool) -> int:
         return self.cpu_micro_batch_cap * (32 if cuda else 1)
 

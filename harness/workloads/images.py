@@ -64,6 +64,9 @@ class IdxImageWorkload(Workload):
     system_dirs: tuple[str, ...] = ()
     missing_how: str
 
+    def chance_metric(self) -> float:
+        return 0.1  # ten balanced classes
+
     def _files(self):
         return find_files(self.dataset_title, self.dataset_dir, _IDX, self.data_dir, self.missing_how,
                           self.system_dirs, gz_ok=True)

@@ -77,6 +77,9 @@ class LSTMLanguageModel(Workload):
     recipe_source = ("Zaremba et al. 2014 PTB-small (B0=20, LR 1 halved each epoch after epoch 4, clip 5, 13 epochs) "
                      "in per-token units; 0.1-epoch warmup added so that LEGW has a w0 to scale")
 
+    def chance_metric(self) -> float:
+        return float(self.options.vocab_size)  # a uniform guess over the vocabulary
+
     def _files(self):
         raise NotImplementedError
 

@@ -59,6 +59,9 @@ class Mnist1dMLP(Workload):
     # the best final accuracy (docs/workloads.md has the grid and every result).
     recipe_source = "tuned here at B0=256 (docs/workloads.md)"
 
+    def chance_metric(self) -> float:
+        return 0.1  # ten balanced classes
+
     def _load(self) -> Dataset:
         o = self.options
         d = load_mnist1d(o.n_train, o.n_test, o.data_seed)

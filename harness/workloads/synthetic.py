@@ -85,6 +85,10 @@ class TeacherRegression(Workload):
         return {"b_simple": float(lam.sum()) * risk / float((lam**2 * e * e).sum()) + 1,
                 "b_noise": float((lam**2).sum()) * risk / float((lam**3 * e * e).sum()) + 1}
 
+    def chance_metric(self) -> float:
+        """The excess risk of the untrained (zero) student: 0.5 sum_i lambda_i w*_i^2."""
+        return self.excess_risk(-self.teacher())
+
     # -- workload contract ----------------------------------------------------------------------
     def _load(self) -> Dataset:
         o = self.options
