@@ -75,7 +75,7 @@ def load_results(root: str | Path) -> Results:
     meta, trials, measurements = ResultsStore(root).load()
     hib = bool(meta["workload"]["higher_is_better"])
     trials = outcomes(trials, measurements, chance_metric(meta), hib)
-    for key in ("model_step_seconds", "model_throughput"):
+    for key in ("model_step_seconds", "model_throughput", "timing_steps"):
         trials[key] = _extra(trials, key)
     # training seconds to the target at the model's own pace: the steps it took times its step time
     # measured without the noise measurement (harness.trial.Trial.timing_step); older stores, which
@@ -89,11 +89,11 @@ def load_results(root: str | Path) -> Results:
 def timing_source(res: Results) -> str:
     """How the report's seconds and throughputs were measured, in one sentence."""
     t = res.trials[res.trials.status.isin(["complete", "diverged"])]
-    if len(t) and t.model_step_seconds.notna().all():
+    if len(t) and t.timing_steps.notna().all():  # (a run that diverged within 8 steps timed none: nothing to show)
         return ("training seconds exclude evaluation and the noise-scale measurement: each trial's steps times its "
                 "mean step time on steps run without the measurement (every 8th step, or all when it is off; "
                 "AdaScale's own measurement is part of its cost)")
-    if len(t) and t.model_step_seconds.notna().any():
+    if len(t) and t.timing_steps.notna().any():
         return ("training seconds exclude evaluation; the noise-scale measurement is excluded where the trial timed "
                 "steps without it, and included in the others (older trials)")
     return ("training seconds exclude evaluation but include the noise-scale measurement (this store predates the "

@@ -170,7 +170,8 @@ def build_model(res: Results) -> tuple[CostModel, dict]:
 def project(res: Results, agg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per (optimizer, method, N): the batch size with the least projected time to target, that time,
     the speedup over the base batch of the same method on the same N devices, the examples each
-    device holds, and whether that is below the throughput's efficient batch."""
+    device holds, whether that is below the throughput's efficient batch, and the fastest batch that
+    is not (``trusted_batch``, ``trusted_seconds``: what a claim is judged on)."""
     model, info = build_model(res)
     devices = (res.meta["spec_resolved"].get("projection") or {}).get("devices", [1, 2, 4, 8, 16, 32, 64, 128, 256])
     base = res.base_batch_size
@@ -181,10 +182,14 @@ def project(res: Results, agg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         for n in devices:
             times = {int(r.batch_size): model.time_to_target(r.steps_to_target, int(r.batch_size), n)
                      for r in reached.itertuples()}
+            # the fastest batch whose per-device share keeps the pace the throughput assumes
+            kept = {b: t for b, t in times.items() if not model.efficient_batch or b / min(n, b) >= model.efficient_batch}
+            trusted = min(kept, key=kept.get) if kept else None
+            extra = {"trusted_batch": trusted, "trusted_seconds": kept[trusted] if kept else math.inf}
             if not times:
                 rows.append({"optimizer": optimizer, "method": method, "devices": n, "best_batch": None,
                              "seconds": math.inf, "base_seconds": math.inf, "speedup_vs_base": math.nan,
-                             "per_device_batch": math.nan, "below_efficient": False})
+                             "per_device_batch": math.nan, "below_efficient": False, **extra})
                 continue
             best = min(times, key=times.get)
             t_base = model.time_to_target(base_row.steps_to_target.iloc[0], base, n) if len(base_row) else math.inf
@@ -193,5 +198,6 @@ def project(res: Results, agg: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
                          "seconds": times[best], "base_seconds": t_base,
                          "speedup_vs_base": t_base / times[best] if math.isfinite(t_base) else math.nan,
                          "per_device_batch": per_device,
-                         "below_efficient": bool(model.efficient_batch and per_device < model.efficient_batch)})
+                         "below_efficient": bool(model.efficient_batch and per_device < model.efficient_batch),
+                         **extra})
     return pd.DataFrame(rows), info

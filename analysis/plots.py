@@ -190,7 +190,7 @@ def metric_vs_batch(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
     ax.set_ylabel(f"final {res.metric}")
     if not res.higher_is_better:
         ax.set_yscale("log")
-    ax.set_title(f"Final {res.metric} vs batch size")
+    ax.set_title(f"Final {res.metric} vs batch size", pad=12)
     ax.grid(alpha=0.3)
     ax.legend(handles=handles, fontsize=7, ncol=2)
     steps_note = (" Under steps to result trials stop at the target, so these values sit at the target by design: "
@@ -240,7 +240,7 @@ def steps_to_target(res: Results, agg: pd.DataFrame, folder: Path, extra=None) -
         handles += [_proxy("^", "not reached within the budget (top edge)"),
                     _proxy(DIVERGED_MARK, "every seed diverged (top edge)")]
     ax.set_ylabel("steps to target (log2)")
-    ax.set_title(f"Steps to {res.metric} {'>=' if res.higher_is_better else '<='} {res.target['value']}")
+    ax.set_title(f"Steps to {res.metric} {'>=' if res.higher_is_better else '<='} {res.target['value']}", pad=12)
     ax.grid(alpha=0.3, which="both")
     ax.legend(handles=handles, fontsize=7, ncol=2)
     budgets = res.protocol.get("budgets") or []

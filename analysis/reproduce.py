@@ -28,7 +28,9 @@ Kinds (``params``):
   number, and a difference within the seeds' spread is no win.
 * ``speedup``: the largest batch reaching the target does so ``min`` times faster than B0
   (``kind: steps``, ``time``, or ``projected``: the projected time on ``devices`` accelerators, the
-  batch size fastest there, against B0 on one) with ``method``.
+  batch size fastest there among those that put at least the throughput's efficient batch on each
+  device, against B0 on one; ``not measurable`` when no batch that reached the target fills the
+  devices that well, since the pace assumed is unknown there) with ``method``.
 """
 
 from __future__ import annotations
@@ -268,9 +270,19 @@ def _projected_speedup(res, agg, method, need, p):
     one = proj[(proj.method == method) & (proj.devices == 1)]
     if not math.isfinite(row.seconds) or one.empty or not math.isfinite(one.iloc[0].base_seconds):
         return f"{method} reached the target at no batch size (or not at B0)", False
-    value = one.iloc[0].base_seconds / row.seconds
-    return (f"projected: B={int(row.best_batch)} on {devices} devices reaches the target {value:.2f}x faster than "
-            f"B0={res.base_batch_size} on one device (cost model in the report)"), value >= need - EPS
+    base = one.iloc[0].base_seconds
+    if not math.isfinite(row.trusted_seconds):
+        # every batch that reached the target would starve the devices: the pace assumed is unknown there
+        value = base / row.seconds
+        return (f"projected: B={int(row.best_batch)} on {devices} devices would be {value:.2f}x faster than "
+                f"B0={res.base_batch_size} on one device, but with {row.per_device_batch:g} examples per device, "
+                f"below the efficient batch of the throughput (cost model in the report), at which its pace is "
+                f"not known; no batch that reached the target fills {devices} devices"), None
+    value = base / row.trusted_seconds
+    note = ("" if row.trusted_batch == row.best_batch else
+            f" (the faster B={int(row.best_batch)} would starve the devices and is not counted)")
+    return (f"projected: B={int(row.trusted_batch)} on {devices} devices reaches the target {value:.2f}x faster than "
+            f"B0={res.base_batch_size} on one device (cost model in the report){note}"), value >= need - EPS
 
 
 def judge_all(res: Results, agg: pd.DataFrame) -> list[Verdict]:

@@ -100,7 +100,8 @@ def write_handmade_store(root: Path, failed_cell: bool = False, model_step_secon
                 "throughput": total * batch / 10.0, "target_reached": steps is not None, "steps_to_target": steps,
                 "examples_to_target": None if steps is None else steps * batch, "seconds_to_target": secs,
                 "diverged_step": 5 if status == "diverged" else None, "parameters": 100_000,
-                **({"model_step_seconds": model_step_seconds, "model_throughput": batch / model_step_seconds}
+                **({"model_step_seconds": model_step_seconds, "model_throughput": batch / model_step_seconds,
+                    "timing_steps": total // 8}
                    if model_step_seconds else {})}
 
     def curve(final, batch, status, noise=None, rising=False):

@@ -305,3 +305,22 @@ def test_html_report_in_chromium_shows_every_figure_legend_and_marker(built, fai
     bad = " | ".join(seen["bad_cells"])
     assert "diverged" in bad and "failed: 0.1020" in bad and "not reached" in bad
     assert (tmp_path / "page.png").stat().st_size > 50_000
+
+
+def test_a_projected_speedup_is_judged_only_on_devices_the_batch_can_fill(store):
+    from analysis.reproduce import HOLDS, UNMEASURABLE, judge
+
+    res = load_results(store.root)
+    agg = aggregate(res)
+
+    def claim(devices):
+        return judge(res, agg, {"id": "p", "text": "projected", "kind": "speedup",
+                                "params": {"method": "legw", "min": 1.0, "kind": "projected", "devices": devices}})
+
+    # 4 devices: B=512 puts 128 examples on each, the smallest batch measured (the efficient batch)
+    four = claim(4)
+    assert four.verdict == HOLDS and four.measured.startswith("projected: B=512 on 4 devices")
+    # 64 devices: every batch that reached the target (128, 512) would put 2-8 examples on a device
+    sixty_four = claim(64)
+    assert sixty_four.verdict == UNMEASURABLE
+    assert "no batch that reached the target fills 64 devices" in sixty_four.measured
