@@ -193,10 +193,52 @@ class Plan:
     rows: list[dict[str, Any]] = field(default_factory=list)  # the trial list of sweep.json
 
 
+#: what the report does with the results may change without a new sweep
+REPORT_ONLY = ("name", "description", "claims", "projection")
+#: axes a finished sweep can grow along: new values add cells and leave every existing cell as it was
+GROWABLE_AXES = ("seeds", "batch_sizes", "methods")
+
+
+def identity(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What fixes the existing cells of a sweep: its resolved spec without the report-only keys and
+    without the growable axes (their values only say which cells exist)."""
+    out = {k: v for k, v in resolved.items() if k not in REPORT_ONLY}
+    out["axes"] = {k: v for k, v in (out.get("axes") or {}).items() if k not in GROWABLE_AXES}
+    return out
+
+
 def spec_hash(spec: SweepSpec) -> str:
-    # what the report does with the results (claims, projection) may change without a new sweep
-    data = spec.model_dump(mode="json", exclude={"name", "description", "claims", "projection"})
+    data = identity(spec.model_dump(mode="json"))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two resolved specs differ (``budget.epochs``, ``recipe.peak_lr``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[str, list]:
+    """The axis values ``new`` adds to a sweep run as ``old``: {} when it adds none. Raises
+    SweepConflict when anything that fixes the existing cells changed, or an axis lost a value."""
+    changed = _changed_keys(identity(old_resolved), identity(new_resolved))
+    if changed:
+        raise SweepConflict(f"changed: {', '.join(changed)}")
+    old_axes, new_axes = old_resolved.get("axes") or {}, new_resolved.get("axes") or {}
+    added, dropped = {}, []
+    for axis in GROWABLE_AXES:
+        before, after = old_axes.get(axis) or [], new_axes.get(axis) or []
+        if set(before) - set(after):
+            dropped.append(f"axes.{axis} drops {sorted(set(before) - set(after))}")
+        if set(after) - set(before):
+            added[axis] = [v for v in after if v not in before]
+    if dropped:
+        raise SweepConflict(f"{'; '.join(dropped)}, which the store holds (a sweep grows, it does not shrink)")
+    return added
 
 
 def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None,
@@ -305,19 +347,18 @@ class Sweep:
             self.progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
-    def _check_existing(self, digest: str) -> dict[str, Any] | None:
+    def _check_existing(self) -> tuple[dict[str, Any] | None, dict[str, list]]:
+        """(the stored meta or None, the axis values this spec adds to it)."""
         if not self.store.exists():
-            return None
+            return None, {}
         meta = self.store.read_meta()
-        if meta.get("spec_hash") != digest:
-            old = meta.get("spec_resolved", {})
-            new = self.spec.model_dump(mode="json")
-            changed = sorted(k for k in set(old) | set(new) if k not in ("name", "description", "claims", "projection")
-                             and old.get(k) != new.get(k))
+        try:
+            added = growth(meta.get("spec_resolved", {}), self.spec.model_dump(mode="json"))
+        except SweepConflict as e:
             raise SweepConflict(
-                f"{self.store.root} holds sweep '{self.name}' run with a different spec (changed: "
-                f"{', '.join(changed) or 'details'}); give --name for a new sweep, or delete that folder to start over")
-        return meta
+                f"{self.store.root} holds sweep '{self.name}' run with a different spec ({e}); give --name for a new "
+                f"sweep, or delete that folder to start over") from None
+        return meta, added
 
     def finished_ids(self) -> set[str]:
         return {t["trial_id"] for t in self.store.trial_rows() if t["status"] in FINAL}
@@ -339,14 +380,16 @@ class Sweep:
     # -- run --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         digest = spec_hash(self.spec)
-        meta = self._check_existing(digest)
-        if meta:  # what the report does with the results may change without a new sweep
-            resolved = {**meta["spec_resolved"], **self.spec.model_dump(
-                mode="json", include={"name", "description", "claims", "projection"})}
+        meta, added = self._check_existing()
+        if meta and not added:  # what the report does with the results may change without a new sweep
+            resolved = {**meta["spec_resolved"], **self.spec.model_dump(mode="json", include=set(REPORT_ONLY))}
             if resolved != meta["spec_resolved"]:
                 meta = self.store.update_meta(spec_resolved=resolved)
-        if meta and meta.get("status") == "finished":
+        if meta and meta.get("status") == "finished" and not added:
             return {"already_finished": True, **self.outcome(meta)}
+        if added:
+            self._say(f"sweep '{self.name}' grows: " + "; ".join(f"axes.{k} + {v}" for k, v in added.items())
+                      + " (only the new cells run; every finished trial stays as it is)")
 
         wl = self.spec.workload_obj()
         wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
@@ -381,6 +424,12 @@ class Sweep:
             self.store.root.mkdir(parents=True, exist_ok=True)
             self.store.write_meta(meta)
         else:
+            if added:  # the plan, the spec and the protocol's budget table now cover the new cells too
+                session["grew"] = added
+                self.store.update_meta(spec_resolved=self.spec.model_dump(mode="json"), spec_given=self.given,
+                                       spec_hash=digest, trials=the_plan.rows,
+                                       protocol={**(meta.get("protocol") or {}), **protocol_meta},
+                                       finished_at=None)
             meta = self.store.update_meta(status="running", sessions=[*meta.get("sessions", []), session])
 
         _DRIVER.update(store=self.store, progress=self.progress, finished=self.finished_ids())

@@ -204,8 +204,36 @@ def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, ray_tmp):
     before = (results / "sweep.json").read_text()
     proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--set", "budget.epochs=4"], ray_tmp)
     assert proc.returncode == 4
-    assert proc.stderr.strip().count("\n") == 0 and "different spec (changed: budget)" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "different spec (changed: budget.epochs)" in proc.stderr
     assert (results / "sweep.json").read_text() == before
+
+
+def test_a_finished_sweep_grows_by_a_seed_and_runs_only_the_new_trials(tmp_path, ray_tmp):
+    small = {**SPEC, "name": "grow", "budget": {"epochs": 1}, "axes": {"batch_sizes": [512], "methods": ["legw"]}}
+    spec = write_spec(tmp_path, small)
+    results = tmp_path / "results" / "grow"
+    first = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    assert first.returncode == 0, why(first)
+    _, trials0, measurements0 = load(results)
+    assert list(trials0.seed) == [0]
+    grown = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--set", "axes.seeds=[0, 1]"], ray_tmp)
+    assert grown.returncode == 0, why(grown)
+    assert "grows: axes.seeds + [1]" in grown.stdout
+    meta, trials, measurements = load(results)
+    assert sorted(trials.seed) == [0, 1] and trials.trial_id.is_unique
+    old = trials[trials.seed == 0].drop(columns=["extra"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, trials0.drop(columns=["extra"]).reset_index(drop=True))  # untouched
+    assert len(measurements[measurements.trial_id == trials0.trial_id[0]]) == len(measurements0)
+    assert meta["spec_resolved"]["axes"]["seeds"] == [0, 1] and meta["sessions"][-1]["grew"] == {"seeds": [1]}
+    assert {r["seed"] for r in meta["trials"]} == {0, 1}
+    report = (results / "report" / "tables" / "aggregate.csv").read_text()
+    assert pd.read_csv(results / "report" / "tables" / "aggregate.csv").seeds.tolist() == [2], report
+    # a sweep grows, it does not shrink; and a change to what fixes the cells is refused, naming it
+    for extra, words in ((["--set", "axes.seeds=[1]"], "axes.seeds drops [0]"),
+                         (["--set", "axes.seeds=[0, 1, 2]", "--set", "budget.epochs=2"], "changed: budget.epochs")):
+        proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), *extra], ray_tmp)
+        assert proc.returncode == 4 and words in proc.stderr, why(proc)
+    assert sorted(load(results)[1].seed) == [0, 1]
 
 
 def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, finished_sweep):
