@@ -305,19 +305,3 @@ def make_control(trial: "Trial", spec: "TrialSpec") -> ScheduleControl:
 def noise_aware_lr(base_lr: float, base_batch: int, batch: int, b_noise: float) -> float:
     """eta0 * k * (B0 + Bn) / (B + Bn): linear while B << Bn, flat once B >> Bn."""
     return base_lr * (batch / base_batch) * (base_batch + b_noise) / (batch + b_noise)
-
-
-def probe_noise_scale(spec: "TrialSpec") -> float:
-    """B_noise measured at B0 in a short run of the base recipe (``noise_aware.probe_epochs``)."""
-    from harness.trial import Trial
-
-    base = spec.base_recipe()
-    probe = spec.model_copy(update={"method": "none", "batch_size": base.base_batch_size, "peak_lr": None,
-                                    "warmup_epochs": None, "target": None, "noise_scale": True,
-                                    "budget": spec.budget.model_copy(update={
-                                        "epochs": spec.noise_aware.probe_epochs, "examples": None})})
-    value = Trial(probe).run().summary["noise_scale"]
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise BatchscaleError(f"noise-aware: the probe at B0={base.base_batch_size} measured no usable noise scale "
-                              f"({value}); give noise_aware.b_noise in the spec")
-    return value

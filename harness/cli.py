@@ -53,7 +53,9 @@ def cmd_train(args) -> int:
     from harness.spec import load_spec
     from harness.trial import Trial
 
-    spec = load_spec(args.spec, _overrides(args), kind="trial")
+    from harness.protocol import with_b_noise
+
+    spec = with_b_noise(load_spec(args.spec, _overrides(args), kind="trial"))
     workers = spec.data_parallel.workers
     trial = Trial(spec, world=(0, workers))
     r = trial.recipe

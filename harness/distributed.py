@@ -9,7 +9,8 @@ the update equals the single-process one up to float rounding (``tests/test_dist
 noise scale is measured over all W shares, and every decision (divergence, target, AutoWU) is the
 same on every worker. Evaluation splits the held-out batches over the workers and sums.
 
-The reduction is one all-reduce of the flattened gradients per step, after local accumulation:
+The reduction (harness.collectives) is one all-reduce of the flattened gradients per step, after
+local accumulation:
 what ``DistributedDataParallel`` does under ``no_sync()`` plus a final synchronising backward,
 without the wrapper, because the noise-scale estimator needs each worker's own micro-batch
 gradients before the reduction.
@@ -28,43 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed as dist
-
-
-def _device_for_collectives() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def all_reduce_step(params: list[torch.Tensor], loss: torch.Tensor, micro) -> torch.Tensor:
-    """Sum gradients, the loss and (when measured) the micro-batch norm sums over the workers.
-
-    Gradients are already scaled by micro / batch_size, so their sum is the whole batch's mean
-    gradient. Returns the summed loss; ``micro`` is updated in place.
-    """
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset:offset + n].view_as(g))
-        offset += n
-    extras = [loss.reshape(1).to(flat.dtype)]
-    if micro is not None:
-        extras += [micro.total.reshape(1).to(flat.dtype), torch.tensor([float(micro.count)], device=flat.device)]
-    extras = torch.cat(extras)
-    dist.all_reduce(extras)
-    if micro is not None:
-        micro.total, micro.count = extras[1], int(round(extras[2].item()))
-    return extras[0]
-
-
-def all_reduce_sums(sums: np.ndarray) -> np.ndarray:
-    t = torch.tensor(sums, dtype=torch.float64, device=_device_for_collectives())
-    dist.all_reduce(t)
-    return t.cpu().numpy()
 
 
 # --- Ray Train ------------------------------------------------------------------------------------
@@ -75,7 +40,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     from harness.spec import TrialSpec
-    from harness.sweep import report_metrics, worst_objective
+    from harness.objective import report_metrics, worst_objective
     from harness.trial import Trial
 
     ctx = ray.train.get_context()
@@ -93,6 +58,7 @@ def worker_loop(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
     worst = worst_objective(trial.workload.higher_is_better)
+    steps_budget = config.get("objective_steps_budget")  # a steps_to_result study's objective
 
     def report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
         if rank == 0 and with_checkpoint:
@@ -103,28 +69,31 @@ def worker_loop(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
     result = trial.run(on_eval=lambda t, row: report(
-        report_metrics(t.measurements, t.summary(), "running", worst), with_checkpoint=True))
+        report_metrics(t.measurements, t.summary(), "running", worst, steps_budget), with_checkpoint=True))
     # with a checkpoint too: a Train result's metrics are those of its latest checkpoint
-    report(report_metrics(result.measurements, result.summary, result.status, worst), with_checkpoint=True)
+    report(report_metrics(result.measurements, result.summary, result.status, worst, steps_budget),
+           with_checkpoint=True)
 
 
 def trainer(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float, name: str, storage: str,
-            callbacks: list | None = None):
-    """The ``TorchTrainer`` of one data-parallel trial (its run folder: ``storage/name``)."""
+            callbacks: list | None = None, steps_budget: int | None = None):
+    """The ``TorchTrainer`` of one data-parallel trial (its run folder: ``storage/name``);
+    ``steps_budget``: the trial belongs to a steps_to_result study (its objective is steps)."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     per_worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     return TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": trial_fields},
+        train_loop_config={"trial": trial_fields, "objective_steps_budget": steps_budget},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
 
 
-def run_in_tune(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float) -> None:
+def run_in_tune(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float,
+                steps_budget: int | None = None) -> None:
     """Called by the sweep's Tune trial: run the workers, their reports go to Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -132,7 +101,7 @@ def run_in_tune(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: flo
     ctx = tune.get_context()
     storage = os.environ["BATCHSCALE_TRAIN_STORAGE"]  # set by the sweep for its Ray workers
     name = f"{ctx.get_experiment_name()}-dp-{ctx.get_trial_id()}"
-    result = trainer(trial_fields, workers, cpus, gpus, name, storage, [TuneReportCallback()]).fit()
+    result = trainer(trial_fields, workers, cpus, gpus, name, storage, [TuneReportCallback()], steps_budget).fit()
     _drop_run(result)
 
 

@@ -323,3 +323,32 @@ def time_estimate(spec: SweepSpec, rows: list[dict[str, Any]], throughput: dict[
         low += n * (short + overhead_s)
         high += n * (full + overhead_s)
     return {"low_s": start_s + low / slots, "high_s": start_s + high / slots, "slots": slots}
+
+
+# -- the noise-aware rule's B_noise ----------------------------------------------------------------
+
+
+def probe_noise_scale(spec: "TrialSpec") -> float:
+    """B_noise measured at B0 in a short run of the base recipe (``noise_aware.probe_epochs``)."""
+    from harness.trial import Trial
+
+    base = spec.base_recipe()
+    probe = spec.model_copy(update={"method": "none", "batch_size": base.base_batch_size, "peak_lr": None,
+                                    "warmup_epochs": None, "target": None, "noise_scale": True,
+                                    "budget": spec.budget.model_copy(update={
+                                        "epochs": spec.noise_aware.probe_epochs, "examples": None})})
+    value = Trial(probe).run().summary["noise_scale"]
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise BatchscaleError(f"noise-aware: the probe at B0={base.base_batch_size} measured no usable noise scale "
+                              f"({value}); give noise_aware.b_noise in the spec")
+    return value
+
+
+def with_b_noise(spec: "TrialSpec") -> "TrialSpec":
+    """A noise-aware trial spec with its B_noise: as given, or probed now at B0 (the trial itself
+    never probes: it needs the number before it resolves its LR)."""
+    if spec.method != "noise-aware" or spec.noise_aware.b_noise or spec.peak_lr is not None:
+        return spec
+    return spec.model_copy(update={"noise_aware": spec.noise_aware.model_copy(
+        update={"b_noise": probe_noise_scale(spec)})})
+

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFlo
 
 from harness.errors import SpecError
 from harness.optimizers import OPTIMIZERS, optimizer_params
+from harness.schedules import realised_peak_lr
 
 
 class _Frozen(BaseModel):
@@ -331,7 +332,6 @@ def resolve(
         grad_clip_norm=base.grad_clip_norm,
         warnings=tuple(warnings),
     )
-    from harness.schedules import realised_peak_lr  # schedules builds on this module
 
     realised = realised_peak_lr(recipe)
     if realised < (1 - 0.05) * lr:

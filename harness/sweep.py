@@ -41,6 +41,7 @@ from typing import Any
 from harness import protocol
 from harness.protocol import best_trial
 from harness.errors import BatchscaleError, SweepConflict
+from harness.objective import report_metrics, steps_objective, worst_objective
 from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
 from harness.spec import SweepSpec, TrialSpec
 from harness.store import ResultsStore, environment, now
@@ -82,7 +83,8 @@ def tune_trial(config: dict[str, Any]) -> None:
         from harness.distributed import run_in_tune
 
         res = config.get("resources", {})
-        run_in_tune(spec_fields, spec.data_parallel.workers, res.get("cpus", 1), res.get("gpus", 0.0))
+        run_in_tune(spec_fields, spec.data_parallel.workers, res.get("cpus", 1), res.get("gpus", 0.0),
+                    config.get("objective_steps_budget"))
         return
     trial = Trial(spec)
     checkpoint = tune.get_checkpoint()
@@ -100,39 +102,6 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     result = trial.run(on_eval=on_eval)
     tune.report(report_metrics(result.measurements, result.summary, result.status, worst, steps_budget))
-
-
-def worst_objective(higher_is_better: bool) -> float:
-    """What a diverged trial (NaN metric) tells the searcher."""
-    return 0.0 if higher_is_better else 1e9
-
-
-def steps_objective(summary: dict, steps_budget: int) -> float:
-    """A steps_to_result study's objective (minimized): steps to the target; a miss or a
-    divergence counts as twice the step budget (later than any trial that reached it)."""
-    steps = summary.get("steps_to_target")
-    return float(steps) if summary.get("target_reached") and steps is not None else 2.0 * steps_budget
-
-
-def report_metrics(measurements: list[dict], summary: dict, status: str, worst: float,
-                   steps_budget: int | None = None) -> dict[str, Any]:
-    """One ``tune.report``: the latest evaluation, and the whole history so far (the driver keeps
-    the latest only, so a resumed trial's earlier evaluations are never lost). ``steps_budget``
-    makes the objective steps to the target (steps_to_result studies)."""
-    last = measurements[-1] if measurements else {}
-    m = last.get("metric", float("nan"))
-    objective = steps_objective(summary, steps_budget) if steps_budget else (m if m == m else worst)
-    return {
-        "objective": objective,
-        "examples": summary.get("examples_seen", 0),
-        "step": summary.get("steps", 0),
-        "total_steps": summary.get("total_steps"),
-        "trial_status": status,
-        "metric": m,
-        "train_loss": last.get("train_loss", float("nan")),
-        "measurements": json.dumps(measurements),
-        "summary": json.dumps(summary) if status != "running" else "",
-    }
 
 
 def _finished_report(trial_id: str) -> dict[str, Any] | None:
@@ -248,7 +217,7 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
     p = Plan()
     wl = spec.workload_obj()
     cuda = spec.resources.gpus > 0
-    from harness.trial import auto_micro_batch
+    from harness.trial import micro_batch_sizes
 
     by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
     for optimizer, method, batch, seed in spec.grid():
@@ -260,7 +229,8 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
         reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
         protocol_info = ({k: budget_row[k] for k in ("budget_steps", "eval_every_steps", "feasible")}
                          if budget_row else {})
-        micro = spec.micro_batch_size or auto_micro_batch(batch // spec.data_parallel.workers, wl.micro_batch_cap(cuda))
+        micro, _ = micro_batch_sizes(spec.trial_spec(optimizer, method, batch, seed), batch, wl.micro_batch_cap(cuda),
+                                     spec.data_parallel.workers)
         if method == "tuned":
             k = batch / base.base_batch_size
             lrs = [base.peak_lr * rule(k) for rule in LR_RULES.values()]
@@ -311,7 +281,7 @@ def probe_b_noise(spec: SweepSpec, meta: dict[str, Any] | None) -> dict[str, flo
     """B_noise at B0 per optimizer for the noise-aware rule: given, stored by an earlier run, or probed."""
     if "noise-aware" not in spec.axes.methods:
         return {}
-    from harness.autotune import probe_noise_scale
+    from harness.protocol import probe_noise_scale
 
     known = dict((meta or {}).get("noise_aware", {}))
     out = {}

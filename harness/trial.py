@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.autotune import make_control, noise_aware_lr, probe_noise_scale
+from harness.autotune import make_control, noise_aware_lr
 from harness.data.stream import ExampleStream
 from harness.errors import BatchscaleError
 from harness.noise import NoiseScale, squared_grad_norm
@@ -44,6 +44,18 @@ def auto_micro_batch(batch_size: int, cap: int) -> int:
         if batch_size % m == 0:
             return m
     return 1
+
+
+def micro_batch_sizes(spec: TrialSpec, batch: int, cap: int, workers: int = 1) -> tuple[int, int]:
+    """(the micro-batch of a step that measures the noise scale, that of a step of the model alone),
+    the one place that decides it (the sweep's plan records the first). The spec's micro_batch_size,
+    else the largest divisor of the worker's share up to ``cap``; a step that would be one
+    micro-batch is split in two when the noise scale is measured (it needs two or more)."""
+    model = spec.micro_batch_size or auto_micro_batch(batch // workers, cap)
+    measured = model
+    if (spec.noise_scale or spec.method == "adascale") and model == batch and not spec.micro_batch_size and batch >= 2:
+        measured = auto_micro_batch(batch, batch // 2)
+    return measured, model
 
 
 def derive_seeds(seed: int) -> dict[str, int]:
@@ -84,14 +96,12 @@ class Trial:
         self.recipe = self._resolve(spec, data.train_size)
         batch = self.recipe.batch_size
         self.local_batch = batch // self.world_size
-        self.micro_batch_size = spec.micro_batch_size or auto_micro_batch(self.local_batch, wl.micro_batch_cap(
-            self.device.type == "cuda"))
-        self.timing_micro_batch = self.micro_batch_size  # the model's own micro-batching, without the noise split
+        # measured steps split the batch for the noise scale; timing steps run the model's own micro-batches
+        self.micro_batch_size, self.timing_micro_batch = micro_batch_sizes(spec, batch, wl.micro_batch_cap(
+            self.device.type == "cuda"), self.world_size)
         self.noise: NoiseScale | None = None
         self.noise_note: str | None = None
         if spec.noise_scale or spec.method == "adascale":
-            if self.micro_batch_size == batch and not spec.micro_batch_size and batch >= 2:
-                self.micro_batch_size = auto_micro_batch(batch, batch // 2)  # two micro-batches at least
             if self.micro_batch_size < batch:
                 decay = math.exp(-batch / (spec.noise_ema_epochs * data.train_size))  # per example seen
                 self.noise = NoiseScale(self.micro_batch_size, batch, decay, self.device)
@@ -136,7 +146,10 @@ class Trial:
                            warmup_epochs=spec.warmup_epochs)
         peak, warmup = spec.peak_lr, spec.warmup_epochs
         if spec.method == "noise-aware" and peak is None:
-            b_noise = spec.noise_aware.b_noise or probe_noise_scale(spec)
+            b_noise = spec.noise_aware.b_noise
+            if not b_noise:  # the sweep's driver and `batchscale train` probe it first (harness.protocol)
+                raise BatchscaleError("noise-aware: noise_aware.b_noise is not set; harness.protocol.with_b_noise(spec) "
+                                      "probes it at B0 before the trial is built")
             peak = noise_aware_lr(base.peak_lr, base.base_batch_size, batch, b_noise)
             warmup = warmup_epochs_for(spec.noise_aware.warmup_rule, base, batch / base.base_batch_size, epochs)
         if spec.method == "adascale":  # the base recipe's LR and warmup; the gain scales them per step
@@ -181,7 +194,7 @@ class Trial:
             if micro is not None:
                 micro.add(last=start + m >= self.local_batch)
         if self.world_size > 1:  # gradients, loss and micro-batch norms summed over the workers
-            from harness.distributed import all_reduce_step
+            from harness.collectives import all_reduce_step
 
             total = all_reduce_step(self.params, total, micro)
         if micro is not None:  # mean |micro-batch gradient|^2, and the whole step's |gradient|^2
@@ -210,7 +223,7 @@ class Trial:
         for start in range(self.rank * bs, n, bs * self.world_size):  # workers split the batches
             sums += self.workload.eval_sums(self.model, tuple(t[start:min(start + bs, n)] for t in ev))
         if self.world_size > 1:
-            from harness.distributed import all_reduce_sums
+            from harness.collectives import all_reduce_sums
 
             sums = all_reduce_sums(sums)
         self.model.train()

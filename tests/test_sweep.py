@@ -125,6 +125,10 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
         else:
             assert pd.isna(row.steps_to_target)
     assert set(measurements.trial_id) == set(trials.trial_id)
+    # the plan in sweep.json and the trials agree on the micro-batch (one place decides it)
+    planned = {r.get("trial_id") or r["study"]: r["micro_batch_size"] for r in meta["trials"]}
+    for t in trials.itertuples():
+        assert t.micro_batch_size == planned[t.trial_id if t.method != "tuned" else t.study], t.trial_id
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,

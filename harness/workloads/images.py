@@ -18,7 +18,7 @@ from torch import nn
 
 from harness.data import find_files
 from harness.data.idx import read_idx, read_idx_shape
-from harness.workloads import Dataset, Workload
+from harness.workloads.base import Dataset, Workload
 
 _IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from torch import nn
 
 from harness.data.text import kjv_files, load_corpus, ptb_files
-from harness.workloads import Dataset, Workload
+from harness.workloads.base import Dataset, Workload
 
 
 class LMOptions(BaseModel):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 from torch import nn
 
 from harness.data.mnist1d import PARALLEL_ABOVE, load_mnist1d
-from harness.workloads import Dataset, Workload
+from harness.workloads.base import Dataset, Workload
 
 
 class Mnist1dOptions(BaseModel):

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from typing import Annotated
 
-from harness.workloads import Dataset, Workload
+from harness.workloads.base import Dataset, Workload
 
 
 class TeacherOptions(BaseModel):

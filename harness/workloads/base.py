@@ -1,0 +1,127 @@
+"""The workload contract: ``Workload`` (what the trial loop needs of a model and its data) and
+``Dataset`` (tensors held in memory). The registry is in ``harness.workloads``; the workloads
+themselves import only this module."""
+
+from __future__ import annotations
+
+import functools
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness.errors import SpecError
+from harness.scaling import BaseRecipe, merge_recipe
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class Dataset:
+    """Training and evaluation tensors; row i of every tensor in a tuple belongs to example i."""
+
+    train: tuple[torch.Tensor, ...]
+    eval: tuple[torch.Tensor, ...]
+    info: dict[str, Any]
+
+    @property
+    def train_size(self) -> int:
+        return len(self.train[0])
+
+    @property
+    def eval_size(self) -> int:
+        return len(self.eval[0])
+
+    def to(self, device: torch.device) -> "Dataset":
+        return Dataset(tuple(t.to(device) for t in self.train), tuple(t.to(device) for t in self.eval), self.info)
+
+
+class Workload(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    metric: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    default_optimizer: ClassVar[str]
+    base_recipes: ClassVar[dict[str, dict[str, Any]]]
+    recipe_source: ClassVar[str]
+    #: Largest micro-batch chosen automatically on a CPU: the fastest one measured here on one
+    #: thread (larger ones fall out of cache), which also bounds activation memory.
+    #: ``micro_batch_cap(cuda=True)`` is 32 times larger.
+    cpu_micro_batch_cap: ClassVar[int] = 256
+    eval_batch_size: ClassVar[int] = 2048
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: dict[str, Any] | None = None, data_dir: str | None = None):
+        try:
+            self.options = self.Options(**(options or {}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise SpecError(f"workload_options.{key}", err.get("input"),
+                            f"{err['msg']}; allowed keys: {', '.join(self.Options.model_fields) or 'none'}") from None
+        self.data_dir = data_dir
+
+    # -- data -------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Make sure the data can be loaded (generate or convert caches); cheap when done."""
+        self.load()
+
+    def train_size(self) -> int:
+        """Training examples, as cheaply as the format allows (a sweep's driver needs only this)."""
+        return self.load().train_size
+
+    def load(self) -> Dataset:
+        """The dataset, loaded once per process for the same options and data folder."""
+        return _load_cached(type(self), json.dumps(self.options.model_dump(), sort_keys=True), self.data_dir)
+
+    @abstractmethod
+    def _load(self) -> Dataset: ...
+
+    # -- model and loss ---------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self) -> torch.nn.Module: ...
+
+    @abstractmethod
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Mean training loss over the examples of ``batch``."""
+
+    @abstractmethod
+    def eval_sums(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> tuple[float, float, float]:
+        """``(loss_sum, metric_sum, count)`` over ``batch``; aggregated by ``finish_eval``."""
+
+    def finish_eval(self, loss_sum: float, metric_sum: float, count: float) -> tuple[float, float]:
+        return loss_sum / count, metric_sum / count
+
+    # -- recipes ----------------------------------------------------------------------------
+    def base_recipe(self, optimizer: str | None = None, overrides: dict[str, Any] | None = None) -> BaseRecipe:
+        name = optimizer or self.default_optimizer
+        overrides = overrides or {}
+        if name in self.base_recipes:
+            fields = merge_recipe(self.base_recipes[name], overrides)
+        else:  # an optimizer we have no tuned recipe for: the spec must give the whole recipe
+            missing = [k for k in ("base_batch_size", "peak_lr", "epochs") if k not in overrides]
+            if missing:
+                raise SpecError("optimizer", name, f"workload {self.name} has base recipes for "
+                                f"{', '.join(self.base_recipes)}; for another optimizer give a whole recipe "
+                                f"(missing: {', '.join(missing)})")
+            fields = {"optimizer": {"name": name}, **overrides}
+        fields.setdefault("source", self.recipe_source)
+        return BaseRecipe.model_validate(fields)
+
+    def chance_metric(self) -> float | None:
+        """The metric of a model that learned nothing (a uniform guess, the untrained student), or
+        None where there is no such level. analysis.outcome marks a run that ends there ``failed``."""
+        return None
+
+    def micro_batch_cap(self, cuda: bool) -> int:
+        return self.cpu_micro_batch_cap * (32 if cuda else 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(cls, options_json: str, data_dir: str | None) -> Dataset:
+    return cls(json.loads(options_json), data_dir)._load()
