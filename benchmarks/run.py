@@ -8,8 +8,9 @@
 4. Gradient-noise-scale overhead of the trial loop: target <= 5% of step time.
 5. The protocol's pilot (dense evaluation and the noise probe at the target) against one plain run
    of the base recipe to the target: target <= 2.0.
+6. Recording a trial into a results store of 1000 trials vs one of 10: target <= 2.0.
 
-Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot] [--repeats N]
+Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store] [--repeats N]
 Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
 """
 
@@ -242,8 +243,48 @@ def bench_pilot(repeats: int) -> list[dict]:
              "note": "dense evaluation + noise probe at the target"}]
 
 
+def bench_store(repeats: int) -> list[dict]:
+    """Recording a trial into a synthetic store of 1000 trials against recording it into one of 10
+    (each trial: one row and 40 evaluations, the default study's size): every trial is its own
+    record, so the cost must not grow with the store."""
+    from harness.store import ResultsStore
+
+    def fill(root: Path, n: int) -> ResultsStore:
+        store = ResultsStore(root)
+        store.write_meta({"name": "bench", "status": "running"})
+        for i in range(n):
+            store.record(_bench_trial(i), _bench_measurements())
+        return store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        small, large = fill(Path(tmp) / "small", 9), fill(Path(tmp) / "large", 999)
+        counter = iter(range(10**6))
+
+        def timed(store: ResultsStore) -> float:
+            start = time.perf_counter()
+            for _ in range(20):  # the next trials, recorded one by one
+                store.record(_bench_trial(10**6 + next(counter)), _bench_measurements())
+            return (time.perf_counter() - start) / 20
+
+        ours, base, ratio = median_ratio(lambda: timed(large), lambda: timed(small), repeats)
+    return [{"benchmark": "record a trial into a store of 1000 trials vs one of 10 (ms per trial)",
+             "ours": ours * 1e3, "baseline": base * 1e3, "ratio": ratio, "target": "<= 2.0", "ok": ratio <= 2.0,
+             "note": "per-trial records, folded in at the end of a run"}]
+
+
+def _bench_trial(i: int) -> dict:
+    return {"trial_id": f"sgd-legw-b{256 << (i % 8)}-s{i}", "workload": "teacher_regression", "optimizer": "sgd",
+            "method": "legw", "batch_size": 256 << (i % 8), "seed": i, "status": "complete", "final_metric": 0.0095,
+            "best_metric": 0.0094, "steps": 912, "train_seconds": 0.4, "throughput": 1e6}
+
+
+def _bench_measurements() -> list[dict]:
+    return [{"step": 24 * k, "examples": 6144 * k, "epoch": 0.006 * k, "train_loss": 4.6, "eval_loss": 4.5,
+             "metric": 0.01, "lr": 0.07, "train_seconds": 0.01 * k, "noise_scale": 5000.0} for k in range(1, 41)]
+
+
 BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise,
-           "pilot": bench_pilot}
+           "pilot": bench_pilot, "store": bench_store}
 
 
 def main() -> int:

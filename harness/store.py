@@ -3,10 +3,14 @@
 * ``sweep.json``: schema version, the spec as given and as resolved, the trial list, versions,
   git commit, host, CPU/GPU, start and end times, the sweep's status;
 * ``trials.parquet``: one row per trial (``TRIAL_SCHEMA``);
-* ``measurements.parquet``: one row per evaluation per trial (``MEASUREMENT_SCHEMA``).
+* ``measurements.parquet``: one row per evaluation per trial (``MEASUREMENT_SCHEMA``);
+* ``records/``: while a sweep runs, each trial's own record as it ends (its row and its
+  measurements, two small files), so that recording costs the same at trial 1000 as at trial 10;
+  the driver folds them into the two tables when its run ends (``consolidate``), and every reader
+  (``load``, ``trial_rows``) sees the tables with the records in place, whether folded or not.
 
 Every write goes to a temporary file in the same folder and is renamed over the old one, so a
-crash at any moment leaves the previous complete version. Trials are written as they finish.
+crash at any moment leaves the previous complete version.
 Readers check ``schema_version``; a newer major version is refused rather than misread.
 """
 
@@ -18,11 +22,13 @@ import platform
 import socket
 import subprocess
 import tempfile
+from urllib.parse import quote
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import BatchscaleError
@@ -84,6 +90,22 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
     except FileNotFoundError:
         return schema.empty_table()
     return pq.ParquetFile(pa.BufferReader(buffer)).read(use_threads=False)
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns and types (files written by other tools, e.g.
+    pandas, may order or type them differently; a missing column is all null)."""
+    if table.schema.remove_metadata().equals(schema):
+        return table
+    return pa.table({f.name: (table[f.name].cast(f.type) if f.name in table.column_names
+                              else pa.nulls(len(table), f.type)) for f in schema}, schema=schema)
+
+
+def _read_whole(path: Path, schema: pa.Schema) -> pa.Table:
+    """Like ``read_table``, but a missing file is an error (a record that vanished mid-read)."""
+    with pa.OSFile(str(path)) as f:
+        buffer = f.read_buffer()
+    return _conform(pq.ParquetFile(pa.BufferReader(buffer)).read(use_threads=False), schema)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -183,6 +205,7 @@ class ResultsStore:
         self.meta_path = self.root / "sweep.json"
         self.trials_path = self.root / "trials.parquet"
         self.measurements_path = self.root / "measurements.parquet"
+        self.records = self.root / "records"  # one trial's record per pair of files while a sweep runs
 
     def exists(self) -> bool:
         return self.meta_path.is_file()
@@ -208,25 +231,68 @@ class ResultsStore:
         return meta
 
     # -- trials and measurements --------------------------------------------------------------------
-    def trial_rows(self) -> list[dict[str, Any]]:
-        return read_table(self.trials_path, TRIAL_SCHEMA).to_pylist()
-
-    def measurement_rows(self) -> list[dict[str, Any]]:
-        return read_table(self.measurements_path, MEASUREMENT_SCHEMA).to_pylist()
+    def _record_paths(self, trial_id: str) -> tuple[Path, Path]:
+        stem = quote(trial_id, safe="-_.")
+        return self.records / f"{stem}.trial.parquet", self.records / f"{stem}.measurements.parquet"
 
     def record(self, trial: dict[str, Any], measurements: list[dict[str, Any]]) -> None:
-        """Insert or replace one trial and its measurements (two atomic rewrites)."""
+        """Insert or replace one trial and its measurements: its own record, two small atomic
+        writes (measurements first: a trial record present means its measurements are whole), so
+        recording trial 1000 costs what recording trial 10 costs."""
         tid = trial["trial_id"]
         if trial.get("status") not in STATUSES:
             raise ValueError(f"trial status {trial.get('status')!r} not in {STATUSES}")
-        trials = [t for t in self.trial_rows() if t["trial_id"] != tid] + [trial]
-        rows = [m for m in self.measurement_rows() if m["trial_id"] != tid]
-        rows += [{**m, "trial_id": tid} for m in measurements]
-        write_table(self.measurements_path, rows, MEASUREMENT_SCHEMA)
-        write_table(self.trials_path, trials, TRIAL_SCHEMA)
+        trial_path, measurements_path = self._record_paths(tid)
+        write_table(measurements_path, [{**m, "trial_id": tid} for m in measurements], MEASUREMENT_SCHEMA)
+        write_table(trial_path, [trial], TRIAL_SCHEMA)
+
+    def _tables(self) -> tuple[pa.Table, pa.Table, list[Path]]:
+        """(trials, measurements, the record files read): the consolidated tables with each
+        trial's own record in place of its consolidated rows (a record is newer). Retried when a
+        record vanishes under the read (the driver consolidating at the end of its run)."""
+        for attempt in range(5):
+            paths = sorted(self.records.glob("*.trial.parquet"), key=lambda q: (q.stat().st_mtime_ns, q.name)) \
+                if self.records.is_dir() else []
+            try:
+                record_trials = [_read_whole(q, TRIAL_SCHEMA) for q in paths]
+                record_measurements = [_read_whole(q.with_name(q.name.replace(".trial.", ".measurements.")),
+                                                   MEASUREMENT_SCHEMA) for q in paths]
+            except FileNotFoundError:
+                if attempt == 4:
+                    raise
+                continue
+            trials = read_table(self.trials_path, TRIAL_SCHEMA)
+            measurements = read_table(self.measurements_path, MEASUREMENT_SCHEMA)
+            if paths:
+                trials, measurements = _conform(trials, TRIAL_SCHEMA), _conform(measurements, MEASUREMENT_SCHEMA)
+                newer = pa.array([t["trial_id"][0].as_py() for t in record_trials], pa.string())
+                trials = trials.filter(pc.invert(pc.is_in(trials["trial_id"], value_set=newer)))
+                measurements = measurements.filter(pc.invert(pc.is_in(measurements["trial_id"], value_set=newer)))
+                trials = pa.concat_tables([trials, *record_trials])
+                measurements = pa.concat_tables([measurements, *record_measurements])
+            return trials, measurements, paths
+        raise AssertionError("unreachable")
+
+    def trial_rows(self) -> list[dict[str, Any]]:
+        return self._tables()[0].to_pylist()
+
+    def measurement_rows(self) -> list[dict[str, Any]]:
+        return self._tables()[1].to_pylist()
+
+    def consolidate(self) -> None:
+        """Fold the per-trial records into trials.parquet and measurements.parquet (the reader's
+        interface), then remove them. Safe to interrupt: until a record is removed, it wins."""
+        trials, measurements, paths = self._tables()
+        if not paths:
+            return
+        _atomic_write(self.measurements_path, lambda tmp: pq.write_table(measurements, tmp))
+        _atomic_write(self.trials_path, lambda tmp: pq.write_table(trials, tmp))
+        for q in paths:
+            q.unlink(missing_ok=True)
+            q.with_name(q.name.replace(".trial.", ".measurements.")).unlink(missing_ok=True)
 
     def load(self):
-        """``(meta, trials DataFrame, measurements DataFrame)`` for analysis."""
+        """``(meta, trials DataFrame, measurements DataFrame)`` for analysis (records included)."""
         meta = self.read_meta()
-        return (meta, read_table(self.trials_path, TRIAL_SCHEMA).to_pandas(),
-                read_table(self.measurements_path, MEASUREMENT_SCHEMA).to_pandas())
+        trials, measurements, _ = self._tables()
+        return meta, trials.to_pandas(), measurements.to_pandas()

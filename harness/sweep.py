@@ -419,6 +419,7 @@ class Sweep:
             if self.progress:
                 self.progress.stop()
             self._mark_unfinished_incomplete()
+            self.store.consolidate()  # the trials' records into the two tables readers open
             self._shutdown_ray()
             _DRIVER.clear()
         meta = self.store.update_meta(status=status, finished_at=now() if status == "finished" else None,

@@ -124,4 +124,5 @@ def write_handmade_store(root: Path, failed_cell: bool = False, model_step_secon
             reached = final is not None and final >= 0.85
             store.record(row(f"{study}-t{i}", "tuned", batch, 0, status, final, 300 if reached else None,
                              3.0 if reached else None, lr, study), curve(final, batch, status, rising=bool(rising)))
+    store.consolidate()  # as a finished sweep leaves it
     return store

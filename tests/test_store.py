@@ -43,3 +43,34 @@ def test_readers_see_whole_files_while_the_sweep_rewrites_them(tmp_path):
         writer.join()
     assert not errors, errors[:3]
     assert seen == sorted(seen) and seen[-1] > seen[0], "the reads overlapped the writes"
+
+
+def test_each_trial_is_its_own_record_until_the_run_folds_them_in(tmp_path):
+    import pandas as pd
+
+    store = ResultsStore(tmp_path)
+    store.write_meta({"name": "s", "status": "running"})
+    store.record({"trial_id": "a/1", "status": "complete", "final_metric": 0.5}, [{"step": 1, "metric": 0.4}])
+    store.consolidate()
+    assert not list(store.records.iterdir()) and store.trials_path.exists()
+    # later trials are records of their own: the tables are not rewritten
+    before = store.trials_path.read_bytes()
+    store.record({"trial_id": "b", "status": "diverged"}, [{"step": 1, "metric": 0.1}, {"step": 2, "metric": None}])
+    store.record({"trial_id": "a/1", "status": "complete", "final_metric": 0.7}, [{"step": 1, "metric": 0.6}])
+    assert store.trials_path.read_bytes() == before
+    assert sorted(p.name for p in store.records.iterdir()) == [
+        "a%2F1.measurements.parquet", "a%2F1.trial.parquet", "b.measurements.parquet", "b.trial.parquet"]
+    _, trials, measurements = store.load()  # a record replaces the consolidated row of its trial
+    t = trials.set_index("trial_id")
+    assert len(t) == 2 and t.loc["a/1", "final_metric"] == 0.7 and pd.isna(t.loc["b", "final_metric"])
+    assert measurements.groupby("trial_id").size().to_dict() == {"a/1": 1, "b": 2}
+    store.consolidate()
+    assert not list(store.records.iterdir())
+    _, folded, folded_m = store.load()
+    pd.testing.assert_frame_equal(folded.sort_values("trial_id").reset_index(drop=True),
+                                  trials.sort_values("trial_id").reset_index(drop=True))
+    assert len(folded_m) == 3
+    # a table written by another tool (pandas) still merges with new records
+    folded.to_parquet(store.trials_path, index=False)
+    store.record({"trial_id": "c", "status": "complete", "final_metric": 0.9}, [])
+    assert sorted(t["trial_id"] for t in store.trial_rows()) == ["a/1", "b", "c"]

@@ -74,8 +74,8 @@ def write_spec(tmp_path, spec, name="spec.yaml") -> Path:
 
 
 def load(results: Path):
-    return (json.loads((results / "sweep.json").read_text()), pd.read_parquet(results / "trials.parquet"),
-            pd.read_parquet(results / "measurements.parquet"))
+    """(sweep.json, trials, measurements): the tables with any trial records not yet folded in."""
+    return ResultsStore(results).load()
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +125,8 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
         else:
             assert pd.isna(row.steps_to_target)
     assert set(measurements.trial_id) == set(trials.trial_id)
+    # the run folded its trials' records into the two tables
+    assert (results / "trials.parquet").exists() and not list((results / "records").glob("*"))
     # the plan in sweep.json and the trials agree on the micro-batch (one place decides it)
     planned = {r.get("trial_id") or r["study"]: r["micro_batch_size"] for r in meta["trials"]}
     for t in trials.itertuples():
@@ -300,7 +302,7 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
         driver.send_signal(signal.SIGSTOP)
         states = sorted(experiment.glob("experiment_state-*.json"))
         if (_restorable(str(experiment), searcher=False) and "checkpoint_0000" in states[-1].read_text()
-                and not (results / "trials.parquet").exists()):
+                and not ResultsStore(results).trial_rows()):
             break
         driver.send_signal(signal.SIGCONT)
     driver.kill()
