@@ -27,6 +27,7 @@ from analysis.aggregate import Results, eval_grid, representative_trials, series
 from analysis.outcome import chance_metric  # noqa: E402
 from analysis.style import (DIVERGED_MARK, REFERENCE, batch_styles, series_styles)  # noqa: E402
 from harness.scaling import AUTOMATIC_METHODS, GOYAL_WARMUP_FRACTION, BaseRecipe, resolve  # noqa: E402
+from harness.spec import Budget  # noqa: E402
 from harness.schedules import lr_table  # noqa: E402
 
 
@@ -337,8 +338,7 @@ def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     optimizer = next(iter(res.meta["workload"]["base_recipes"]))
     base = BaseRecipe.model_validate(res.meta["workload"]["base_recipes"][optimizer])
     n = res.meta["workload"]["dataset_size"]
-    budget = spec.get("budget") or {}
-    epochs = budget.get("epochs") or (budget["examples"] / n if budget.get("examples") else None)
+    epochs = Budget.model_validate(spec.get("budget") or {}).epochs_for(n)
     by_steps = res.protocol["kind"] == "steps_to_result"
     budgets = {r["batch_size"]: r for r in res.protocol.get("budgets", []) if r["optimizer"] == optimizer}
     if by_steps and base.fixed_warmup_epochs is None:  # pinned to the study's reference budget, as the trials were

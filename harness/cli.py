@@ -152,7 +152,7 @@ def _schedule_recipes(args):
             base = spec.base_recipe()
             batches = args.batch_size or [spec.batch_size or base.base_batch_size]
             methods = args.method or [spec.method]
-        epochs = spec.budget.epochs or (spec.budget.examples / n if spec.budget.examples else None)
+        epochs = spec.budget.epochs_for(n)
         return [resolve(base, b, m, n, epochs=epochs) for m in methods for b in batches]
     return [resolve(base, b, m, n) for m in methods for b in batches]
 

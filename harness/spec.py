@@ -41,6 +41,13 @@ class Budget(Strict):
             raise ValueError("give budget.epochs or budget.examples, not both")
         return self
 
+    def epochs_for(self, dataset_size: int) -> float | None:
+        """The budget in epochs of ``dataset_size`` examples; None when neither is given (the
+        recipe's epochs apply). The one place that converts examples to epochs."""
+        if self.epochs:
+            return self.epochs
+        return self.examples / dataset_size if self.examples else None
+
 
 class Target(Strict):
     """A metric value to reach; the first evaluation reaching it is recorded (and may stop the run)."""
@@ -323,11 +330,7 @@ class SweepSpec(Common):
 
     def budget_epochs(self, optimizer: str, dataset_size: int) -> float:
         """The study's epoch budget: budget.epochs, budget.examples / N, or the base recipe's epochs."""
-        if self.budget.epochs:
-            return self.budget.epochs
-        if self.budget.examples:
-            return self.budget.examples / dataset_size
-        return self.base_recipe(optimizer).epochs
+        return self.budget.epochs_for(dataset_size) or self.base_recipe(optimizer).epochs
 
     def optimizers(self) -> list[str]:
         return self.axes.optimizers or [self.workload_obj().default_optimizer]

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 from urllib.parse import quote
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,23 @@ from harness.errors import BatchscaleError
 SCHEMA_VERSION = 1
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-STATUSES = ("complete", "diverged", "error", "incomplete")
+
+
+class Status(StrEnum):
+    """A trial's recorded status (a ``str``: it compares and serialises as its value). The trial
+    loop ends ``complete`` or ``diverged``; the driver records ``error`` (it raised, retries spent)
+    and ``incomplete`` (stopped early by ASHA, or unfinished when the driver stopped). analysis.outcome
+    adds ``failed`` for complete runs that learned nothing."""
+
+    COMPLETE = "complete"
+    DIVERGED = "diverged"
+    ERROR = "error"
+    INCOMPLETE = "incomplete"
+
+
+STATUSES = tuple(Status)
+#: statuses a rerun does not run again
+FINAL = (Status.COMPLETE, Status.DIVERGED, Status.ERROR)
 
 TRIAL_SCHEMA = pa.schema([
     ("trial_id", pa.string()), ("workload", pa.string()), ("optimizer", pa.string()), ("method", pa.string()),
@@ -241,7 +258,7 @@ class ResultsStore:
         recording trial 1000 costs what recording trial 10 costs."""
         tid = trial["trial_id"]
         if trial.get("status") not in STATUSES:
-            raise ValueError(f"trial status {trial.get('status')!r} not in {STATUSES}")
+            raise ValueError(f"trial status {trial.get('status')!r} is not one of {', '.join(STATUSES)}")
         trial_path, measurements_path = self._record_paths(tid)
         write_table(measurements_path, [{**m, "trial_id": tid} for m in measurements], MEASUREMENT_SCHEMA)
         write_table(trial_path, [trial], TRIAL_SCHEMA)

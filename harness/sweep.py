@@ -43,12 +43,11 @@ from harness.protocol import best_trial
 from harness.errors import BatchscaleError, SweepConflict
 from harness.objective import report_metrics, steps_objective, worst_objective
 from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
-from harness.spec import SweepSpec, TrialSpec
-from harness.store import ResultsStore, environment, now
+from harness.spec import Budget, SweepSpec, TrialSpec
+from harness.store import FINAL, ResultsStore, environment, now
 from harness.tune_callback import DRIVER as _DRIVER
 from harness.tune_callback import StoreCallback, StudyBudget, trial_row
 
-FINAL = ("complete", "diverged", "error")
 
 
 # --- the trainable (runs in Ray workers) -------------------------------------------------------------
@@ -224,8 +223,8 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
         base = spec.base_recipe(optimizer)
         budget_row = by_cell.get((optimizer, batch))
         settings = protocol.trial_settings(spec, budget_row, dataset_size) if budget_row else {}
-        budget = settings.get("budget") or spec.budget.model_dump()
-        epochs = budget["epochs"] or (budget["examples"] / dataset_size if budget["examples"] else None)
+        budget = Budget.model_validate(settings.get("budget") or spec.budget.model_dump())
+        epochs = budget.epochs_for(dataset_size)
         reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
         protocol_info = ({k: budget_row[k] for k in ("budget_steps", "eval_every_steps", "feasible")}
                          if budget_row else {})
@@ -595,8 +594,7 @@ class Sweep:
                 from ray.tune.schedulers import ASHAScheduler
 
                 n = wl.train_size()
-                epochs = spec.budget.epochs or (spec.budget.examples / n if spec.budget.examples else
-                                                spec.base_recipe(study.optimizer).epochs)
+                epochs = spec.budget_epochs(study.optimizer, n)
                 scheduler = ASHAScheduler(time_attr="examples", grace_period=int(spec.tuning.asha.grace_epochs * n),
                                           max_t=int(math.ceil(epochs * n)) + study.batch_size,
                                           reduction_factor=spec.tuning.asha.reduction_factor)

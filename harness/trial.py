@@ -140,7 +140,7 @@ class Trial:
     def _resolve(spec: TrialSpec, dataset_size: int) -> ResolvedRecipe:
         base = spec.base_recipe()
         batch = spec.batch_size or base.base_batch_size
-        epochs = spec.budget.epochs or (spec.budget.examples / dataset_size if spec.budget.examples else None)
+        epochs = spec.budget.epochs_for(dataset_size)
         if spec.method not in AUTOMATIC_METHODS:
             return resolve(base, batch, spec.method, dataset_size, epochs=epochs, peak_lr=spec.peak_lr,
                            warmup_epochs=spec.warmup_epochs)

@@ -16,6 +16,8 @@ from pyarrow.fs import FileSelector, FileType
 from ray import tune
 from ray.tune.search import Searcher
 
+from harness.store import FINAL
+
 #: The running driver's ``store`` (ResultsStore), ``progress`` (view or None), ``finished``
 #: (trial ids already final in the store) and ``running`` (trial_id -> (identity, last result))
 #: of trials that reported but did not end yet.
@@ -79,7 +81,7 @@ class StoreCallback(tune.Callback):
         if "peak_lr" not in summary and "peak_lr" in trial.config:
             summary["peak_lr"] = trial.config["peak_lr"]
         DRIVER["store"].record(trial_row(meta, status, summary, error, extra), measurements)
-        if status in ("complete", "diverged", "error"):
+        if status in FINAL:
             DRIVER.setdefault("finished", set()).add(meta["trial_id"])
             drop_checkpoints(DRIVER.get("checkpoints", {}).pop(trial.trial_id, None))
         DRIVER.get("running", {}).pop(meta["trial_id"], None)
