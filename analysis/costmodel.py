@@ -10,8 +10,8 @@ needs. For a batch B on N devices (n = min(N, B) of them get at least one exampl
     time       = steps to target * step time
 
 ``throughput`` is examples per second of one device at the examples it holds, with the **efficient
-batch**: the fewest examples per device at which that pace is known to hold. The spec's ``projection`` says where both come from, and the report
-says which was used:
+batch**: the fewest examples per device at which that pace is known to hold. The spec's
+``projection`` says where both come from, and the report says which was used:
 
 * ``accelerator: measured`` (the default): the sweep's own trials, at the model's own pace (timed
   without the noise measurement, harness.trial): the median examples/s at each batch size,

@@ -8,9 +8,9 @@ tables, the paper claims when the spec has any, the sweep's metadata and version
 from __future__ import annotations
 
 import base64
-import math
 import html
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -19,11 +19,10 @@ from jinja2 import Environment
 
 from analysis import beyond
 from analysis.aggregate import Results, aggregate, load_results, timing_source
-from analysis.plots import Plot, all_plots
-from analysis.reproduce import judge_all, verdict_table
 from analysis.outcome import CHANCE_FRACTION, chance_metric
-from analysis.plots import range_edge
-from analysis.tables import Table, all_tables, to_csv, to_html, to_markdown, write_table
+from analysis.plots import Plot, all_plots, range_edge
+from analysis.reproduce import judge_all, verdict_table
+from analysis.tables import Table, all_tables, cell_status, to_csv, to_html, to_markdown, write_table
 
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -129,8 +128,6 @@ def _clean(o):
 def summary(res: Results, agg: pd.DataFrame, tables: list[Table], critical: dict, verdicts, studies: pd.DataFrame,
             projection_info: dict) -> dict:
     """Every headline figure a script would want, and every table's cells as shown and as numbers."""
-    from analysis.tables import cell_status
-
     cells = []
     for r in agg.to_dict("records"):
         row = pd.Series(r)

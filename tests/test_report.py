@@ -324,3 +324,22 @@ def test_a_projected_speedup_is_judged_only_on_devices_the_batch_can_fill(store)
     sixty_four = claim(64)
     assert sixty_four.verdict == UNMEASURABLE
     assert "no batch that reached the target fills 64 devices" in sixty_four.measured
+
+
+def test_the_throughput_can_come_from_another_sweep_of_the_workload(tmp_path):
+    from analysis.costmodel import build_model
+    from harness.errors import BatchscaleError
+
+    gpu = write_handmade_store(tmp_path / "gpu", model_step_seconds=0.001)  # e.g. the same study on a GPU
+    store = write_handmade_store(tmp_path / "cpu")
+    meta = json.loads((store.root / "sweep.json").read_text())
+    meta["spec_resolved"]["projection"] = {"accelerator": "measured", "throughput_from": str(gpu.root)}
+    (store.root / "sweep.json").write_text(json.dumps(meta))
+    model, info = build_model(load_results(store.root))
+    assert model.curve == {128: 128_000.0, 512: 512_000.0, 2048: 2_048_000.0}  # B / 1 ms at each batch
+    assert info["throughput source"].startswith(f"measured: the sweep {gpu.root}'s trials")
+    other = json.loads((gpu.root / "sweep.json").read_text())
+    other["workload"]["name"] = "mnist1d_mlp"
+    (gpu.root / "sweep.json").write_text(json.dumps(other))
+    with pytest.raises(BatchscaleError, match="projection.throughput_from: .* ran workload 'mnist1d_mlp'"):
+        build_model(load_results(store.root))
