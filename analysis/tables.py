@@ -78,6 +78,14 @@ def _fmt_metric(row, digits: int | str) -> str:
     return text
 
 
+def _unmeasurable_note(agg: pd.DataFrame) -> str:
+    """A sentence naming the batch sizes whose budget cannot reach the target for any arm."""
+    feasible = agg.groupby("batch_size").feasible.apply(lambda v: any(x is not False for x in v))
+    bad = [int(b) for b, ok in feasible.items() if not ok]
+    return (f" Not measurable: B = {', '.join(map(str, bad))}, where the budget cannot reach the target for any rule "
+            f"(protocol table): their numbers cannot tell the rules apart." if bad else "")
+
+
 def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
     digits = 4 if res.higher_is_better else ".3g"  # accuracy in points; losses, perplexities at any scale
     batches, columns = _columns(res, agg)
@@ -99,7 +107,7 @@ def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
         note += ("Under the steps-to-result protocol trials stop at the target, so a complete cell's final value is "
                  "where it stopped (at or past the target): read the steps to the target, not this table, to compare "
                  "rules.")
-    return Table("accuracy", title, display, numbers, best, note.strip(), status)
+    return Table("accuracy", title, display, numbers, best, (note.strip() + _unmeasurable_note(agg)).strip(), status)
 
 
 def _best_mask(numbers: pd.DataFrame, higher: bool) -> pd.DataFrame:
@@ -162,7 +170,7 @@ def time_to_target_table(res: Results, agg: pd.DataFrame) -> Table | None:
             f"size's interval and resolution); " if every else
             f"Steps are read at the sweep's evaluations ({eval_grid(res)}), so they are late by up to one interval; ")
     note = (grid + "a miss counts as infinitely late in the median, so a cell most seeds missed reads 'not reached'. "
-            f"Seconds: {timing_source(res)}.")
+            f"Seconds: {timing_source(res)}." + _unmeasurable_note(agg))
     return Table("time_to_target", title, display, numbers, best, note, status)
 
 

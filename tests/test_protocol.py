@@ -145,6 +145,10 @@ def test_claims_at_batch_sizes_the_budget_cannot_serve_are_not_measurable(tmp_pa
     assert v["legw-beats-goyal"].verdict == UNMEASURABLE
     agg = aggregate(res)
     assert list(agg[agg.method == "legw"].sort_values("batch_size").feasible) == [True, True, False]
+    from analysis.tables import accuracy_table, time_to_target_table
+
+    for table in (accuracy_table(res, agg), time_to_target_table(res, agg)):  # the tables say so under the title
+        assert "Not measurable: B = 2048, where the budget cannot reach the target for any rule" in table.note
     # a failure where the budget could answer stays a failure
     res, v = handmade_with_budgets(tmp_path / "b", {128: True, 512: False, 2048: True})
     assert v["legw-flat-strict"].verdict == FAILS and v["goyal-breaks"].verdict == HOLDS
