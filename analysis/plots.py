@@ -44,17 +44,18 @@ class Plot:
 
 
 def _handle_color(handle) -> str | None:
+    """A legend entry's colour: its line's (an errorbar's first line), else its marker edge or face."""
+    target = handle.lines[0] if getattr(handle, "lines", None) else handle
     for getter in ("get_color", "get_edgecolor", "get_facecolor"):
-        target = handle[0] if isinstance(handle, tuple) or hasattr(handle, "lines") else handle
-        if hasattr(handle, "lines") and handle.lines:  # an errorbar container
-            target = handle.lines[0]
-        if hasattr(target, getter):
-            c = getattr(target, getter)()
-            c = c[0] if hasattr(c, "__len__") and len(c) and not isinstance(c, str) and hasattr(c[0], "__len__") else c
-            try:
-                return matplotlib.colors.to_hex(c)
-            except (ValueError, TypeError):
-                continue
+        if not hasattr(target, getter):
+            continue
+        c = getattr(target, getter)()
+        if not isinstance(c, str) and len(c) and hasattr(c[0], "__len__"):  # rows of RGBA (a scatter)
+            c = c[0]
+        try:
+            return matplotlib.colors.to_hex(c)
+        except (ValueError, TypeError):
+            continue
     return None
 
 

@@ -132,15 +132,11 @@ def test_the_critical_batch_fit_is_solid_only_over_the_batch_sizes_it_was_fitted
     assert any(h.get_label() == "fit, extrapolated (not fitted there)" for h in handles)
     fit_line = next(ln for label, ln in lines.items() if label.startswith("fit S_min"))
     assert max(fit_line.get_xdata()) == pytest.approx(2048)
-    dotted = [ln for ln in ax_lines(lines) if ln.get_linestyle() == ":" and max(ln.get_xdata()) > 2048]
+    dotted = [ln for ln in lines.values() if ln.get_linestyle() == ":" and max(ln.get_xdata()) > 2048]
     assert dotted and max(dotted[0].get_xdata()) == pytest.approx(8192)
     labels = [h.get_label() for h in handles]
     assert any(lbl.startswith("B_crit (fit) = ") for lbl in labels)
     assert any(lbl.startswith("mean measured B_simple = ") for lbl in labels)
-
-
-def ax_lines(lines: dict) -> list:
-    return list(lines.values())
 
 
 def test_every_tuned_trial_is_drawn_and_a_best_lr_at_the_range_edge_is_flagged(tmp_path):
