@@ -29,7 +29,7 @@ from scipy import stats
 
 from analysis.outcome import _extra, chance_metric, outcomes
 from harness.protocol import best_trial
-from harness.store import ResultsStore
+from harness.store import RAN_TO_END, ResultsStore, Status
 
 KEYS = ["workload", "optimizer", "method", "batch_size"]
 
@@ -88,7 +88,7 @@ def load_results(root: str | Path) -> Results:
 
 def timing_source(res: Results) -> str:
     """How the report's seconds and throughputs were measured, in one sentence."""
-    t = res.trials[res.trials.status.isin(["complete", "diverged"])]
+    t = res.trials[res.trials.status.isin(RAN_TO_END)]
     if len(t) and t.timing_steps.notna().all():  # (a run that diverged within 8 steps timed none: nothing to show)
         return ("training seconds exclude evaluation and the noise-scale measurement: each trial's steps times its "
                 "mean step time on steps run without the measurement (every 8th step, or all when it is off; "
@@ -132,7 +132,7 @@ def representative_trials(res: Results) -> pd.DataFrame:
     for _, study in tuned.groupby("study"):
         ok = study[(study.outcome == "complete") & study.final_metric.notna()]
         if ok.empty:  # every finished trial failed: the least bad of them
-            ok = study[(study.status == "complete") & study.final_metric.notna()]
+            ok = study[(study.status == Status.COMPLETE) & study.final_metric.notna()]
         if ok.empty:  # every trial diverged or failed: the study's result is that
             picked.append(study.iloc[[0]])
         else:
@@ -159,16 +159,16 @@ def aggregate(res: Results) -> pd.DataFrame:
     reps = representative_trials(res)
     rows = []
     for key, g in reps.groupby(KEYS, sort=True):
-        finished = g[g.status.isin(["complete", "diverged"])]
+        finished = g[g.status.isin(RAN_TO_END)]
         row = dict(zip(KEYS, key))
         row.update(
             seeds=len(g),
             complete=int((g.outcome == "complete").sum()),  # clean: neither failed nor diverged
             failed=int((g.outcome == "failed").sum()),
-            diverged=int((g.status == "diverged").sum()),
-            errors=int((g.status == "error").sum()),
-            incomplete=int((g.status == "incomplete").sum()),
-            divergence_rate=float((finished.status == "diverged").mean()) if len(finished) else math.nan,
+            diverged=int((g.status == Status.DIVERGED).sum()),
+            errors=int((g.status == Status.ERROR).sum()),
+            incomplete=int((g.status == Status.INCOMPLETE).sum()),
+            divergence_rate=float((finished.status == Status.DIVERGED).mean()) if len(finished) else math.nan,
             failure_rate=float((finished.outcome == "failed").mean()) if len(finished) else math.nan,
             final_mean=g.final_metric.mean(),
             final_std=g.final_metric.std(ddof=1) if g.final_metric.count() > 1 else math.nan,

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from analysis.aggregate import Results, series_order
 from analysis.critical import critical_summary
 from analysis.costmodel import project
-from analysis.plots import Plot, _log2_axis, finish
+from analysis.figure import Plot, finish, log2_axis
 from analysis.style import FIT, MEASURED, REFERENCE, batch_styles, series_styles
 from analysis.tables import Table
 from harness.errors import BatchscaleError
@@ -199,7 +199,7 @@ def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     a2.plot(xs, base.peak_lr * k, ls="--", color=REFERENCE, label="linear rule")
     a2.set_ylabel("peak LR")
     for ax in (a1, a2):
-        _log2_axis(ax, [int(x) for x in xs])
+        log2_axis(ax, [int(x) for x in xs])
         ax.set_yscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

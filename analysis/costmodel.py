@@ -41,6 +41,7 @@ import yaml
 
 from analysis.aggregate import Results
 from harness.errors import BatchscaleError
+from harness.store import RAN_TO_END
 
 TABLE = Path(__file__).with_name("accelerators.yaml")
 
@@ -92,7 +93,7 @@ def accelerator_table() -> dict:
 def measured_curve(trials: pd.DataFrame) -> pd.Series:
     """Median examples/s per batch size over finished trials, at the model's own pace (timed without
     the noise measurement, harness.trial) where the trials measured it."""
-    t = trials[trials.status.isin(["complete", "diverged"])]
+    t = trials[trials.status.isin(RAN_TO_END)]
     pace = t["model_throughput"] if "model_throughput" in t and t["model_throughput"].notna().any() else t.throughput
     return pace.groupby(t.batch_size).median().dropna().sort_index()
 

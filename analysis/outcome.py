@@ -28,6 +28,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from harness.store import Status
+
 CHANCE_FRACTION = 0.1
 OUTCOMES = ("complete", "failed", "diverged", "error", "incomplete")
 
@@ -58,7 +60,7 @@ def outcomes(trials: pd.DataFrame, measurements: pd.DataFrame, chance: float | N
     t = trials.copy()
     t["outcome"] = t.status
     t["failed_because"] = ""
-    done = t[(t.status == "complete") & t.final_metric.notna()]
+    done = t[(t.status == Status.COMPLETE) & t.final_metric.notna()]
     if done.empty:
         return t
     best = done.final_metric.max() if higher_is_better else done.final_metric.min()

@@ -1,4 +1,6 @@
-"""Plots (matplotlib, Agg backend: no screen needed), each saved as PNG and SVG.
+"""The report's plots over batch sizes (metric, steps to target, tuned LRs, divergences), and
+``all_plots``, which draws them with the curves over steps (analysis.curves); each saved as PNG
+and SVG through analysis.figure.
 
 Every plot function takes the loaded results and the aggregate and returns a ``Plot`` record (title,
 file stem, a caption that says what was measured, how often and what is left out); ``finish``
@@ -10,7 +12,6 @@ for the whole report, in the spec's order; reference lines are grey or black.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -23,105 +24,13 @@ import pandas as pd  # noqa: E402
 
 from matplotlib.lines import Line2D  # noqa: E402
 
-from analysis.aggregate import Results, eval_grid, representative_trials, series_order  # noqa: E402
+from analysis.aggregate import Results, eval_grid, series_order  # noqa: E402
+from analysis.curves import schedules, training_curves  # noqa: E402
+from analysis.figure import Plot, finish, log2_axis, proxy, seeds_phrase, spread  # noqa: E402
 from analysis.outcome import chance_metric  # noqa: E402
-from analysis.style import (DIVERGED_MARK, REFERENCE, batch_styles, series_styles)  # noqa: E402
-from harness.scaling import AUTOMATIC_METHODS, GOYAL_WARMUP_FRACTION, BaseRecipe, resolve  # noqa: E402
-from harness.spec import Budget  # noqa: E402
-from harness.schedules import lr_table  # noqa: E402
-
-
-@dataclass
-class Plot:
-    stem: str
-    title: str
-    caption: str
-    files: list[Path] = field(default_factory=list)
-    #: legend label -> colour (hex) of every legend entry, read back from the figure
-    legend: dict[str, str] = field(default_factory=dict)
-    #: pairs of titles, axis labels or legends whose boxes overlap on the saved figure
-    overlaps: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _handle_color(handle) -> str | None:
-    """A legend entry's colour: its line's (an errorbar's first line), else its marker edge or face."""
-    target = handle.lines[0] if getattr(handle, "lines", None) else handle
-    for getter in ("get_color", "get_edgecolor", "get_facecolor"):
-        if not hasattr(target, getter):
-            continue
-        c = getattr(target, getter)()
-        if not isinstance(c, str) and len(c) and hasattr(c[0], "__len__"):  # rows of RGBA (a scatter)
-            c = c[0]
-        try:
-            return matplotlib.colors.to_hex(c)
-        except (ValueError, TypeError):
-            continue
-    return None
-
-
-def _inspect(fig) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Legend colours, and overlapping text boxes (suptitle, axes titles, axis labels, legends)."""
-    legend: dict[str, str] = {}
-    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
-    for lg in legends:
-        for handle, text in zip(lg.legend_handles, lg.get_texts()):
-            c = _handle_color(handle)
-            if c is not None:
-                legend[text.get_text()] = c
-    fig.canvas.draw()
-    renderer = fig.canvas.get_renderer()
-    boxes = []
-    if fig._suptitle is not None and fig._suptitle.get_text():
-        boxes.append(("suptitle", fig._suptitle.get_window_extent(renderer)))
-    for i, ax in enumerate(fig.axes):
-        if ax.get_label() == "<colorbar>":
-            continue
-        for name, t in (("title", ax.title), ("xlabel", ax.xaxis.label), ("ylabel", ax.yaxis.label)):
-            if t.get_text():
-                boxes.append((f"axes {i} {name}", t.get_window_extent(renderer)))
-        if ax.get_legend() is not None:
-            boxes.append((f"axes {i} legend", ax.get_legend().get_window_extent(renderer)))
-    for lg in fig.legends:
-        boxes.append(("figure legend", lg.get_window_extent(renderer)))
-    overlaps = []
-    for i, (na, a) in enumerate(boxes):
-        for nb, b in boxes[i + 1:]:
-            if a.overlaps(b) and a.width > 0 and b.width > 0:
-                ix = min(a.x1, b.x1) - max(a.x0, b.x0)
-                iy = min(a.y1, b.y1) - max(a.y0, b.y0)
-                if ix > 1 and iy > 1:  # a shared edge is not an overlap
-                    overlaps.append((na, nb))
-    return legend, overlaps
-
-
-def finish(fig, folder: Path, plot: Plot, formats=("png", "svg")) -> Plot:
-    """Inspect the figure (legend colours, overlapping texts), save it as PNG and SVG, close it."""
-    plot.legend, plot.overlaps = _inspect(fig)
-    folder.mkdir(parents=True, exist_ok=True)
-    for fmt in formats:
-        path = folder / f"{plot.stem}.{fmt}"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plot.files.append(path)
-    plt.close(fig)
-    return plot
-
-
-def plot_schedules(recipes, path: Path, max_points: int = 2000) -> list[Path]:
-    """LR against epochs for each (method, batch size) recipe (``batchscale schedule --plot``)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    for r in recipes:
-        rows = lr_table(r, every=max(1, r.total_steps // max_points))
-        ax.plot([e for _, e, _ in rows], [lr for _, _, lr in rows], label=f"{r.method} B={r.batch_size}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.set_title("Learning-rate schedules")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return [path]
+from analysis.style import DIVERGED_MARK, REFERENCE, series_styles  # noqa: E402
+from harness.scaling import BaseRecipe  # noqa: E402
+from harness.store import RAN_TO_END  # noqa: E402
 
 
 def _series(res: Results, agg: pd.DataFrame):
@@ -133,35 +42,13 @@ def _series(res: Results, agg: pd.DataFrame):
             yield label, o, m, sub, styles[label]
 
 
-def _log2_axis(ax, batches):
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(batches)
-    ax.set_xticklabels([f"{b // 1024}K" if b >= 1024 and b % 1024 == 0 else str(b) for b in batches], fontsize=8)
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("batch size (log2)")
-
-
-def _spread(i: int, n: int, width: float = 0.05) -> float:
-    """A multiplicative x offset that keeps n series' markers at one batch size apart."""
-    return 2 ** (width * (i - (n - 1) / 2))
-
-
-def _proxy(marker: str, label: str, **kw) -> Line2D:
-    return Line2D([], [], ls="none", marker=marker, color=kw.pop("color", "black"), label=label, **kw)
-
-
-def _seeds_phrase(agg: pd.DataFrame) -> str:
-    n = sorted({int(v) for v in agg.seeds.dropna()})
-    return f"{n[0]} seed{'s' if n[0] > 1 else ''}" if len(n) == 1 else f"{n[0]}-{n[-1]} seeds"
-
-
 def metric_vs_batch(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
     fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     batches = sorted(agg.batch_size.unique())
     series = list(_series(res, agg))
     dead, rings = [], []
     for i, (label, _, _, sub, st) in enumerate(series):
-        shift = _spread(i, len(series), 0.03)
+        shift = spread(i, len(series), 0.03)
         ok = sub[sub.final_mean.notna() & ((sub.complete > 0) | (sub.failed > 0))]
         ax.errorbar(ok.batch_size * shift, ok.final_mean, yerr=ok.final_std.fillna(0), capsize=2, ms=4,
                     label=label, **st.kw())
@@ -185,10 +72,10 @@ def metric_vs_batch(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
     if chance is not None and (agg.failed > 0).any():  # only where a run is near it: it would squash the axis
         handles.append(ax.axhline(chance, color=REFERENCE, ls=":", lw=1, label=f"chance ({chance:.3g})"))
     if dead:
-        handles.append(_proxy(DIVERGED_MARK, "every seed diverged (at the axis edge)"))
+        handles.append(proxy(DIVERGED_MARK, "every seed diverged (at the axis edge)"))
     if rings:
-        handles.append(_proxy("o", "some seeds diverged or failed", mfc="none", ms=10))
-    _log2_axis(ax, batches)
+        handles.append(proxy("o", "some seeds diverged or failed", mfc="none", ms=10))
+    log2_axis(ax, batches)
     ax.set_ylabel(f"final {res.metric}")
     if not res.higher_is_better:
         ax.set_yscale("log")
@@ -198,7 +85,7 @@ def metric_vs_batch(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
     steps_note = (" Under steps to result trials stop at the target, so these values sit at the target by design: "
                   "read the steps plot." if res.protocol["kind"] == "steps_to_result" else "")
     p = Plot("metric_vs_batch", f"{res.metric.capitalize()} vs batch size",
-             f"Final {res.metric} per method and batch size, mean ± std over {_seeds_phrase(agg)} (failed seeds "
+             f"Final {res.metric} per method and batch size, mean ± std over {seeds_phrase(agg)} (failed seeds "
              f"included in the mean, ringed); a cell where every seed diverged has no value and is marked x at the "
              f"worse edge. The dashed line is the best result at B0.{steps_note}")
     return finish(fig, folder, p)
@@ -209,7 +96,7 @@ def steps_to_target(res: Results, agg: pd.DataFrame, folder: Path, extra=None) -
         return None
     fig, ax = plt.subplots(figsize=(7.8, 4.8), layout="constrained")
     batches = sorted(agg.batch_size.unique())
-    _log2_axis(ax, batches)
+    log2_axis(ax, batches)
     ax.set_yscale("log", base=2)
     series = list(_series(res, agg))
     any_point, misses = False, []
@@ -217,10 +104,10 @@ def steps_to_target(res: Results, agg: pd.DataFrame, folder: Path, extra=None) -
         ok = sub[np.isfinite(sub.steps_to_target)]
         if len(ok):
             any_point = True
-            ax.plot(ok.batch_size * _spread(i, len(series), 0.02), ok.steps_to_target, ms=4, label=label, **st.kw())
+            ax.plot(ok.batch_size * spread(i, len(series), 0.02), ok.steps_to_target, ms=4, label=label, **st.kw())
         miss = sub[~np.isfinite(sub.steps_to_target)]
         if len(miss):
-            misses.append((miss.batch_size * _spread(i, len(series)), st.color,
+            misses.append((miss.batch_size * spread(i, len(series)), st.color,
                            [DIVERGED_MARK if r.diverged == r.seeds else "^" for r in miss.itertuples()]))
     handles, _ = ax.get_legend_handles_labels()
     ref = agg[(agg.batch_size == res.base_batch_size) & np.isfinite(agg.steps_to_target)].steps_to_target
@@ -232,15 +119,15 @@ def steps_to_target(res: Results, agg: pd.DataFrame, folder: Path, extra=None) -
         handles += extra(ax)
     if not any_point:
         ax.text(0.5, 0.5, "no method reached the target", transform=ax.transAxes, ha="center")
-    _log2_axis(ax, batches)  # again: the reference lines may have moved the limits
+    log2_axis(ax, batches)  # again: the reference lines may have moved the limits
     top = ax.get_ylim()[1]
     for xs, color, marks in misses:  # at the top edge: the target was not reached within the budget
         for x, mk in zip(xs, marks):
             ax.scatter([x], [top], marker=mk, color=color, s=45, zorder=5, clip_on=False)
     ax.set_ylim(top=top)
     if misses:
-        handles += [_proxy("^", "not reached within the budget (top edge)"),
-                    _proxy(DIVERGED_MARK, "every seed diverged (top edge)")]
+        handles += [proxy("^", "not reached within the budget (top edge)"),
+                    proxy(DIVERGED_MARK, "every seed diverged (top edge)")]
     ax.set_ylabel("steps to target (log2)")
     ax.set_title(f"Steps to {res.metric} {'>=' if res.higher_is_better else '<='} {res.target['value']}", pad=12)
     ax.grid(alpha=0.3, which="both")
@@ -250,7 +137,7 @@ def steps_to_target(res: Results, agg: pd.DataFrame, folder: Path, extra=None) -
     how_often = (f"evaluated every {every[0]}-{every[-1]} steps by batch size (resolution in the protocol table)"
                  if every else f"read at the sweep's evaluations ({eval_grid(res)}), so up to one interval late")
     p = Plot("steps_to_target", "Steps to target vs batch size",
-             f"Median optimizer steps to the target over {_seeds_phrase(agg)}, {how_often}; a miss counts as "
+             f"Median optimizer steps to the target over {seeds_phrase(agg)}, {how_often}; a miss counts as "
              "infinitely late in the median, and a cell that missed is marked at the top edge (^ not reached, x all "
              "seeds diverged), not drawn in the line; series are offset sideways a little so that equal values stay "
              "visible. The grey dashed line halves the steps with every doubling of "
@@ -304,7 +191,7 @@ def tuned_lr(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
                    linewidths=1.5, zorder=6, label="best LR at the edge of its search range")
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color=REFERENCE, lw=0.6, alpha=0.5, label="search range of each study"))
-    _log2_axis(ax, batches)
+    log2_axis(ax, batches)
     ax.set_yscale("log", base=2)
     ax.set_ylabel("peak learning rate (log2)")
     ax.set_title("Tuned LR vs the scaling rules' predictions")
@@ -329,117 +216,10 @@ def range_edge(best: float | None, lo: float, hi: float, fraction: float = 0.1) 
     return "top" if pos >= 1 - fraction else "bottom" if pos <= fraction else ""
 
 
-def schedules(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
-    spec = res.meta["spec_resolved"]
-    methods = [m for m in spec["axes"]["methods"] if m not in AUTOMATIC_METHODS]  # the rules' schedules
-    if not methods:
-        return None
-    batches = sorted(spec["axes"]["batch_sizes"])
-    picks = sorted({batches[0], batches[len(batches) // 2], batches[-1]})
-    optimizer = next(iter(res.meta["workload"]["base_recipes"]))
-    base = BaseRecipe.model_validate(res.meta["workload"]["base_recipes"][optimizer])
-    n = res.meta["workload"]["dataset_size"]
-    epochs = Budget.model_validate(spec.get("budget") or {}).epochs_for(n)
-    by_steps = res.protocol["kind"] == "steps_to_result"
-    budgets = {r["batch_size"]: r for r in res.protocol.get("budgets", []) if r["optimizer"] == optimizer}
-    if by_steps and base.fixed_warmup_epochs is None:  # pinned to the study's reference budget, as the trials were
-        base = base.model_copy(update={"fixed_warmup_epochs": GOYAL_WARMUP_FRACTION * (epochs or base.epochs)})
-    cols = min(3, len(methods))
-    rows = math.ceil(len(methods) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False, layout="constrained")
-    styles = batch_styles(picks)
-    for ax, m in zip(axes.flat, methods):
-        for b in picks:
-            # under steps_to_result each batch size ran its own step budget
-            own = budgets[b]["budget_steps"] * b / n if by_steps and b in budgets else epochs
-            r = resolve(base, b, m, n, epochs=own)
-            rows_ = lr_table(r, every=max(1, r.total_steps // 1000))
-            color, ls = styles[b]
-            ax.plot([e for _, e, _ in rows_], [lr for _, _, lr in rows_], color=color, ls=ls, label=f"B={b}")
-        ax.set_title(m, fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(methods):]:
-        ax.set_visible(False)
-    for row in axes:
-        row[0].set_ylabel(f"learning rate ({optimizer})")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("LR schedule of each rule at three batch sizes", fontsize=10)
-    p = Plot("schedules", "LR schedules", f"Resolved schedules at B = {', '.join(map(str, picks))} (linear LR axis, "
-             f"so that the warmup shows; {optimizer} base recipe; automatic methods choose their own and are not shown)"
-             + (", each over its batch size's step budget (steps to result); trials stopped earlier, at the target."
-                if by_steps else "."))
-    return finish(fig, folder, p)
-
-
-def training_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot:
-    reps = representative_trials(res)
-    m = res.measurements
-    series = [(label, o, meth) for label, o, meth in series_order(res)
-              if ((reps.optimizer == o) & (reps.method == meth)).any()]
-    batches = sorted(reps.batch_size.unique())
-    styles = batch_styles(batches)
-    fig, axes = plt.subplots(len(series), 2, figsize=(9.5, 2.5 * len(series) + 0.6), squeeze=False,
-                             layout="constrained")
-    first_seed = reps.sort_values("seed").groupby(["optimizer", "method", "batch_size"]).head(1)
-    target = res.target["value"] if res.target else None
-    ends = {"diverged": False, "failed": False}
-    early = []
-    for (label, o, meth), row_axes in zip(series, axes):
-        chosen = first_seed[(first_seed.optimizer == o) & (first_seed.method == meth)].sort_values("batch_size")
-        for _, t in chosen.iterrows():
-            curve = m[m.trial_id == t.trial_id].dropna(subset=["metric"]).sort_values("step")
-            color, ls = styles[int(t.batch_size)]
-            if curve.empty:  # diverged before its first evaluation: marked at the worse edge where it did
-                if t.outcome == "diverged" and pd.notna(t.diverged_step):
-                    early.append((row_axes, t.diverged_step * t.batch_size / res.meta["workload"]["dataset_size"],
-                                  t.diverged_step, color))
-                continue
-            row_axes[0].plot(curve.epoch, curve.metric, color=color, ls=ls, label=f"B={t.batch_size}")
-            row_axes[1].plot(curve.step, curve.metric, color=color, ls=ls)
-            if t.outcome in ends:  # where it ended: diverged (x) or failed (square)
-                ends[t.outcome] = True
-                mk = DIVERGED_MARK if t.outcome == "diverged" else "s"
-                for ax, x in ((row_axes[0], curve.epoch.iloc[-1]), (row_axes[1], curve.step.iloc[-1])):
-                    ax.scatter([x], [curve.metric.iloc[-1]], marker=mk, s=45, color=color, zorder=5,
-                               **({"facecolors": "none", "edgecolors": color} if mk == "s" else {}))
-        row_axes[0].set_ylabel(f"{label}\n{res.metric}", fontsize=8)
-        row_axes[1].set_xscale("log")
-        row_axes[1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        for ax in row_axes:
-            if target is not None:
-                ax.axhline(target, color=REFERENCE, ls="--", lw=0.8)
-            if not res.higher_is_better:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
-    for row_axes, epoch, step, color in early:
-        ends["diverged"] = True
-        for ax, x in ((row_axes[0], epoch), (row_axes[1], step)):
-            edge = ax.get_ylim()[0 if res.higher_is_better else 1]
-            ax.scatter([x], [edge], marker=DIVERGED_MARK, s=45, color=color, zorder=5, clip_on=False)
-    axes[0][0].set_title("vs epochs", fontsize=9)
-    axes[0][1].set_title("vs optimizer steps (log)", fontsize=9)
-    axes[-1][0].set_xlabel("epoch")
-    axes[-1][1].set_xlabel("step")
-    handles, _ = axes[0][0].get_legend_handles_labels()
-    if target is not None:
-        handles.append(Line2D([], [], color=REFERENCE, ls="--", lw=0.8, label=f"target {target}"))
-    if ends["diverged"]:
-        handles.append(_proxy(DIVERGED_MARK, "diverged here"))
-    if ends["failed"]:
-        handles.append(_proxy("s", "failed run ends here", mfc="none"))
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(6, len(handles)), fontsize=7)
-    p = Plot("training_curves", "Training curves", f"Held-out {res.metric} during training, one line per batch size "
-             "(the first seed; for tuned, its study's best trial); x: where a run diverged (at its last evaluation "
-             "before, or at the worse edge when it diverged before its first), square: a failed run's end" + (", dashed: the target" if target is not None else "") + ".")
-    return finish(fig, folder, p)
-
-
 def divergence_counts(res: Results, batches) -> pd.DataFrame:
     """Per (series label, batch size): trials run (complete or diverged: errors and unfinished ones
     left out), diverged, failed. Every trial counts: every seed, every trial of every tuned study."""
-    t = res.trials[res.trials.status.isin(["complete", "diverged"])]
+    t = res.trials[res.trials.status.isin(RAN_TO_END)]
     rows = []
     for label, o, m in series_order(res):
         cells = t[(t.optimizer == o) & (t.method == m)]

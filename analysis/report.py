@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -41,18 +42,26 @@ _HTML = """<!doctype html>
 <p><b>Workload</b> {{ workload }} ({{ metric }}, {{ direction }} is better), {{ dataset_size }} training examples;
 status <b>{{ status }}</b>; trials: {{ counts }}; base batch B0 = {{ base }}.</p>
 <p class="small">{{ outcome_rule }} Timing: {{ timing }}.</p>
-{% for t in tables %}<h2>{{ t.title }}</h2>{% if t.note %}<p>{{ t.note }}</p>{% endif %}{{ t.html }}{% endfor %}
-{% if claims %}<h2>Paper claims</h2>{{ claims }}{% endif %}
-{% if studies %}<h2>Tuned studies</h2>{{ studies }}{% endif %}
-{% if projection %}<h2>Cost model of the projection</h2>{{ projection }}{% endif %}
+{% for s in sections %}<h2>{{ s.title }}</h2>{% if s.note %}<p>{{ s.note }}</p>{% endif %}{{ s.html }}{% endfor %}
 <h2>Plots</h2>
 {% for p in plots %}<figure id="plot-{{ p.stem }}"><img alt="{{ p.title }}" src="data:image/png;base64,{{ p.data }}">
 <figcaption><b>{{ p.title }}.</b> {{ p.caption }}</figcaption></figure>{% endfor %}
-<h2>Sweep</h2>
-{{ meta }}
-<h2>Spec</h2><pre>{{ spec }}</pre>
+{% for s in closing %}<h2>{{ s.title }}</h2>{{ s.html }}{% endfor %}
 </body></html>
 """
+
+
+@dataclass
+class Section:
+    """One section of the report, in both of its forms."""
+
+    title: str
+    html: str
+    markdown: str
+    note: str = ""
+
+    def escaped(self) -> dict[str, str]:
+        return {"title": html.escape(self.title), "note": html.escape(self.note), "html": self.html}
 
 
 def _frame_html(df: pd.DataFrame) -> str:
@@ -213,33 +222,35 @@ def build_report(root: str | Path) -> dict:
                   direction="higher" if res.higher_is_better else "lower",
                   dataset_size=res.meta["workload"]["dataset_size"], status=res.meta.get("status"),
                   counts=counts, base=res.base_batch_size, outcome_rule=_outcome_rule(res), timing=timing_source(res))
+    # Every section once, as HTML and as Markdown: the two pages say the same in the same order.
+    sections = [Section(t.title, to_html(t), to_markdown(t, title=False), t.note) for t in tables]
+    if not claims.empty:
+        sections.append(Section("Paper claims", _verdict_html(claims), claims.to_markdown()))
+    if not studies.empty:
+        sections.append(Section("Tuned studies", _frame_html(studies), studies.to_markdown()))
+    if proj_info:
+        frame = pd.DataFrame({"value": proj_info})
+        sections.append(Section("Cost model of the projection", _frame_html(frame), frame.to_markdown()))
+    closing = [Section("Sweep", _frame_html(_meta_frame(res)), _meta_frame(res).to_markdown()),
+               Section("Spec", f"<pre>{html.escape(spec_text)}</pre>", f"```yaml\n{spec_text.rstrip()}\n```")]
     page = Environment(autoescape=False).from_string(_HTML).render(
         **{k: html.escape(str(v)) for k, v in common.items()},
-        tables=[{"title": html.escape(t.title), "note": html.escape(t.note), "html": to_html(t)} for t in tables],
-        claims=_verdict_html(claims) if not claims.empty else "",
-        studies=_frame_html(studies) if not studies.empty else "",
-        projection=_frame_html(pd.DataFrame({"value": proj_info})) if proj_info else "",
+        sections=[s.escaped() for s in sections], closing=closing,
         plots=[{"title": html.escape(p.title), "caption": html.escape(p.caption), "stem": p.stem,
-                "data": base64.b64encode(p.files[0].read_bytes()).decode()} for p in plots],
-        meta=_frame_html(_meta_frame(res)), spec=html.escape(spec_text))
+                "data": base64.b64encode(p.files[0].read_bytes()).decode()} for p in plots])
     (out / "report.html").write_text(page)
 
     md = [f"# batchscale report: {common['name']}", "", common["description"], "",
           f"Workload **{common['workload']}** ({res.metric}, {common['direction']} is better), "
           f"{common['dataset_size']} training examples; status **{common['status']}**; {counts}; "
           f"base batch B0 = {res.base_batch_size}.", "", f"{common['outcome_rule']} Timing: {common['timing']}.", ""]
-    for t in tables:
-        md += [to_markdown(t), ""]
-    if not claims.empty:
-        md += ["## Paper claims", "", claims.to_markdown(), ""]
-    if not studies.empty:
-        md += ["## Tuned studies", "", studies.to_markdown(), ""]
-    if proj_info:
-        md += ["## Cost model of the projection", "", pd.DataFrame({"value": proj_info}).to_markdown(), ""]
+    for sec in sections:
+        md += [f"## {sec.title}", "", sec.markdown, ""]
     md += ["## Plots", ""]
     for p in plots:
         md += [f"![{p.title}](plots/{p.files[0].name})", "", f"*{p.title}.* {p.caption}", ""]
-    md += ["## Sweep", "", _meta_frame(res).to_markdown(), "", "## Spec", "", "```yaml", spec_text.rstrip(), "```", ""]
+    for sec in closing:
+        md += [f"## {sec.title}", "", sec.markdown, ""]
     (out / "report.md").write_text("\n".join(md))
     (out / "summary.json").write_text(json.dumps(summary(res, agg, tables, critical, verdicts, studies, proj_info),
                                                  indent=1, default=str))

@@ -204,9 +204,12 @@ def _styler(table: Table, escape: str):
     return sty
 
 
-def to_markdown(table: Table) -> str:
-    note = " (best of each row in bold)" if table.best.to_numpy().any() else ""
-    text = f"**{table.title}**{note}\n\n" + (f"{table.note}\n\n" if table.note else "")
+def to_markdown(table: Table, title: bool = True) -> str:
+    """The table in Markdown, best cells in bold; ``title=False`` leaves the title to the page."""
+    bold = table.best.to_numpy().any()
+    head = f"**{table.title}**{' (best of each row in bold)' if bold else ''}\n\n" if title else \
+        ("Best of each row in bold.\n\n" if bold else "")
+    text = head + (f"{table.note}\n\n" if table.note else "")
     shown, best, _ = _frame(table)
     marked = shown.astype(str).mask(best, shown.astype(str).map(lambda v: f"**{v}**"))
     return text + marked.to_markdown(index=False, disable_numparse=True) + "\n"

@@ -92,15 +92,14 @@ def trainer(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float, 
     )
 
 
-def run_in_tune(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float,
+def run_in_tune(trial_fields: dict[str, Any], trial_id: str, workers: int, cpus: int, gpus: float,
                 steps_budget: int | None = None) -> None:
-    """Called by the sweep's Tune trial: run the workers, their reports go to Tune."""
-    from ray import tune
+    """Called by the sweep's Tune trial: run the workers, their reports go to Tune. The run is
+    named by the sweep's trial id, so a rerun of the sweep continues it from its latest checkpoint."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    ctx = tune.get_context()
     storage = os.environ["BATCHSCALE_TRAIN_STORAGE"]  # set by the sweep for its Ray workers
-    name = f"{ctx.get_experiment_name()}-dp-{ctx.get_trial_id()}"
+    name = f"dp-{trial_id}"
     result = trainer(trial_fields, workers, cpus, gpus, name, storage, [TuneReportCallback()], steps_budget).fit()
     _drop_run(result)
 

@@ -39,5 +39,5 @@ def report_metrics(measurements: list[dict], summary: dict, status: str, worst: 
         "metric": m,
         "train_loss": last.get("train_loss", float("nan")),
         "measurements": json.dumps(measurements),
-        "summary": json.dumps(summary) if status != "running" else "",
+        "summary": json.dumps(summary),
     }

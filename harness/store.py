@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import BatchscaleError
+from harness.schema import Measurement, TrialRecord, arrow_schema
 
 SCHEMA_VERSION = 1
 _UMASK = os.umask(0)
@@ -54,29 +55,11 @@ class Status(StrEnum):
 STATUSES = tuple(Status)
 #: statuses a rerun does not run again
 FINAL = (Status.COMPLETE, Status.DIVERGED, Status.ERROR)
+#: statuses of trials that ran their loop to its end (a result, good or bad)
+RAN_TO_END = [Status.COMPLETE, Status.DIVERGED]
 
-TRIAL_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("workload", pa.string()), ("optimizer", pa.string()), ("method", pa.string()),
-    ("batch_size", pa.int64()), ("seed", pa.int64()), ("study", pa.string()),
-    ("status", pa.string()), ("metric_name", pa.string()), ("higher_is_better", pa.bool_()),
-    ("final_metric", pa.float64()), ("best_metric", pa.float64()),
-    ("peak_lr", pa.float64()), ("warmup_epochs", pa.float64()), ("warmup_steps", pa.int64()),
-    ("total_steps", pa.int64()), ("steps_per_epoch", pa.float64()), ("dataset_size", pa.int64()),
-    ("micro_batch_size", pa.int64()), ("parameters", pa.int64()), ("steps", pa.int64()),
-    ("examples_seen", pa.int64()), ("noise_scale", pa.float64()),
-    ("train_seconds", pa.float64()), ("wall_seconds", pa.float64()), ("throughput", pa.float64()),
-    ("target_reached", pa.bool_()), ("steps_to_target", pa.int64()), ("examples_to_target", pa.int64()),
-    ("seconds_to_target", pa.float64()), ("diverged_step", pa.int64()), ("device", pa.string()),
-    ("threads", pa.int64()), ("workers", pa.int64()), ("adascale_mean_gain", pa.float64()),
-    ("autowu_warmup_steps", pa.int64()), ("autowu_warmup_epochs", pa.float64()), ("autowu_peak_lr", pa.float64()),
-    ("recipe_warnings", pa.string()), ("error", pa.string()), ("extra", pa.string()),
-])
-
-MEASUREMENT_SCHEMA = pa.schema([
-    ("trial_id", pa.string()), ("step", pa.int64()), ("examples", pa.int64()), ("epoch", pa.float64()),
-    ("train_loss", pa.float64()), ("eval_loss", pa.float64()), ("metric", pa.float64()), ("lr", pa.float64()),
-    ("train_seconds", pa.float64()), ("noise_scale", pa.float64()), ("gain", pa.float64()),
-])
+TRIAL_SCHEMA = arrow_schema(TrialRecord)
+MEASUREMENT_SCHEMA = arrow_schema(Measurement)
 
 
 def _atomic_write(path: Path, write) -> None:

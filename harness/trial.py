@@ -31,45 +31,13 @@ from harness.data.stream import ExampleStream
 from harness.errors import BatchscaleError
 from harness.noise import NoiseScale, squared_grad_norm
 from harness.optimizers import build_optimizer
+from harness.placement import derive_seeds, micro_batch_sizes, pick_device
 from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve, warmup_epochs_for
 from harness.spec import TrialSpec
+from harness.store import Status
 
 CHECKPOINT_VERSION = 1
 TIMING_EVERY = 8  # every 8th step runs without the noise measurement, to time the model alone
-
-
-def auto_micro_batch(batch_size: int, cap: int) -> int:
-    """The largest divisor of ``batch_size`` that is at most ``cap``."""
-    for m in range(min(cap, batch_size), 0, -1):
-        if batch_size % m == 0:
-            return m
-    return 1
-
-
-def micro_batch_sizes(spec: TrialSpec, batch: int, cap: int, workers: int = 1) -> tuple[int, int]:
-    """(the micro-batch of a step that measures the noise scale, that of a step of the model alone),
-    the one place that decides it (the sweep's plan records the first). The spec's micro_batch_size,
-    else the largest divisor of the worker's share up to ``cap``; a step that would be one
-    micro-batch is split in two when the noise scale is measured (it needs two or more)."""
-    model = spec.micro_batch_size or auto_micro_batch(batch // workers, cap)
-    measured = model
-    if (spec.noise_scale or spec.method == "adascale") and model == batch and not spec.micro_batch_size and batch >= 2:
-        measured = auto_micro_batch(batch, batch // 2)
-    return measured, model
-
-
-def derive_seeds(seed: int) -> dict[str, int]:
-    init, data, train = np.random.SeedSequence(seed).generate_state(3, np.uint32)
-    return {"init": int(init), "data": int(data), "train": int(train)}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise BatchscaleError("device: 'cuda' was asked for but torch.cuda.is_available() is False; "
-                              "allowed here: 'auto' or 'cpu'")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -251,7 +219,7 @@ class Trial:
         if target and self.target_hit is None and evaluate and self._reached(metric, target.value):
             self.target_hit = {"step": self.step, "examples": self.stream.position, "train_seconds": self.train_seconds}
             if target.stop:
-                self.status = "complete"
+                self.status = Status.COMPLETE
         return row
 
     def _reached(self, metric: float, value: float) -> bool:
@@ -277,7 +245,7 @@ class Trial:
             self._loss_sum += loss
             self._loss_steps += 1
             if not math.isfinite(loss) or (factor is not None and loss > factor * self.initial_loss):
-                self.status, self.diverged_step = "diverged", self.step
+                self.status, self.diverged_step = Status.DIVERGED, self.step
                 self.wall_seconds = time.perf_counter() - wall_start
                 row = self._record(evaluate=False)
                 if on_eval:
@@ -293,7 +261,7 @@ class Trial:
                 if on_eval:
                     on_eval(self, row)
         if self.status == "running":
-            self.status = "complete"
+            self.status = Status.COMPLETE
         self.wall_seconds = time.perf_counter() - wall_start
         return TrialResult(self.status, self.recipe, list(self.measurements), self.summary())
 
@@ -306,7 +274,7 @@ class Trial:
             "status": self.status,
             "metric_name": wl.metric,
             "higher_is_better": wl.higher_is_better,
-            "final_metric": metrics[-1] if metrics and self.status != "diverged" else None,
+            "final_metric": metrics[-1] if metrics and self.status != Status.DIVERGED else None,
             "best_metric": best,
             "steps": self.step,
             "examples_seen": self.stream.position,

@@ -95,3 +95,10 @@ def test_the_cycle_finder_finds_a_cycle_through_a_lazy_import(tmp_path):
     graph = {n: imports_of(n, tmp_path / f"{n}.py", known) for n in known}
     assert graph["c"] == set()  # under TYPE_CHECKING: never runs
     assert find_cycle(graph) in (["a", "b", "a"], ["b", "a", "b"])
+
+
+def test_no_module_grows_past_a_readable_size():
+    """A module holds one concept; past ~350 lines it holds several (split it, as harness/sweep/,
+    harness/spec/ and analysis/figure.py + curves.py + plots.py were)."""
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > 360}
+    assert not long, f"modules over 360 lines: {long}"

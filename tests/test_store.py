@@ -74,3 +74,25 @@ def test_each_trial_is_its_own_record_until_the_run_folds_them_in(tmp_path):
     folded.to_parquet(store.trials_path, index=False)
     store.record({"trial_id": "c", "status": "complete", "final_metric": 0.9}, [])
     assert sorted(t["trial_id"] for t in store.trial_rows()) == ["a/1", "b", "c"]
+
+
+def test_the_store_schemas_are_derived_from_the_typed_records():
+    """A column is declared once, in harness.schema: its Arrow type follows its Python type, in order."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from harness.schema import Measurement, TrialRecord, arrow_schema
+    from harness.store import MEASUREMENT_SCHEMA, TRIAL_SCHEMA
+
+    assert TRIAL_SCHEMA.names == [f.name for f in dataclasses.fields(TrialRecord)]
+    assert MEASUREMENT_SCHEMA.names == [f.name for f in dataclasses.fields(Measurement)]
+    types = {n: TRIAL_SCHEMA.field(n).type for n in ("trial_id", "batch_size", "final_metric", "target_reached")}
+    assert types == {"trial_id": pa.string(), "batch_size": pa.int64(), "final_metric": pa.float64(),
+                     "target_reached": pa.bool_()}
+
+    @dataclasses.dataclass
+    class Grown(Measurement):
+        sharpness: float | None = None
+
+    assert arrow_schema(Grown).field("sharpness").type == pa.float64() and arrow_schema(Grown).names[-1] == "sharpness"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 from harness.store import ResultsStore
+from harness.sweep import leftovers
 from tests.conftest import kill_tree_matching
 
 pytestmark = pytest.mark.ray
@@ -242,71 +244,95 @@ def test_a_finished_sweep_grows_by_a_seed_and_runs_only_the_new_trials(tmp_path,
     assert sorted(load(results)[1].seed) == [0, 1]
 
 
-def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, finished_sweep):
-    """Kill the driver mid-sweep; the same command finishes it without rerunning finished trials,
-    and every result equals the uninterrupted sweep's (trials are deterministic on a CPU)."""
-    spec = write_spec(tmp_path, SPEC)
+def _running(results: Path) -> list[dict]:
+    """The store's rows, read whole while the driver writes records."""
+    return ResultsStore(results).trial_rows() if (results / "sweep.json").exists() else []
+
+
+def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
+    """Kill the driver (SIGKILL) while trials of the grid and of a tuned study are running; the
+    same command finishes the sweep: finished trials keep their rows, the running ones continue
+    from the checkpoints their records name, every planned trial is in the store once, nothing of
+    Ray's is printed, and the processes the killed driver's Ray left are ended."""
+    spec = write_spec(tmp_path, {**SPEC, "budget": {"epochs": 12}})  # trials of ~2 s: a kill lands among them
     results = tmp_path / "results" / "grid"
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--results",
                                str(tmp_path / "results"), "--no-report", "--quiet"], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline:
-        if len(ResultsStore(results).trial_rows()) >= 3:  # read whole while the driver rewrites it
+    while driver.poll() is None and time.time() < deadline:
+        rows = _running(results)
+        live = [r for r in rows if r["status"] == "incomplete"]
+        if (any(r["status"] == "complete" for r in rows) and any(r["study"] for r in live)
+                and any(not r["study"] for r in live)):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    _, before, m_before = load(results)
-    assert 3 <= len(before) < 12, "the kill must land mid-sweep"
+    meta, before, m_before = load(results)
+    running = before[before.status == "incomplete"]
+    assert running.study.notna().any() and running.study.isna().any(), "grid and study trials must be running"
+    finished = before[before.status == "complete"]
+    assert 1 <= len(finished) < 12, "the kill must land mid-sweep"
+    recorded = {p for p, _ in meta["sessions"][-1]["ray"]["processes"]}
+    # a process that looks like a leftover agent but was not started by the killed driver's Ray
+    bystander = subprocess.Popen(["bash", "-c", "exec -a ray::DashboardAgent sleep 300"])
 
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report"], ray_tmp)
+    alive = bystander.poll() is None
+    bystander.kill()
     assert proc.returncode == 0, why(proc)
+    assert "Traceback" not in proc.stdout + proc.stderr and "ERROR" not in proc.stdout + proc.stderr, why(proc)
+    ended = re.search(r"ended \d+ process\(es\) the killed driver of an earlier run left behind \(pids ([\d, ]+)\)",
+                      proc.stdout)
+    assert ended, proc.stdout  # DashboardAgent and RuntimeEnvAgent outlive a SIGKILLed driver
+    assert {int(p) for p in ended.group(1).split(", ")} <= recorded and alive, "only the recorded processes"
     meta, after, m_after = load(results)
+    assert not [p for p, start in meta["sessions"][0]["ray"]["processes"] if leftovers.alive(p, start)]
     assert meta["status"] == "finished" and len(meta["sessions"]) == 2
     assert len(after) == 12 and after.trial_id.is_unique and (after.status == "complete").all()
+    assert sorted(after[after.study.notna()].groupby("study").size()) == [4, 4]
     # finished trials were not rerun: their rows, timings included, are unchanged
-    kept = after.set_index("trial_id").loc[before.trial_id]
-    assert list(kept.train_seconds) == list(before.train_seconds)
-    def rows_of(m):
-        return m[m.trial_id.isin(before.trial_id)].sort_values(["trial_id", "step"]).reset_index(drop=True)
+    kept = after.set_index("trial_id").loc[finished.trial_id]
+    assert list(kept.train_seconds) == list(finished.train_seconds)
 
-    pd.testing.assert_frame_equal(rows_of(m_after), rows_of(m_before))
-    # the grid equals the uninterrupted sweep's, trial for trial
-    _, _, reference, _ = finished_sweep
-    ref = pd.read_parquet(reference / "trials.parquet").set_index("trial_id")
-    grid = after[after.method != "tuned"].set_index("trial_id")
-    assert (grid.final_metric == ref.loc[grid.index, "final_metric"]).all()
+    def rows_of(m, ids):
+        return m[m.trial_id.isin(ids)].sort_values(["trial_id", "step"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(rows_of(m_after, finished.trial_id), rows_of(m_before, finished.trial_id))
+    # the running ones continued from their recorded checkpoints, under the same ids and parameters
+    for row in running.itertuples():
+        done = after.set_index("trial_id").loc[row.trial_id]
+        assert json.loads(done.extra)["resumed_from_step"] == row.steps
+        assert done.peak_lr == pytest.approx(row.peak_lr)
+        curve = rows_of(m_after, [row.trial_id])
+        assert list(curve.step[:len(rows_of(m_before, [row.trial_id]))]) == list(rows_of(m_before, [row.trial_id]).step)
 
 
 def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
-    """After the driver dies, a trial that had reported a checkpoint continues from it, not from
-    step 0, and its evaluations join up with no gap or repeat. To kill at a moment Tune's saved
-    state is whole and names a checkpoint, the driver is frozen (SIGSTOP) while that is checked."""
-    from harness.sweep import _restorable
-
+    """After the driver dies, a trial whose record names a checkpoint continues from it, not from
+    step 0, and its evaluations join up with no gap or repeat. Tune's experiment state plays no
+    part: the Ray folder's experiment state is deleted before the rerun."""
     spec = write_spec(tmp_path, {
         "name": "long", "workload": "mnist1d_mlp", "workload_options": {"n_train": 20000, "n_test": 1000},
         "budget": {"epochs": 12}, "eval": {"per_epoch": 2}, "axes": {"batch_sizes": [128], "methods": ["legw"]}})
     results = tmp_path / "results" / "long"
-    experiment = results / "ray" / "grid"
     cmd = ["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"]
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its state each second
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", *cmd], cwd=REPO, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while True:
-        assert driver.poll() is None and time.time() < deadline, "the trial ended before Tune saved a checkpoint"
-        time.sleep(0.3)
-        driver.send_signal(signal.SIGSTOP)
-        states = sorted(experiment.glob("experiment_state-*.json"))
-        if (_restorable(str(experiment), searcher=False) and "checkpoint_0000" in states[-1].read_text()
-                and not ResultsStore(results).trial_rows()):
+        assert driver.poll() is None and time.time() < deadline, "the trial ended before it checkpointed"
+        rows = _running(results)
+        if rows and "resume_from" in (rows[0]["extra"] or ""):
             break
-        driver.send_signal(signal.SIGCONT)
+        time.sleep(0.2)
     driver.kill()
     driver.wait()
+    for state in (results / "ray").rglob("experiment_state-*.json"):
+        state.unlink()
 
     proc = cli(cmd, ray_tmp)
     assert proc.returncode == 0, why(proc)
@@ -317,7 +343,7 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
     evals = [math.ceil(10000 * i / 128) for i in range(1, 25)]  # the first step past each half epoch
     assert list(measurements.step) == evals
     assert resumed_from in evals[:-1], resumed_from  # from an evaluation's checkpoint, before the end
-    assert not list((results / "ray").glob("grid.unrestorable-*")), "a whole state is restored, not set aside"
+    assert not list((results / "ray").rglob("checkpoint_*")), "a finished trial's checkpoints are dropped"
 
 
 def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp):
@@ -405,59 +431,14 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
     assert not leftovers, f"processes of the test cluster still running after stop: {leftovers}"
 
 
-def test_only_a_whole_experiment_state_is_restored(tmp_path, finished_sweep):
-    """Tune writes its state in pieces (experiment state, then the search algorithm's) and copies
-    them to storage file by file, so a killed driver can leave any subset. Restore only when the
-    newest experiment state and its own session's search state are all there and readable."""
-    from ray import cloudpickle
-
-    from harness.sweep import _restorable
-
-    # what Tune wrote for the finished sweep: the grid and each study are whole
-    _, _, reference, _ = finished_sweep
-    ray_dir = reference / "ray"
-    studies = sorted(json.loads((reference / "sweep.json").read_text())["studies"])
-    assert _restorable(str(ray_dir / "grid"), searcher=False)
-    assert all(_restorable(str(ray_dir / s), searcher=True) for s in studies)
-    assert not _restorable(str(ray_dir / "grid"), searcher=True)  # a grid has no searcher's pickle
-
-    s1, s2 = "2026-01-01_00-00-00", "2026-01-02_00-00-00"
-    state = cloudpickle.dumps({"counter": 1})  # the search states are (cloud)pickles, whatever their suffix
-    (tmp_path / "tuner.pkl").write_bytes(b"x")  # killed right after creating the Tuner
-    assert not _restorable(str(tmp_path), searcher=False)
-    assert not _restorable(str(tmp_path / "absent"), searcher=False)
-    (tmp_path / f"experiment_state-{s1}.json").write_text("{}")
-    assert not _restorable(str(tmp_path), searcher=False)  # the grid's variant state missing
-    (tmp_path / f"basic-variant-state-{s1}.json").write_bytes(state)
-    assert _restorable(str(tmp_path), searcher=False)
-    # a study: the search generator's state and the searcher's pickle, of the same session
-    assert not _restorable(str(tmp_path), searcher=True)
-    (tmp_path / f"search_gen_state-{s1}.json").write_bytes(state)
-    assert not _restorable(str(tmp_path), searcher=True)
-    (tmp_path / f"searcher-state-{s1}.pkl").write_bytes(state[:-3])  # cut short
-    assert not _restorable(str(tmp_path), searcher=True)
-    (tmp_path / f"searcher-state-{s1}.pkl").write_bytes(state)
-    assert _restorable(str(tmp_path), searcher=True)
-    # a resumed session's experiment state without its own search state: the older one does not do
-    (tmp_path / f"experiment_state-{s2}.json").write_text("{}")
-    assert not _restorable(str(tmp_path), searcher=True)
-    (tmp_path / f"experiment_state-{s2}.json").write_text('{"trial_data": [')  # cut short
-    for name in (f"search_gen_state-{s2}.json", f"basic-variant-state-{s2}.json", f"searcher-state-{s2}.pkl"):
-        (tmp_path / name).write_bytes(state)
-    assert not _restorable(str(tmp_path), searcher=True)
-    assert not _restorable(str(tmp_path), searcher=False)
-
-
-def test_a_study_whose_searcher_state_never_reached_storage_is_rebuilt_from_the_store(
+def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_folder(
         tmp_path, ray_tmp, finished_sweep):
-    """The driver was killed after Tune copied a study's experiment state to storage but before
-    the searcher's state. Restoring that half failed in CI (OptunaSearch had no search space) and,
-    as set up here, ended the study 'finished' with 2 of its 4 trials. The study is set aside and
-    rebuilt from the store: its finished trials are kept and told to the new searcher, and only
-    the missing ones run."""
+    """The store is the truth: with two of a study's four trials gone from it and the whole Ray
+    folder deleted, a rerun keeps the two, tells them to the study's sampler and runs two more."""
     _, _, reference, _ = finished_sweep
     results = tmp_path / "results" / "grid"
     shutil.copytree(reference, results)
+    shutil.rmtree(results / "ray")
     spec = write_spec(tmp_path, SPEC)
     meta, trials, measurements = load(results)
     study = sorted(meta["studies"])[-1]
@@ -466,22 +447,20 @@ def test_a_study_whose_searcher_state_never_reached_storage_is_rebuilt_from_the_
     trials[~trials.trial_id.isin(dropped)].to_parquet(results / "trials.parquet", index=False)
     measurements[~measurements.trial_id.isin(dropped)].to_parquet(results / "measurements.parquet", index=False)
     meta["status"] = "interrupted"
-    meta["studies"].pop(study)
     (results / "sweep.json").write_text(json.dumps(meta))
-    experiment = results / "ray" / study
-    for pattern in ("searcher-state-*.pkl", "search_gen_state-*.json"):
-        for f in experiment.glob(pattern):
-            f.unlink()
 
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report"], ray_tmp)
     assert proc.returncode == 0, why(proc)
+    assert "2 trials, 10 already finished" in proc.stdout or "10 already finished" in proc.stdout, proc.stdout
     meta, after, _ = load(results)
     assert meta["status"] == "finished" and meta["studies"][study]["trials"] == 4
     rerun = after[after.study == study]
     assert len(rerun) == 4 and (rerun.status == "complete").all() and set(kept) <= set(rerun.trial_id)
+    assert sorted(rerun.trial_id) == sorted(ours.trial_id)  # numbered on from the kept ones
     old = ours.set_index("trial_id").loc[kept]
     assert list(rerun.set_index("trial_id").loc[kept, "train_seconds"]) == list(old.train_seconds)
-    assert list(results.joinpath("ray").glob(f"{study}.unrestorable-*")), "the half experiment is set aside"
+    saved = optuna.load_study(study_name=study, storage=meta["studies"][study]["storage"])
+    assert len(saved.trials) == 4
 
 
 def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
@@ -529,26 +508,77 @@ def test_tuned_studies_start_from_the_rules_predictions():
     assert s.start_points == []
 
 
-def test_a_restored_study_ignores_trials_its_searcher_never_suggested():
-    """After a killed driver, Tune's restored experiment may hold a trial saved after the searcher's
-    state was: its results must not crash the study (OptunaSearch raises KeyError), while the
-    trials the searcher did suggest still reach Optuna."""
-    import optuna
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+def _study_rows(study: str, entries) -> list[dict]:
+    rows = []
+    for i, (status, lr, extra) in enumerate(entries):
+        rows.append({"trial_id": f"{study}-t{i}", "study": study, "status": status, "peak_lr": lr,
+                     "final_metric": 0.5 + lr / 10 if status == "complete" else None, "extra": json.dumps(extra)})
+    return rows
 
-    from harness.tune_callback import StudyBudget
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    inner = OptunaSearch(metric="objective", mode="max", sampler=optuna.samplers.RandomSampler(seed=0))
-    budget = StudyBudget(inner, "s", 3)
-    assert budget.set_search_properties("objective", "max", {"peak_lr": tune.loguniform(0.01, 1.0)})
-    assert 0.01 <= budget.suggest("a")["peak_lr"] <= 1.0
-    budget.on_trial_result("ghost", {"objective": 0.5, "training_iteration": 1})
-    budget.on_trial_complete("ghost", {"objective": 0.5})
-    budget.on_trial_complete("a", {"objective": 0.7})
-    assert [t.value for t in inner._ot_study.trials] == [0.7]
-    assert budget.live == set()
+def test_the_searcher_issues_what_the_store_lacks_and_shares_the_slots():
+    """Without Ray: a study built from the store tells its finished trials to Optuna, issues its
+    unfinished one again (same id, parameters and checkpoint), skips the start points already
+    tried, keeps to its budget and concurrency; grid cells and study trials share the slots."""
+    from ray.tune.search import Searcher
+
+    from harness.spec import load_spec
+    from harness.sweep import plan
+    from harness.sweep.search import StudyRun, SweepSearcher
+
+    spec = load_spec(data={**SPEC, "axes": {"batch_sizes": [1024], "methods": ["tuned"]}, "tuning": {"trials": 5}},
+                     kind="sweep")
+    (study,) = plan(spec, 20000).studies  # start points 0.4, 0.8, 1.6
+    rows = _study_rows(study.name, [("complete", 0.4, {}),
+                                    ("incomplete", 1.6, {"resume_from": "/ckpt/3", "carried": {"peak_lr": 1.6}})])
+    run = StudyRun(study, rows, budget=5, concurrent=2, higher_is_better=True, sampler_seed=0, warmup_range=None,
+                   base_config={"study": study.name, "trial": study.trial})
+    assert [t.value for t in run.optuna.trials] == [pytest.approx(0.54)] and run.left() == 4
+    cells = [{"trial_id": f"cell-{i}", "trial": {}} for i in range(2)]
+    searcher = SweepSearcher(cells, [run], "max")
+    assert searcher.total() == 6
+    first = searcher.suggest("a")  # the unfinished trial first, as it was
+    assert (first["trial_id"], first["peak_lr"], first["resume_from"]) == (f"{study.name}-t1", 1.6, "/ckpt/3")
+    assert searcher.suggest("b")["trial_id"] == "cell-0"  # one study trial running: the grid's turn
+    second = searcher.suggest("c")  # the start point not yet tried
+    assert (second["trial_id"], second["peak_lr"]) == (f"{study.name}-t2", pytest.approx(0.8))
+    assert "resume_from" not in second
+    assert searcher.suggest("d")["trial_id"] == "cell-1"  # the study is at its 2 concurrent trials
+    assert searcher.suggest("e") is None  # nothing to give until a trial ends
+    searcher.on_trial_complete("a", {"objective": 0.7})
+    searcher.on_trial_complete("c", error=True)
+    third, fourth = searcher.suggest("f"), searcher.suggest("g")  # TPE from here, inside the range
+    assert {third["trial_id"], fourth["trial_id"]} == {f"{study.name}-t3", f"{study.name}-t4"}
+    assert all(study.lr_range[0] <= c["peak_lr"] <= study.lr_range[1] for c in (third, fourth))
+    assert searcher.suggest("h") == Searcher.FINISHED and run.left() == 0  # all issued: Tune waits for them
+    searcher.on_trial_complete("f", {"objective": 0.6})
+    searcher.on_trial_complete("g", {"objective": float("nan")})
+    states = [t.state.name for t in run.optuna.trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "FAIL"]
+
+
+def test_a_sweep_grows_along_its_axes_and_its_studies_and_never_shrinks():
+    from harness.errors import SweepConflict
+    from harness.spec import load_spec
+    from harness.sweep import growth
+
+    def resolved(**changes):
+        data = json.loads(json.dumps(SPEC))
+        for key, value in changes.items():
+            section, field = key.split("__")
+            data[section][field] = value
+        return load_spec(data=data, kind="sweep").model_dump(mode="json")
+
+    base = resolved()
+    assert growth(base, base) == {}
+    assert growth(base, resolved(axes__seeds=[0, 1])) == {"seeds": [1]}
+    assert growth(base, resolved(tuning__trials=6)) == {"tuning.trials": 2}
+    assert growth(base, resolved(tuning__concurrent_trials=4)) == {}  # changes no trial already run
+    for changed, words in ((resolved(tuning__trials=3), "tuning.trials drops from 4 to 3"),
+                           (resolved(axes__batch_sizes=[128]), "axes.batch_sizes drops [512]"),
+                           (resolved(tuning__lr_range_factor=4), "changed: tuning.lr_range_factor")):
+        with pytest.raises(SweepConflict, match=words.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
+            growth(base, changed)
 
 
 def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an_infeasible_budget(tmp_path, ray_tmp):

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from harness.spec import load_spec
-from harness.trial import Trial, auto_micro_batch
+from harness.placement import auto_micro_batch
+from harness.trial import Trial
 from tests.conftest import tiny_trial
 
 

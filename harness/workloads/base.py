@@ -21,6 +21,17 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def recipes(peak_lrs: dict[str, float], *, base_batch_size: int, warmup_epochs: float, epochs: float,
+            decay: dict | None = None, optimizer_params: dict[str, dict] | None = None) -> dict[str, dict]:
+    """A workload's base recipes, one per optimizer, that differ only in their peak LR (and any
+    optimizer parameters): {optimizer: BaseRecipe fields}. The decay defaults to poly(2)."""
+    decay = decay or {"kind": "poly", "power": 2.0}
+    params = optimizer_params or {}
+    return {name: dict(base_batch_size=base_batch_size, peak_lr=lr, warmup_epochs=warmup_epochs, epochs=epochs,
+                       decay=dict(decay), optimizer={"name": name, **params.get(name, {})})
+            for name, lr in peak_lrs.items()}
+
+
 @dataclass
 class Dataset:
     """Training and evaluation tensors; row i of every tensor in a tuple belongs to example i."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from harness.data import find_files
 from harness.data.idx import read_idx, read_idx_shape
-from harness.workloads.base import Dataset, Workload
+from harness.workloads.base import Dataset, Workload, recipes
 
 _IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -109,16 +109,8 @@ _MNIST_HOW = ("MNIST is not packaged for Debian: put train-images-idx3-ubyte.gz,
 # decay. The paper does not publish its MNIST-LSTM learning rates, so the peak LRs were tuned here:
 # a grid per optimizer at B0, keeping the smallest LR within 0.5 points of the best final accuracy
 # (docs/workloads.md has the grid and every result).
-_LSTM_RECIPES = {
-    "momentum": dict(base_batch_size=128, peak_lr=0.4, warmup_epochs=0.05, epochs=10,
-                     decay={"kind": "poly", "power": 2.0}, optimizer={"name": "momentum"}),
-    "adam": dict(base_batch_size=128, peak_lr=8e-3, warmup_epochs=0.05, epochs=10,
-                 decay={"kind": "poly", "power": 2.0}, optimizer={"name": "adam"}),
-    "lars": dict(base_batch_size=128, peak_lr=4.0, warmup_epochs=0.05, epochs=10,
-                 decay={"kind": "poly", "power": 2.0}, optimizer={"name": "lars"}),
-    "lamb": dict(base_batch_size=128, peak_lr=8e-3, warmup_epochs=0.05, epochs=10,
-                 decay={"kind": "poly", "power": 2.0}, optimizer={"name": "lamb", "weight_decay": 0.0}),
-}
+_LSTM_RECIPES = recipes({"momentum": 0.4, "adam": 8e-3, "lars": 4.0, "lamb": 8e-3}, base_batch_size=128,
+                        warmup_epochs=0.05, epochs=10, optimizer_params={"lamb": {"weight_decay": 0.0}})
 
 
 class FashionMnistLSTM(IdxImageWorkload):
@@ -152,12 +144,8 @@ class FashionMnistCNN(IdxImageWorkload):
     missing_how = _FMNIST_HOW
     default_optimizer = "momentum"
     # Tuned here at B0=128 (docs/workloads.md): smallest LR within 0.5 points of the best.
-    base_recipes = {
-        "momentum": dict(base_batch_size=128, peak_lr=0.05, warmup_epochs=0.05, epochs=10,
-                         decay={"kind": "poly", "power": 2.0}, optimizer={"name": "momentum"}),
-        "lars": dict(base_batch_size=128, peak_lr=4.0, warmup_epochs=0.05, epochs=10,
-                     decay={"kind": "poly", "power": 2.0}, optimizer={"name": "lars", "weight_decay": 5e-4}),
-    }
+    base_recipes = recipes({"momentum": 0.05, "lars": 4.0}, base_batch_size=128, warmup_epochs=0.05, epochs=10,
+                           optimizer_params={"lars": {"weight_decay": 5e-4}})
     recipe_source = "tuned here at B0=128 (docs/workloads.md)"
     cpu_micro_batch_cap = 64
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 from torch import nn
 
 from harness.data.mnist1d import PARALLEL_ABOVE, load_mnist1d
-from harness.workloads.base import Dataset, Workload
+from harness.workloads.base import Dataset, Workload, recipes
 
 
 class Mnist1dOptions(BaseModel):
@@ -43,18 +43,8 @@ class Mnist1dMLP(Workload):
     Options = Mnist1dOptions
     cpu_micro_batch_cap = 256
     eval_batch_size = 10_000
-    base_recipes = {
-        "momentum": dict(base_batch_size=256, peak_lr=0.4, warmup_epochs=0.02, epochs=10,
-                         decay={"kind": "poly", "power": 2.0}, optimizer={"name": "momentum"}),
-        "sgd": dict(base_batch_size=256, peak_lr=2.0, warmup_epochs=0.02, epochs=10,
-                    decay={"kind": "poly", "power": 2.0}, optimizer={"name": "sgd"}),
-        "adam": dict(base_batch_size=256, peak_lr=8e-3, warmup_epochs=0.02, epochs=10,
-                     decay={"kind": "poly", "power": 2.0}, optimizer={"name": "adam"}),
-        "lars": dict(base_batch_size=256, peak_lr=8.0, warmup_epochs=0.02, epochs=10,
-                     decay={"kind": "poly", "power": 2.0}, optimizer={"name": "lars"}),
-        "lamb": dict(base_batch_size=256, peak_lr=1.6e-2, warmup_epochs=0.02, epochs=10,
-                     decay={"kind": "poly", "power": 2.0}, optimizer={"name": "lamb", "weight_decay": 0.0}),
-    }
+    base_recipes = recipes({"momentum": 0.4, "sgd": 2.0, "adam": 8e-3, "lars": 8.0, "lamb": 1.6e-2}, base_batch_size=256,
+                           warmup_epochs=0.02, epochs=10, optimizer_params={"lamb": {"weight_decay": 0.0}})
     # Tuned here at B0=256: per optimizer an LR grid, keeping the smallest LR within 0.5 points of
     # the best final accuracy (docs/workloads.md has the grid and every result).
     recipe_source = "tuned here at B0=256 (docs/workloads.md)"

@@ -1,0 +1,166 @@
+"""Commands that show what a spec means without training: ``schedule``, ``plan`` and ``list``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer):
+    from harness.scaling import resolve
+    from harness.spec import RecipeSpec, SweepSpec, load_spec
+
+    spec = load_spec(spec_path, overrides)
+    if isinstance(spec, RecipeSpec):
+        base, n = spec.recipe, spec.dataset_size
+        batches = batch_sizes or spec.batch_sizes or [base.base_batch_size]
+        methods = methods or spec.methods
+    else:
+        wl = spec.workload_obj()
+        n = wl.train_size()
+        if isinstance(spec, SweepSpec):
+            base = spec.base_recipe(optimizer or spec.optimizers()[0])
+            batches = batch_sizes or spec.axes.batch_sizes
+            methods = methods or [m for m in spec.axes.methods if m != "tuned"] or ["legw"]
+        else:
+            base = spec.base_recipe()
+            batches = batch_sizes or [spec.batch_size or base.base_batch_size]
+            methods = methods or [spec.method]
+        epochs = spec.budget.epochs_for(n)
+        return [resolve(base, b, m, n, epochs=epochs) for m in methods for b in batches]
+    return [resolve(base, b, m, n) for m in methods for b in batches]
+
+
+def recipe_table(recipes) -> list[str]:
+    import math
+
+    head = (f"{'method':>12} {'batch':>7} {'k':>6} {'peak_lr':>10} {'log2 lr':>8} {'realised':>10} "
+            f"{'warmup_ep':>10} {'warmup_st':>9} {'total_st':>9} {'steps/ep':>9}")
+    lines = [head]
+    for r in recipes:
+        lines.append(f"{r.method:>12} {r.batch_size:>7} {r.scale:>6g} {r.peak_lr:>10.5g} {math.log2(r.peak_lr):>8.3f} "
+                     f"{r.realised_peak_lr:>10.5g} {r.warmup_epochs:>10.5g} {r.warmup_steps:>9} {r.total_steps:>9} "
+                     f"{r.steps_per_epoch:>9.2f}")
+    for r in recipes:
+        for w in r.warnings:
+            lines.append(f"warning: {r.method} B={r.batch_size}: {w}")
+    return lines
+
+
+def schedule(spec_path: str, overrides: list[str], *, batch_sizes=None, methods=None, optimizer=None,
+             every: int = 1, recipe_only: bool = False, plot: str | None = None) -> int:
+    """``batchscale schedule``: the resolved recipes, then the LR at every step as CSV."""
+    from harness.schedules import lr_table
+
+    recipes = _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer)
+    table = recipe_table(recipes)
+    if recipe_only:
+        print("\n".join(table))
+    else:
+        print("\n".join("# " + line for line in table))
+        print("method,batch_size,step,epoch,lr")
+        out = sys.stdout
+        for r in recipes:
+            for step, epoch, lr in lr_table(r, every):
+                out.write(f"{r.method},{r.batch_size},{step},{epoch:.6g},{lr:.8g}\n")
+    if plot:
+        from analysis.curves import plot_schedules
+
+        plot_schedules(recipes, Path(plot))
+        print(f"# plot written to {plot}", file=sys.stderr)
+    return 0
+
+
+
+
+PROTOCOL_SOURCES = {"fixed_epochs": "the same epoch budget at every batch size, no retuning (You et al. 2019; "
+                                    "Goyal et al. 2017)",
+                    "steps_to_result": "a step budget per batch size, trials stop at the target, tuned arm selects "
+                                       "on steps (Shallue et al. 2018)"}
+
+
+def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1.5, slots: int | None = None,
+              trial_overhead_s: float = 2.5) -> int:
+    """What a sweep spec will run, whether its budgets can reach the target, and how long it takes."""
+    import os
+
+    from harness import protocol
+    from harness.scaling import AUTOMATIC_METHODS, resolve
+    from harness.spec import load_spec
+    from harness.sweep import plan
+
+    spec = load_spec(spec_path, overrides, kind="sweep")
+    wl = spec.workload_obj()
+    wl.prepare()
+    n = wl.train_size()
+    p = spec.protocol
+    print(f"plan: {spec.name} ({wl.name}, {n:,} training examples); protocol {p.kind}: {PROTOCOL_SOURCES[p.kind]}")
+    if spec.target is None:
+        print("no target: budgets are not checked (steps to what?)")
+    estimates = protocol.estimates(spec, n)
+    rows = protocol.budget_table(spec, n, estimates)
+    the_plan = plan(spec, n, {}, rows)
+    counts: dict[str, int] = {}
+    per_cell: dict[tuple, int] = {}
+    for r in the_plan.rows:
+        k = r.get("trials", 1)
+        counts[r["method"]] = counts.get(r["method"], 0) + k
+        per_cell[(r["optimizer"], r["batch_size"])] = per_cell.get((r["optimizer"], r["batch_size"]), 0) + k
+    studies = len(the_plan.studies)
+    print(f"trials: {sum(counts.values())} = " + ", ".join(
+        f"{m} {c}" + (f" ({studies} studies x {spec.tuning.trials})" if m == "tuned" else "") for m, c in counts.items())
+        + f"; {len(spec.axes.seeds)} seed(s)")
+    if estimates or rows:
+        print("budgets (S(B) = steps the best rule needs, needed = margin x S(B); resol = evaluation interval / S(B)):")
+        for line in protocol.format_table(rows, estimates, wl.metric):
+            print("  " + line)
+    by_cell = {(r["optimizer"], r["batch_size"]): r for r in rows}
+    recipes = []
+    for optimizer in spec.optimizers():
+        for method in (m for m in spec.axes.methods if m not in AUTOMATIC_METHODS):
+            for b in spec.axes.batch_sizes:
+                row = by_cell[(optimizer, b)]
+                trial = spec.trial_spec(optimizer, method, b, spec.axes.seeds[0],
+                                        **protocol.trial_settings(spec, row, n))
+                recipes.append(resolve(trial.base_recipe(), b, method, n, epochs=row["budget_steps"] * b / n))
+    if recipes:
+        print("recipes (peak LR as the rule gives it; realised = the largest LR the schedule reaches):")
+        for line in recipe_table(recipes):
+            print("  " + line)
+    probe_batches = sorted({min(spec.axes.batch_sizes), max(spec.axes.batch_sizes)})
+    throughput = protocol.throughput_probe(spec, spec.optimizers()[0], probe_batches, seconds=probe_seconds)
+    slots = slots or max(1, (os.cpu_count() or 1) // spec.resources.cpus)
+    if spec.max_concurrent:
+        slots = min(slots, spec.max_concurrent)
+    t = protocol.time_estimate(spec, rows, throughput, per_cell, slots, overhead_s=trial_overhead_s)
+    print("throughput probe on this machine (" + f"{spec.resources.cpus} thread(s) per trial): "
+          + ", ".join(f"B={b}: {v:,.0f} examples/s" for b, v in throughput.items()))
+    print(f"estimated wall time: {t['low_s'] / 60:.1f} - {t['high_s'] / 60:.1f} min on {slots} slot(s) (trials stopping "
+          f"at the predicted steps - running their whole budget; {trial_overhead_s:g} s of Ray and data set-up "
+          f"per trial, 15 s start)")
+    protocol.refuse_infeasible(spec, rows)
+    return 0
+
+
+def list_all() -> int:
+    """``batchscale list``: workloads, methods, optimizers."""
+    from harness.optimizers import OPTIMIZERS
+    from harness.scaling import AUTOMATIC_METHODS, METHODS
+    from harness.workloads import WORKLOADS, workload_names
+
+    print("workloads:")
+    for name in workload_names():
+        w = WORKLOADS[name]
+        print(f"  {name:<14} {w.summary} [{w.metric}, {'higher' if w.higher_is_better else 'lower'} is better; "
+              f"optimizers: {', '.join(w.base_recipes)}]")
+    print("methods:")
+    for m in METHODS.values():
+        print(f"  {m.name:<14} {m.summary} (lr {m.lr_rule}, warmup {m.warmup_rule})")
+    for name, summary in AUTOMATIC_METHODS.items():
+        print(f"  {name:<14} {summary}")
+    print("  <lr>+<warmup>  any LR rule (none, linear, sqrt) with any warmup rule (none, fixed, legw, base)")
+    print("optimizers:")
+    for o in OPTIMIZERS.values():
+        print(f"  {o.name:<14} {o.summary}; params: {json.dumps(o.defaults)}")
+    return 0

@@ -1,0 +1,88 @@
+"""``batchscale train``: one trial in this process, with a progress bar, written to a folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+
+def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: bool = False) -> int:
+    """``batchscale train``: one trial in this process (data-parallel: its workers on an embedded Ray)."""
+    from harness.spec import load_spec
+    from harness.trial import Trial
+
+    from harness.protocol import with_b_noise
+
+    spec = with_b_noise(load_spec(spec_path, overrides, kind="trial"))
+    workers = spec.data_parallel.workers
+    trial = Trial(spec, world=(0, workers))
+    r = trial.recipe
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out or f"results/train/{spec.workload}-{r.method}-b{r.batch_size}-s{spec.seed}-{stamp}")
+    print(f"{spec.workload}: {r.method} at B={r.batch_size} (k={r.scale:g}): peak LR {r.peak_lr:.4g}, warmup "
+          f"{r.warmup_steps} steps ({r.warmup_epochs:g} epochs), {r.total_steps} steps, micro-batch "
+          f"{trial.micro_batch_size}, {trial.device}")
+    for w in r.warnings:
+        print(f"warning: {w}")
+    if trial.noise_note:
+        print(f"note: {trial.noise_note}")
+    result = _train_data_parallel(spec, trial) if workers > 1 else _train_here(trial, quiet)
+    _write_train(out, spec, result)
+
+    s, metric = result.summary, trial.workload.metric
+    best = f"{s['best_metric']:.4f}" if s["best_metric"] is not None else "n/a"
+    print(f"{result.status}: {s['steps']} steps, {s['train_seconds']:.1f} s training "
+          f"({s['throughput']:.0f} examples/s), best {metric} {best}"
+          + (f", diverged at step {s['diverged_step']}" if s["diverged_step"] else "")
+          + (f"; target reached at step {s['steps_to_target']}" if s["target_reached"] else "")
+          + (f"; noise scale B_simple {s['noise_scale']:.0f}" if s.get("noise_scale") else ""))
+    print(f"results in {out}")
+    return 0
+
+
+def _train_here(trial, quiet: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    metric = trial.workload.metric
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), disable=quiet) as bar:
+        task = bar.add_task("train", total=trial.recipe.total_steps, info="")
+        last = [0.0]
+
+        def on_step(t):
+            now = time.monotonic()
+            if now - last[0] > 0.2:
+                bar.update(task, completed=t.step)
+                last[0] = now
+
+        def on_eval(t, row):
+            bar.update(task, completed=t.step, info=f"epoch {row['epoch']:.2f} loss {row['train_loss']:.4f} "
+                                                     f"{metric} {row['metric']:.4f}")
+
+        return trial.run(on_eval=on_eval, on_step=on_step)
+
+
+def _train_data_parallel(spec, trial):
+    """A data-parallel trial: its workers through Ray Train on an embedded Ray."""
+    import tempfile
+
+    from harness.distributed import run_standalone
+    from harness.trial import TrialResult
+
+    workers, gpu = spec.data_parallel.workers, trial.device.type == "cuda"
+    print(f"data-parallel: {workers} workers (Ray Train, {'nccl' if gpu else 'gloo'}), {trial.local_batch} examples "
+          f"each per step")
+    with tempfile.TemporaryDirectory(prefix="batchscale-train-") as storage:
+        res = run_standalone(spec.model_dump(mode="json"), workers, spec.threads or 1, 1.0 if gpu else 0.0, storage)
+    return TrialResult(res["summary"]["status"], trial.recipe, res["measurements"], res["summary"])
+
+
+def _write_train(out: Path, spec, result) -> None:
+    from harness.store import write_json_atomic, write_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(out / "measurements.parquet", result.measurements)
+    write_json_atomic(out / "recipe.json", result.recipe.model_dump(mode="json"))
+    write_json_atomic(out / "summary.json", result.summary)
+    write_json_atomic(out / "spec.json", spec.model_dump(mode="json"))

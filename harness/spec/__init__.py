@@ -1,0 +1,22 @@
+"""Experiment specs: YAML -> validated objects, ``--set`` overrides, one-line errors.
+
+Layers, lowest first (as in init2winit): the workload's defaults (its base recipe per optimizer),
+the YAML file, then ``--set a.b=c`` overrides. A spec with an ``axes`` key is a sweep spec
+(``batchscale sweep``); without, it describes one trial (``batchscale train``).
+
+Every problem is a ``SpecError``: exit code 2 and one line naming the key, the value and what is
+allowed. Nothing is half-applied: a spec is validated whole before anything runs.
+
+The models live in ``common`` (what all share), ``trial`` (one trial) and ``sweep`` (a sweep, and
+the workload-free recipe spec); ``loading`` reads YAML and applies overrides. Import from here.
+"""
+
+from harness.spec.common import Strict
+from harness.spec.loading import apply_overrides, load_spec, parse_override, read_yaml, yaml_load
+from harness.spec.sweep import Asha, Axes, Claim, Projection, Protocol, RecipeSpec, SweepSpec, Tuning
+from harness.spec.trial import (AutoWUSpec, Budget, Common, DataParallel, Divergence, EvalSpec, NoiseAwareSpec,
+                               Resources, Target, TrialSpec)
+
+__all__ = ["Asha", "AutoWUSpec", "Axes", "Budget", "Claim", "Common", "DataParallel", "Divergence", "EvalSpec",
+           "NoiseAwareSpec", "Projection", "Protocol", "RecipeSpec", "Resources", "Strict", "SweepSpec", "Target",
+           "TrialSpec", "Tuning", "apply_overrides", "load_spec", "parse_override", "read_yaml", "yaml_load"]

@@ -1,0 +1,158 @@
+"""The spec of one trial (``batchscale train``) and the sections a sweep shares with it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from harness.errors import SpecError
+from harness.optimizers import OPTIMIZERS
+from harness.scaling import BaseRecipe, validate_method
+from harness.spec.common import Strict, _base_recipe, _check_batch_split
+
+
+class Budget(Strict):
+    """Training length: epochs or examples (one of them); the recipe's epochs when neither."""
+
+    epochs: PositiveFloat | None = None
+    examples: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.epochs is not None and self.examples is not None:
+            raise ValueError("give budget.epochs or budget.examples, not both")
+        return self
+
+    def epochs_for(self, dataset_size: int) -> float | None:
+        """The budget in epochs of ``dataset_size`` examples; None when neither is given (the
+        recipe's epochs apply). The one place that converts examples to epochs."""
+        if self.epochs:
+            return self.epochs
+        return self.examples / dataset_size if self.examples else None
+
+
+class Target(Strict):
+    """A metric value to reach; the first evaluation reaching it is recorded (and may stop the run)."""
+
+    metric: str
+    value: float
+    stop: bool = False
+
+
+class EvalSpec(Strict):
+    #: Evaluations per epoch (at least one per epoch); ignored when ``every_examples`` is set.
+    per_epoch: Annotated[float, Field(ge=1)] = 2.0
+    every_examples: PositiveInt | None = None
+    #: Evaluate on the first n held-out examples only; all when unset.
+    max_examples: PositiveInt | None = None
+
+
+class Divergence(Strict):
+    """NaN/inf always diverges; so does a training loss above ``loss_factor`` x the first step's."""
+
+    loss_factor: Annotated[float, Field(gt=1)] | None = 5.0
+
+
+class AutoWUSpec(Strict):
+    """Settings of the ``autowu`` method (harness.autotune.AutoWUControl). The defaults are Kim et
+    al.'s (arXiv 2107.05855, official code kakaobrain/autowu); a trial that changes one says so in
+    its recipe warnings."""
+
+    min_lr: PositiveFloat = 1e-5
+    max_lr: PositiveFloat = 1.0
+    #: The exponential ramp reaches max_lr at this fraction of the run; the warmup ends there at the latest.
+    max_warmup_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    #: How often the GP tests for the loss minimum (Kim et al.: at the end of every epoch).
+    check_every_epochs: PositiveFloat = 1.0
+    #: Switch when this many consecutive tests voted "minimum behind".
+    patience: PositiveInt = 3
+    #: Predictions per test (each on its own subsample); the test votes by majority.
+    draws: PositiveInt = 5
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    lengthscale: PositiveFloat = 0.2
+    #: The last fraction of the run is a cosine cooldown to 0.
+    cooldown_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+
+class NoiseAwareSpec(Strict):
+    """Settings of the ``noise-aware`` rule: B_noise given, or measured at B0 by a probe run."""
+
+    b_noise: PositiveFloat | None = None
+    probe_epochs: PositiveFloat = 1.0
+    warmup_rule: Literal["none", "fixed", "legw", "base"] = "legw"
+
+
+class DataParallel(Strict):
+    """A trial as several data-parallel workers (harness.distributed, through Ray Train)."""
+
+    #: Workers per trial; each takes batch_size / workers examples of every step.
+    workers: PositiveInt = 1
+
+
+class Resources(Strict):
+    cpus: PositiveInt = 1
+    gpus: NonNegativeFloat = 0.0
+
+
+class Common(Strict):
+    """What trial and sweep specs share."""
+
+    workload: str
+    workload_options: dict[str, Any] = {}
+    data_dir: str | None = None
+    budget: Budget = Budget()
+    target: Target | None = None
+    eval: EvalSpec = EvalSpec()
+    divergence: Divergence = Divergence()
+    micro_batch_size: PositiveInt | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Measure the gradient noise scale (harness.noise). It needs two micro-batches per step: a
+    #: batch that fits one micro-batch is split in two (same update, a little slower).
+    noise_scale: bool = True
+    #: Window of the moving averages of the noise-scale estimates, in epochs of examples seen: they
+    #: decay by exp(-B / (window * N)) per step, the same per example at every batch size (a
+    #: per-step decay would average over 0.2 epochs at B=128 and 14 epochs at 8192).
+    noise_ema_epochs: PositiveFloat = 0.2
+    autowu: AutoWUSpec = AutoWUSpec()
+    noise_aware: NoiseAwareSpec = NoiseAwareSpec()
+    data_parallel: DataParallel = DataParallel()
+
+    def workload_obj(self):
+        from harness.workloads import get_workload
+
+        return get_workload(self.workload, self.workload_options, self.data_dir)
+
+    def _check_target(self, wl) -> None:
+        if self.target and self.target.metric != wl.metric:
+            raise SpecError("target.metric", self.target.metric, f"allowed: {wl.metric!r} (the metric of {wl.name})")
+
+
+class TrialSpec(Common):
+    optimizer: str | None = None
+    #: Overrides of the workload's base recipe for this optimizer (any BaseRecipe field).
+    recipe: dict[str, Any] = {}
+    batch_size: PositiveInt | None = None
+    method: str = "legw"
+    #: Explicit peak LR / warmup replacing the rule's (tuned trials set them).
+    peak_lr: PositiveFloat | None = None
+    warmup_epochs: NonNegativeFloat | None = None
+    seed: NonNegativeInt = 0
+    threads: PositiveInt | None = None
+
+    def check(self) -> "TrialSpec":
+        """Cross-field validation that needs the registries (no data is loaded)."""
+        wl = self.workload_obj()
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise SpecError("optimizer", self.optimizer, f"allowed: {', '.join(OPTIMIZERS)}")
+        validate_method(self.method)
+        if self.method == "tuned" and self.peak_lr is None:
+            raise SpecError("method", self.method, "a single trial cannot be 'tuned'; run a sweep, or give peak_lr")
+        base = _base_recipe(wl, self.optimizer, self.recipe, "recipe")
+        batch = self.batch_size or base.base_batch_size
+        _check_batch_split(self.micro_batch_size, batch, "batch_size", self.data_parallel.workers)
+        self._check_target(wl)
+        return self
+
+    def base_recipe(self) -> BaseRecipe:
+        return _base_recipe(self.workload_obj(), self.optimizer, self.recipe, "recipe")

@@ -1,0 +1,323 @@
+"""The sweep driver: plans what the results store lacks, runs it as one Ray Tune run, records.
+
+Ray: an embedded local Ray by default (started for the sweep, stopped after), or an existing
+cluster with ``--address`` / ``RAY_ADDRESS``. Only the current Tune API is used (``Tuner``,
+``TuneConfig``, ``RunConfig``, ``tune.report``, ``tune.get_checkpoint``).
+
+The store is the truth. Each run reads it, skips every finished trial, issues every unfinished
+one again from the checkpoint its record names, and runs what is new, all in one Tune run
+(``harness.sweep.search``). Tune's experiment state is never restored, so a lost or half-written
+Ray folder costs nothing but the progress of trials that had not yet checkpointed. A spec that
+would change cells the store holds is refused; one that only adds cells grows the sweep.
+
+Failures: a trial that raises or whose worker dies is retried ``retries`` times from its last
+checkpoint (``FailureConfig``), then recorded as ``error`` with its message. Divergence is a
+result (``diverged``), reported by the trial loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import protocol
+from harness.errors import BatchscaleError, SweepConflict
+from harness.protocol import best_trial
+from harness.spec import SweepSpec
+from harness.store import FINAL, ResultsStore, Status, environment, now
+from harness.sweep import leftovers
+from harness.sweep.plan import REPORT_ONLY, Plan, growth, plan, probe_b_noise, spec_hash
+
+
+class Sweep:
+    def __init__(self, spec: SweepSpec, given: dict[str, Any], results_root: str | Path = "results",
+                 name: str | None = None, address: str | None = None, storage: str | None = None,
+                 progress=None):
+        self.spec = spec
+        self.given = given
+        self.name = name or spec.name or "sweep"
+        self.store = ResultsStore(Path(results_root) / self.name)
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.storage = storage or str((self.store.root / "ray").resolve())
+        self.progress = progress
+
+    def _say(self, line: str) -> None:
+        if self.progress:
+            self.progress.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+    @property
+    def mode(self) -> str:
+        by_steps = self.spec.protocol.kind == "steps_to_result"
+        return "min" if by_steps or not self.spec.workload_obj().higher_is_better else "max"
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def _check_existing(self) -> tuple[dict[str, Any] | None, dict[str, list]]:
+        """(the stored meta or None, the values this spec adds to it)."""
+        if not self.store.exists():
+            return None, {}
+        meta = self.store.read_meta()
+        try:
+            added = growth(meta.get("spec_resolved", {}), self.spec.model_dump(mode="json"))
+        except SweepConflict as e:
+            raise SweepConflict(
+                f"{self.store.root} holds sweep '{self.name}' run with a different spec ({e}); give --name for a new "
+                f"sweep, or delete that folder to start over") from None
+        return meta, added
+
+    def finished_ids(self) -> set[str]:
+        return {t["trial_id"] for t in self.store.trial_rows() if t["status"] in FINAL}
+
+    # -- run --------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        meta, added = self._check_existing()
+        if meta and not added:  # what the report does with the results may change without a new sweep
+            resolved = {**meta["spec_resolved"], **self.spec.model_dump(mode="json", include=set(REPORT_ONLY))}
+            if resolved != meta["spec_resolved"]:
+                meta = self.store.update_meta(spec_resolved=resolved)
+        if meta and meta.get("status") == "finished" and not added:
+            return {"already_finished": True, **self.outcome(meta)}
+        if added:
+            self._say(f"sweep '{self.name}' grows: " + "; ".join(f"{k if '.' in k else 'axes.' + k} + {v}" for k, v in added.items())
+                      + " (only the new cells run; every finished trial stays as it is)")
+        if meta and (ended := leftovers.end_abandoned(meta.get("sessions", []))):
+            self._say(f"ended {len(ended)} process(es) the killed driver of an earlier run left behind "
+                      f"(pids {', '.join(map(str, ended))})")
+
+        wl = self.spec.workload_obj()
+        wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
+        dataset_size = wl.train_size()
+        b_noise = probe_b_noise(self.spec, meta)
+        stored = (meta or {}).get("protocol", {}).get("estimates")
+        if not stored and protocol.needs_estimate(self.spec) and self.spec.protocol.s_min is None:
+            self._say(f"protocol {self.spec.protocol.kind}: pilot of the base recipe at B0 to the target ...")
+        estimates = protocol.estimates(self.spec, dataset_size, stored)
+        budgets = protocol.budget_table(self.spec, dataset_size, estimates)
+        if estimates:
+            for line in protocol.format_table(budgets, estimates, wl.metric):
+                self._say(line)
+        protocol.refuse_infeasible(self.spec, budgets)  # before anything is written
+        protocol_meta = {"kind": self.spec.protocol.kind, "margin": self.spec.protocol.margin,
+                         "checked": bool(estimates), "estimates": {o: e.to_json() for o, e in estimates.items()},
+                         "budgets": budgets}
+        the_plan = plan(self.spec, dataset_size, b_noise, budgets)
+        session = self.session = {"started_at": now(), "address": self.address or "local"}
+        digest = spec_hash(self.spec)
+        if meta is None:
+            meta = {
+                "name": self.name, "status": "running", "spec_hash": digest,
+                "spec_given": self.given, "spec_resolved": self.spec.model_dump(mode="json"),
+                "workload": {"name": wl.name, "metric": wl.metric, "higher_is_better": wl.higher_is_better,
+                             "chance_metric": wl.chance_metric(), "dataset_size": dataset_size, "summary": wl.summary,
+                             "base_recipes": {o: self.spec.base_recipe(o).model_dump(mode="json")
+                                              for o in self.spec.optimizers()}},
+                "trials": the_plan.rows, "studies": {}, "environment": environment(),
+                "started_at": session["started_at"], "finished_at": None, "sessions": [],
+                "storage": self.storage, "noise_aware": b_noise, "protocol": protocol_meta,
+            }
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            self.store.write_meta(meta)
+        elif added:  # the plan, the spec and the protocol's budget table now cover the new cells too
+            session["grew"] = added
+            self.store.update_meta(spec_resolved=self.spec.model_dump(mode="json"), spec_given=self.given,
+                                   spec_hash=digest, trials=the_plan.rows,
+                                   protocol={**(meta.get("protocol") or {}), **protocol_meta}, finished_at=None)
+        sessions = self.store.read_meta().get("sessions", [])
+        self.store.update_meta(status="running", sessions=[*sessions, session])
+
+        from harness.sweep.records import StoreCallback
+
+        callback = StoreCallback(self.store, self.progress)
+        started = time.monotonic()
+        self._init_ray(session, sessions)
+        try:
+            if self.progress:
+                self.progress.start(total=len(the_plan.grid) + len(the_plan.studies) * self.spec.tuning.trials,
+                                    done=self.finished_ids())
+            self._run_trials(the_plan, callback)
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+        finally:
+            if self.progress:
+                self.progress.stop()
+            callback.unfinished()
+            self.store.consolidate()  # the trials' records into the two tables readers open
+            self._shutdown_ray()
+        if status == "finished":
+            self._record_studies(the_plan)
+        meta = self.store.update_meta(status=status, finished_at=now() if status == "finished" else None,
+                                      sessions=[*self.store.read_meta()["sessions"][:-1],
+                                                {**session, "ended_at": now(), "status": status}])
+        out = self.outcome(meta)
+        out["wall_seconds"] = time.monotonic() - started
+        if status == "interrupted":
+            raise KeyboardInterrupt
+        return out
+
+    def outcome(self, meta) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for t in self.store.trial_rows():
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        return {"name": self.name, "path": str(self.store.root), "status": meta.get("status"), "counts": counts,
+                "studies": meta.get("studies", {})}
+
+    # -- the Tune run -----------------------------------------------------------------------------------
+    def _searcher(self, p: Plan):
+        """What the store lacks, as one searcher: unfinished grid cells and the studies' trials."""
+        from harness.sweep.search import StudyRun, SweepSearcher, resume_from
+
+        rows = self.store.trial_rows()
+        by_id = {r["trial_id"]: r for r in rows}
+        res = self._worker_resources()
+        cells = []
+        for tid, fields in p.grid.items():
+            row = by_id.get(tid)
+            if row is None or row["status"] not in FINAL:
+                cells.append({"trial_id": tid, "trial": fields, **res,
+                              **({"resume_from": resume_from(row)} if row and resume_from(row) else {})})
+        t = self.spec.tuning
+        warmup_range = t.warmup_epochs_range if t.search_warmup else None
+        runs = []
+        for s in p.studies:
+            base = {"study": s.name, "trial": s.trial, **res,
+                    **({"objective_steps_budget": s.budget_steps} if s.objective == "steps" else {})}
+            runs.append(StudyRun(s, [r for r in rows if r.get("study") == s.name], budget=t.trials,
+                                 concurrent=t.concurrent_trials, higher_is_better=self.spec.workload_obj().higher_is_better,
+                                 sampler_seed=t.sampler_seed, warmup_range=warmup_range, base_config=base))
+        return SweepSearcher(cells, [r for r in runs if r.left() > 0], self.mode)
+
+    def _run_trials(self, p: Plan, callback) -> None:
+        from ray import tune
+
+        for attempt in range(2):
+            searcher = self._searcher(p)
+            if not searcher.total():
+                return
+            if attempt:
+                self._say(f"{searcher.total()} trial(s) still missing from the store after the Tune run; running "
+                          "them again")
+            trainable, tune_config, run_config = self._tune_common(searcher, callback)
+            started = time.monotonic()
+            try:
+                tune.Tuner(trainable, tune_config=tune_config, run_config=run_config).fit()
+            finally:  # how well the run kept its slots busy: make bench ARGS="--only packing"
+                self.session["tune_seconds"] = self.session.get("tune_seconds", 0.0) + time.monotonic() - started
+                self.session["slots"] = self._slots(tune_config.max_concurrent_trials)
+        if self._searcher(p).total():
+            raise BatchscaleError(f"sweep '{self.name}': trials still missing from the store after two Tune runs; "
+                                  f"the Ray folder is kept in {self.storage} (please report this as a bug)")
+
+    def _tune_common(self, searcher, callback):
+        from ray import tune
+
+        spec = self.spec
+        concurrent = spec.max_concurrent
+        from harness.sweep.trainable import tune_trial
+
+        if spec.data_parallel.workers > 1:
+            # The workers hold the CPUs/GPUs; the Tune trial only launches and waits on them (a
+            # 1-byte memory request, as Ray refuses an empty one). As many trials at once as the
+            # cluster has room for all their workers (Ray Train's advice), unless given.
+            trainable = tune.with_resources(tune_trial, {"cpu": 0, "memory": 1})
+            concurrent = concurrent or self._slots(None)
+        else:
+            trainable = tune.with_resources(tune_trial, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
+        scheduler = None
+        if spec.tuning.asha and searcher.studies:
+            from harness.sweep.search import StudyASHA
+
+            studies = {s.study.name: s.study for s in searcher.studies}
+            scheduler = StudyASHA(lambda name: self._asha_for(studies[name]))
+        tune_config = tune.TuneConfig(num_samples=searcher.total(), search_alg=searcher, scheduler=scheduler,
+                                      metric="objective", mode=self.mode, reuse_actors=True,
+                                      max_concurrent_trials=concurrent,
+                                      trial_dirname_creator=lambda trial: str(trial.config["trial_id"]))
+        run_config = tune.RunConfig(
+            name="trials", storage_path=self.storage, callbacks=[callback], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # the store names the one to resume
+        )
+        return trainable, tune_config, run_config
+
+    def _asha_for(self, study):
+        """ASHA for one study: rungs in examples seen, from ``grace_epochs`` to the budget."""
+        from ray.tune.schedulers import ASHAScheduler
+
+        spec = self.spec
+        n = spec.workload_obj().train_size()
+        epochs = spec.budget_epochs(study.optimizer, n)
+        return ASHAScheduler(time_attr="examples", metric="objective", mode=self.mode,
+                             grace_period=int(spec.tuning.asha.grace_epochs * n),
+                             max_t=int(math.ceil(epochs * n)) + study.batch_size,
+                             reduction_factor=spec.tuning.asha.reduction_factor)
+
+    def _record_studies(self, p: Plan) -> None:
+        """Each study's trials to ``optuna.db`` (optuna-dashboard), and its summary to sweep.json."""
+        from harness.sweep.search import export_optuna_study
+
+        storage_url = f"sqlite:///{(self.store.root / 'optuna.db').resolve()}"  # optuna-dashboard <url>
+        rows, measurements = self.store.trial_rows(), None
+        higher = self.spec.workload_obj().higher_is_better
+        studies = dict(self.store.read_meta().get("studies", {}))
+        for study in p.studies:
+            ours = [t for t in rows if t.get("study") == study.name]
+            if studies.get(study.name, {}).get("trials") == len(ours):
+                continue  # recorded by an earlier run, unchanged
+            measurements = measurements if measurements is not None else self.store.measurement_rows()
+            t = self.spec.tuning
+            export_optuna_study(study, ours, [m for m in measurements if m["trial_id"].startswith(study.name)],
+                                self.mode, storage_url, t.search_warmup and t.warmup_epochs_range)
+            by_steps = study.objective == "steps"
+            scored = [t for t in ours if t["status"] == Status.COMPLETE and t["final_metric"] is not None]
+            best = best_trial(scored, higher, by_steps)
+            studies[study.name] = {
+                "status": "finished", "optimizer": study.optimizer, "batch_size": study.batch_size,
+                "seed": study.seed, "trials": len(ours), "lr_range": list(study.lr_range), "storage": storage_url,
+                "best_peak_lr": best["peak_lr"] if best else None, "best_metric": best["final_metric"] if best else None,
+                "best_trial_id": best["trial_id"] if best else None,
+                "selects_on": "steps_to_target" if by_steps else "final_metric",
+                "best_steps_to_target": best.get("steps_to_target") if best else None,
+            }
+        self.store.update_meta(studies=studies)
+
+    # -- Ray ---------------------------------------------------------------------------------------------
+    def _init_ray(self, session: dict[str, Any], earlier: list[dict]) -> None:
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store replaces Tune's CSV/JSON logs
+        # Ctrl-C raises KeyboardInterrupt in the driver; the store holds every checkpoint so far.
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our view reports
+        import ray
+
+        env = {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
+        env["BATCHSCALE_TRAIN_STORAGE"] = f"{self.storage.rstrip('/')}/data-parallel"  # Ray Train runs
+        runtime_env = {"env_vars": env}
+        if self.address:
+            ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False)
+            return
+        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
+                 configure_logging=True, logging_level="ERROR")
+        session["ray"] = {"driver": leftovers.identity(os.getpid()), "processes": leftovers.started_by(os.getpid())}
+        self.store.update_meta(sessions=[*earlier, session])
+
+    def _shutdown_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def _slots(self, limit: int | None) -> int:
+        """Trials that can run at once: the cluster's CPUs (GPUs) over a trial's, within any limit."""
+        import ray
+
+        have, r = ray.cluster_resources(), self.spec.resources
+        per = max(1, self.spec.data_parallel.workers)
+        room = [int(have.get("CPU", 0) // (per * r.cpus))] + ([int(have.get("GPU", 0) // (per * r.gpus))] if r.gpus else [])
+        return max(1, min(room + ([limit] if limit else [])))
+
+    def _worker_resources(self) -> dict[str, Any]:
+        """What a data-parallel trial's config carries for its Ray Train workers."""
+        return {"resources": self.spec.resources.model_dump()} if self.spec.data_parallel.workers > 1 else {}
+

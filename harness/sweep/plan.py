@@ -1,0 +1,194 @@
+"""A sweep's plan, pure (no Ray): spec -> grid trials and tuned studies, and how a spec may grow.
+
+``plan`` expands the spec's axes into the trials of the grid (each a ``TrialSpec``'s fields under
+its trial id) and one ``Study`` per tuned cell; ``growth`` says what a changed spec adds to a
+stored sweep, or refuses it naming the keys that would change cells it already holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness import protocol
+from harness.errors import SweepConflict
+from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
+from harness.spec import Budget, SweepSpec
+from harness.placement import micro_batch_sizes
+
+
+
+@dataclass
+class Study:
+    """One tuned study: an Optuna search of the peak LR at one (optimizer, batch size, seed)."""
+
+    name: str
+    optimizer: str
+    batch_size: int
+    seed: int
+    lr_range: tuple[float, float]
+    trial: dict[str, Any]
+    warmup_epochs: float | None  # the warmup rule's value, unless warmup is searched too
+    #: The rules' LR predictions tried first (``tuning.start_from_rules``), smallest first.
+    start_points: list[dict[str, float]] = field(default_factory=list)
+    #: What the search optimizes: the final metric (fixed_epochs) or steps to the target
+    #: (steps_to_result; a miss counts as ``steps_objective``'s penalty).
+    objective: str = "metric"
+    budget_steps: int | None = None
+
+
+@dataclass
+class Plan:
+    grid: dict[str, dict[str, Any]] = field(default_factory=dict)  # trial_id -> TrialSpec fields
+    studies: list[Study] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # the trial list of sweep.json
+
+
+#: what the report does with the results may change without a new sweep
+REPORT_ONLY = ("name", "description", "claims", "projection")
+#: axes a finished sweep can grow along: new values add cells and leave every existing cell as it was
+GROWABLE_AXES = ("seeds", "batch_sizes", "methods")
+
+
+#: tuning keys that never change a trial already run: a study's number of trials (it grows) and
+#: how many of its trials run at once
+GROWABLE_TUNING = ("trials", "concurrent_trials")
+
+
+def identity(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What fixes the existing cells of a sweep: its resolved spec without the report-only keys,
+    the growable axes (their values only say which cells exist) and the studies' sizes."""
+    out = {k: v for k, v in resolved.items() if k not in REPORT_ONLY}
+    out["axes"] = {k: v for k, v in (out.get("axes") or {}).items() if k not in GROWABLE_AXES}
+    out["tuning"] = {k: v for k, v in (out.get("tuning") or {}).items() if k not in GROWABLE_TUNING}
+    return out
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    data = identity(spec.model_dump(mode="json"))
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two resolved specs differ (``budget.epochs``, ``recipe.peak_lr``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[str, Any]:
+    """What ``new`` adds to a sweep run as ``old``: axis -> its new values, and ``tuning.trials`` ->
+    the trials each study gains; {} when it adds nothing. Raises SweepConflict when anything that
+    fixes the existing cells changed, or the sweep would shrink."""
+    changed = _changed_keys(identity(old_resolved), identity(new_resolved))
+    if changed:
+        raise SweepConflict(f"changed: {', '.join(changed)}")
+    old_axes, new_axes = old_resolved.get("axes") or {}, new_resolved.get("axes") or {}
+    added, dropped = {}, []
+    for axis in GROWABLE_AXES:
+        before, after = old_axes.get(axis) or [], new_axes.get(axis) or []
+        if set(before) - set(after):
+            dropped.append(f"axes.{axis} drops {sorted(set(before) - set(after))}")
+        if set(after) - set(before):
+            added[axis] = [v for v in after if v not in before]
+    trials_before = (old_resolved.get("tuning") or {}).get("trials")
+    trials_after = (new_resolved.get("tuning") or {}).get("trials")
+    if trials_before is not None and trials_after is not None and trials_after != trials_before:
+        if trials_after < trials_before:
+            dropped.append(f"tuning.trials drops from {trials_before} to {trials_after}")
+        else:
+            added["tuning.trials"] = trials_after - trials_before
+    if dropped:
+        raise SweepConflict(f"{'; '.join(dropped)}, which the store holds (a sweep grows, it does not shrink)")
+    return added
+
+
+def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None,
+         budgets: list[dict[str, Any]] | None = None) -> Plan:
+    """Expand the grid; ``b_noise`` (optimizer -> B_noise at B0) feeds the noise-aware rule;
+    ``budgets`` (harness.protocol.budget_table) sets each batch size's budget and evaluation grid."""
+    p = Plan()
+    wl = spec.workload_obj()
+    cuda = spec.resources.gpus > 0
+
+    by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
+    for optimizer, method, batch, seed in spec.grid():
+        base = spec.base_recipe(optimizer)
+        budget_row = by_cell.get((optimizer, batch))
+        settings = protocol.trial_settings(spec, budget_row, dataset_size) if budget_row else {}
+        budget = Budget.model_validate(settings.get("budget") or spec.budget.model_dump())
+        epochs = budget.epochs_for(dataset_size)
+        reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
+        protocol_info = ({k: budget_row[k] for k in ("budget_steps", "eval_every_steps", "feasible")}
+                         if budget_row else {})
+        micro, _ = micro_batch_sizes(spec.trial_spec(optimizer, method, batch, seed), batch, wl.micro_batch_cap(cuda),
+                                     spec.data_parallel.workers)
+        if method == "tuned":
+            k = batch / base.base_batch_size
+            lrs = [base.peak_lr * rule(k) for rule in LR_RULES.values()]
+            f = spec.tuning.lr_range_factor
+            w_rule = warmup_epochs_for(spec.tuning.warmup_rule, base, k, reference_epochs)
+            w_epochs = None if spec.tuning.search_warmup else w_rule
+            name = f"{optimizer}-tuned-b{batch}-s{seed}"
+            trial = spec.trial_spec(optimizer, "tuned", batch, seed, **settings).model_dump(mode="json")
+            starts = []
+            if spec.tuning.start_from_rules:
+                w_start = w_rule
+                if spec.tuning.search_warmup:
+                    lo_w, hi_w = spec.tuning.warmup_epochs_range
+                    w_start = min(max(w_start, lo_w), hi_w)
+                for lr in sorted(lrs):
+                    if not starts or lr > starts[-1]["peak_lr"] * (1 + 1e-9):
+                        starts.append({"peak_lr": lr} | ({"warmup_epochs": w_start} if spec.tuning.search_warmup else {}))
+                starts = starts[: spec.tuning.trials]
+            by_steps = spec.protocol.kind == "steps_to_result"
+            p.studies.append(Study(name, optimizer, batch, seed, (min(lrs) / f, max(lrs) * f), trial, w_epochs, starts,
+                                   objective="steps" if by_steps else "metric",
+                                   budget_steps=budget_row["budget_steps"] if budget_row else None))
+            p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch, "seed": seed,
+                           "trials": spec.tuning.trials, "lr_range": [min(lrs) / f, max(lrs) * f],
+                           "warmup_epochs": w_epochs, "start_points": starts, "micro_batch_size": micro,
+                           "selects_on": "steps_to_target" if by_steps else "final_metric", **protocol_info})
+            continue
+        trial_id = f"{optimizer}-{method}-b{batch}-s{seed}"
+        trial = spec.trial_spec(optimizer, method, batch, seed, **settings)
+        row = {"trial_id": trial_id, "optimizer": optimizer, "method": method, "batch_size": batch, "seed": seed,
+               "micro_batch_size": micro, **protocol_info}
+        if method == "noise-aware":
+            trial = trial.model_copy(update={"noise_aware": trial.noise_aware.model_copy(
+                update={"b_noise": (b_noise or {}).get(optimizer, trial.noise_aware.b_noise)})})
+            row["b_noise"] = trial.noise_aware.b_noise
+        if method in AUTOMATIC_METHODS:  # the LR is decided while training: no rule to resolve here
+            row["note"] = AUTOMATIC_METHODS[method]
+        else:
+            r = resolve(trial.base_recipe(), batch, method, dataset_size, epochs=epochs)
+            row.update(peak_lr=r.peak_lr, realised_peak_lr=r.realised_peak_lr, warmup_epochs=r.warmup_epochs,
+                       warmup_steps=r.warmup_steps, total_steps=r.total_steps, warnings=list(r.warnings))
+        p.grid[trial_id] = trial.model_dump(mode="json")
+        p.rows.append(row)
+    return p
+
+
+def probe_b_noise(spec: SweepSpec, meta: dict[str, Any] | None) -> dict[str, float]:
+    """B_noise at B0 per optimizer for the noise-aware rule: given, stored by an earlier run, or probed."""
+    if "noise-aware" not in spec.axes.methods:
+        return {}
+    from harness.protocol import probe_noise_scale
+
+    known = dict((meta or {}).get("noise_aware", {}))
+    out = {}
+    for optimizer in spec.optimizers():
+        if spec.noise_aware.b_noise:
+            out[optimizer] = spec.noise_aware.b_noise
+        elif optimizer in known:
+            out[optimizer] = known[optimizer]
+        else:
+            base = spec.base_recipe(optimizer)
+            out[optimizer] = probe_noise_scale(spec.trial_spec(optimizer, "none", base.base_batch_size,
+                                                               spec.axes.seeds[0]))
+    return out

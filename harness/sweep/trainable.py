@@ -1,0 +1,73 @@
+"""The function Ray Tune runs for every trial of a sweep, in a Ray worker.
+
+It builds ``harness.trial.Trial`` from the config the driver's searcher gave it, continues from a
+checkpoint when there is one (Tune's, after a retry in this run; or ``resume_from``, the last
+checkpoint an earlier run of the sweep recorded in the store), runs, and reports each evaluation
+with a checkpoint and the final result. No training logic lives here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.objective import report_metrics, worst_objective
+from harness.spec import TrialSpec
+
+#: the keys a tuned study's searcher sets in a trial's config, over the trial's own fields
+SEARCHED = ("peak_lr", "warmup_epochs")
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """One trial inside Tune: build, restore from the last checkpoint if any, run, report."""
+    import torch
+    from ray import tune
+
+    from harness.trial import Trial
+
+    spec_fields = dict(config["trial"])
+    spec_fields.update({k: config[k] for k in SEARCHED if config.get(k) is not None})
+    spec = TrialSpec.model_validate(spec_fields)
+    steps_budget = config.get("objective_steps_budget")
+    if spec.data_parallel.workers > 1:  # W workers of Ray Train; their reports reach Tune
+        from harness.distributed import run_in_tune
+
+        res = config.get("resources", {})
+        run_in_tune(spec_fields, config["trial_id"], spec.data_parallel.workers, res.get("cpus", 1),
+                    res.get("gpus", 0.0), steps_budget)
+        return
+    trial = Trial(spec)
+    checkpoint = tune.get_checkpoint() or _earlier_checkpoint(config.get("resume_from"))
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
+    worst = worst_objective(trial.workload.higher_is_better)
+
+    def on_eval(t, row):
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(t.state_dict(), Path(folder) / "trial.pt")
+            tune.report(report_metrics(t.measurements, t.summary(), "running", worst, steps_budget),
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+    result = trial.run(on_eval=on_eval)
+    tune.report(report_metrics(result.measurements, result.summary, result.status, worst, steps_budget))
+
+
+def _earlier_checkpoint(path: str | None):
+    """The checkpoint an earlier run of the sweep left at ``path`` (local or a storage URI), or None
+    when it is gone (the trial then starts again from step 0)."""
+    if not path:
+        return None
+    from pyarrow.fs import FileSystem, FileType
+    from ray import tune
+
+    try:
+        fs, fs_path = FileSystem.from_uri(path) if "://" in path else (None, path)
+        if fs is None:
+            return tune.Checkpoint(path) if Path(path, "trial.pt").is_file() else None
+        if fs.get_file_info(f"{fs_path.rstrip('/')}/trial.pt").type != FileType.File:
+            return None
+        return tune.Checkpoint(fs_path, filesystem=fs)
+    except (OSError, ValueError):
+        return None
