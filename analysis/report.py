@@ -113,6 +113,17 @@ def studies_frame(res: Results) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("study")
 
 
+def _tracking_line(res: Results) -> str:
+    """Where else the trials were sent (the spec's tracking section), as a sentence, or ''."""
+    t = res.meta["spec_resolved"].get("tracking") or {}
+    where = {"tensorboard": f"TensorBoard (tensorboard --logdir {res.root / 'tensorboard'})",
+             "mlflow": f"MLflow ({t.get('mlflow_tracking_uri') or 'sqlite:///' + str((res.root / 'mlflow.db').resolve())}"
+                       f", experiment {t.get('mlflow_experiment') or res.meta.get('name')})",
+             "wandb": f"Weights & Biases (project {t.get('wandb_project') or res.meta.get('name')})"}
+    on = [text for key, text in where.items() if t.get(key)]
+    return f". Every trial was also sent to {'; '.join(on)}" if on else ""
+
+
 def _outcome_rule(res: Results) -> str:
     chance = chance_metric(res.meta)
     where = (f"its final {res.metric} covered less than {CHANCE_FRACTION:.0%} of the way from chance "
@@ -221,13 +232,17 @@ def build_report(root: str | Path) -> dict:
                   workload=res.meta["workload"]["name"], metric=res.metric,
                   direction="higher" if res.higher_is_better else "lower",
                   dataset_size=res.meta["workload"]["dataset_size"], status=res.meta.get("status"),
-                  counts=counts, base=res.base_batch_size, outcome_rule=_outcome_rule(res), timing=timing_source(res))
+                  counts=counts, base=res.base_batch_size, outcome_rule=_outcome_rule(res),
+                  timing=timing_source(res) + _tracking_line(res))
     # Every section once, as HTML and as Markdown: the two pages say the same in the same order.
     sections = [Section(t.title, to_html(t), to_markdown(t, title=False), t.note) for t in tables]
     if not claims.empty:
         sections.append(Section("Paper claims", _verdict_html(claims), claims.to_markdown()))
     if not studies.empty:
-        sections.append(Section("Tuned studies", _frame_html(studies), studies.to_markdown()))
+        db = (res.root / "optuna.db").resolve()
+        note = (f"Every trial of every study is in {db} for optuna-dashboard: optuna-dashboard sqlite:///{db} "
+                "(pip install 'batchscale[dashboard]').")
+        sections.append(Section("Tuned studies", _frame_html(studies), f"{note}\n\n{studies.to_markdown()}", note))
     if proj_info:
         frame = pd.DataFrame({"value": proj_info})
         sections.append(Section("Cost model of the projection", _frame_html(frame), frame.to_markdown()))

@@ -10,7 +10,7 @@
    of the base recipe to the target: target <= 2.0.
 6. Recording a trial into a results store of 1000 trials vs one of 10: target <= 2.0.
 
-Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing] [--repeats N]
+Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration] [--repeats N]
 Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -306,8 +307,60 @@ def bench_packing(repeats: int) -> list[dict]:
     return rows
 
 
+#: workloads whose automatic micro-batch is checked, with options that keep the check short
+CALIBRATED = {"mnist1d_mlp": {"n_train": 20000}, "teacher_regression": {}, "fmnist_lstm": {}, "fmnist_cnn": {}}
+
+
+def bench_calibration(repeats: int) -> list[dict]:
+    """Per workload: the micro-batch harness.calibrate chooses (measured afresh, one thread, as a
+    sweep's trial has) against the best of a scan of sizes, both through the real trial loop at
+    B=8192 (1.5 s each)."""
+    import torch
+
+    from harness import calibrate
+    from harness.errors import DatasetMissing
+    from harness.spec import TrialSpec
+    from harness.trial import Trial
+
+    def rate(name: str, options: dict, micro: int) -> float:
+        spec = TrialSpec(workload=name, workload_options=options, batch_size=8192, micro_batch_size=micro, threads=1,
+                         noise_scale=False, device="cpu", method="none", target=None,
+                         budget={"examples": 8192 * 10**6}, eval={"every_examples": 10**15},
+                         divergence={"loss_factor": None}).check()
+        trial = Trial(spec)
+        trial._train_step()
+        start, steps = time.perf_counter(), 0
+        while steps < 2 or time.perf_counter() - start < 1.5:
+            trial._train_step()
+            steps += 1
+        return 8192 * steps / (time.perf_counter() - start)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ.update(BATCHSCALE_CACHE_DIR=cache, BATCHSCALE_CALIBRATE="1")
+        for name, options in CALIBRATED.items():
+            wl = TrialSpec(workload=name, workload_options=options).workload_obj()
+            try:
+                wl.prepare()
+            except DatasetMissing:
+                rows.append({"benchmark": f"automatic micro-batch vs best of a scan: {name}", "ours": math.nan,
+                             "baseline": math.nan, "ratio": math.nan, "target": ">= 0.9", "ok": True,
+                             "note": "skipped: dataset not on this machine"})
+                continue
+            cap, _ = calibrate.micro_batch_cap(wl, torch.device("cpu"), 1)
+            sizes = [m for m in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if m <= wl.train_size()]
+            scan = {m: rate(name, options, m) for m in sizes}
+            ours = scan[cap] if cap in scan else rate(name, options, cap)
+            best = max(scan, key=scan.get)
+            rows.append({"benchmark": f"automatic micro-batch vs best of a scan: {name} (examples/s, 1 thread)",
+                         "ours": ours, "baseline": scan[best], "ratio": ours / scan[best], "target": ">= 0.9",
+                         "ok": ours / scan[best] >= 0.9, "note": f"chosen {cap}, fastest in the scan {best}"})
+    return rows
+
+
 BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise,
-           "pilot": bench_pilot, "store": bench_store, "packing": bench_packing}
+           "pilot": bench_pilot, "store": bench_store, "packing": bench_packing,
+           "calibration": bench_calibration}
 
 
 def main() -> int:

@@ -30,34 +30,51 @@ def _positive_int(text: str) -> int:
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="YAML spec file (see experiments/)")
+    p.add_argument("spec", help="YAML spec file, or the name of a shipped example (batchscale list names them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any key of the spec (dotted, value in YAML), e.g. --set budget.epochs=2")
     p.add_argument("--data-dir", help="folder holding datasets (else BATCHSCALE_DATA_DIR, then Debian paths)")
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
 def _overrides(args) -> list[str]:
     extra = [f"data_dir={args.data_dir}"] if getattr(args, "data_dir", None) else []
+    for name in filter(None, (getattr(args, "tracking", None) or "").split(",")):
+        if name.strip() not in TRACKERS:
+            from harness.errors import SpecError
+
+            raise SpecError("--tracking", name, f"allowed: a comma-separated list of {', '.join(TRACKERS)}",
+                            choices=list(TRACKERS))
+        extra.append(f"tracking.{name.strip()}=true")
     return [*args.overrides, *extra]
+
+
+def _spec(args) -> str:
+    """The spec path given, or the shipped example it names (harness.catalog)."""
+    from harness.catalog import find_spec
+
+    return str(find_spec(args.spec))
 
 
 def cmd_train(args) -> int:
     from harness.commands.train import train
 
-    return train(args.spec, _overrides(args), out=args.out, quiet=args.quiet)
+    return train(_spec(args), _overrides(args), out=args.out, quiet=args.quiet)
 
 
 def cmd_schedule(args) -> int:
     from harness.commands.inspect import schedule
 
-    return schedule(args.spec, _overrides(args), batch_sizes=args.batch_size, methods=args.method,
+    return schedule(_spec(args), _overrides(args), batch_sizes=args.batch_size, methods=args.method,
                     optimizer=args.optimizer, every=args.every, recipe_only=args.recipe_only, plot=args.plot)
 
 
 def cmd_plan(args) -> int:
     from harness.commands.inspect import plan_sweep
 
-    return plan_sweep(args.spec, _overrides(args), probe_seconds=args.probe_seconds, slots=args.slots,
+    return plan_sweep(_spec(args), _overrides(args), probe_seconds=args.probe_seconds, slots=args.slots,
                       trial_overhead_s=args.trial_overhead_s)
 
 
@@ -65,7 +82,7 @@ def cmd_sweep(args) -> int:
     from harness.commands.study import sweep
 
     return sweep(args.spec, _overrides(args), name=args.name, address=args.address, storage=args.storage,
-                 results=args.results, report=not args.no_report, quiet=args.quiet)
+                 results=args.results, report=not args.no_report, quiet=args.quiet, verbose=args.verbose)
 
 
 def cmd_report(args) -> int:
@@ -78,7 +95,7 @@ def cmd_reproduce(args) -> int:
     from harness.commands.study import reproduce
 
     return reproduce(args.name, _overrides(args), name=args.name_override, address=args.address,
-                     results=args.results, quiet=args.quiet)
+                     results=args.results, quiet=args.quiet, verbose=args.verbose)
 
 
 def cmd_list(args) -> int:
@@ -137,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="results root folder (default results/)")
     p.add_argument("--no-report", action="store_true", help="do not build the report at the end")
     p.add_argument("--quiet", action="store_true", help="no live view")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's and Tune's own output (default: in results/<name>/ray.log)")
+    p.add_argument("--tracking", metavar="TOOLS", help="also send every trial to tensorboard, mlflow and/or wandb "
+                                                      "(comma-separated; the spec's tracking section has options)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="tables, plots and the HTML report of a sweep's results")
@@ -148,13 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="run (or reuse) a LEGW paper study and judge its claims")
-    p.add_argument("name", help="a study of experiments/paper/ (e.g. mnist_lstm) or a spec path")
+    p.add_argument("name", help="a paper study (batchscale list names them; e.g. mnist_lstm) or a spec path")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data-dir")
     p.add_argument("--name", dest="name_override", help="sweep name (default: the study's)")
     p.add_argument("--address", help="Ray cluster address (default: embedded local Ray)")
     p.add_argument("--results", default="results")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
+    p.add_argument("--tracking", metavar="TOOLS", help="tensorboard, mlflow and/or wandb (comma-separated)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("list", help="list workloads, methods and optimizers")

@@ -18,10 +18,16 @@ class SpecError(BatchscaleError):
 
     exit_code = 2
 
-    def __init__(self, key: str, value: object, allowed: str, source: str | None = None):
-        self.key, self.value, self.allowed, self.source = key, value, allowed, source
+    def __init__(self, key: str, value: object, allowed: str, source: str | None = None,
+                 choices: list[str] | None = None):
+        self.key, self.value, self.allowed, self.source, self.choices = key, value, allowed, source, choices
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}key '{key}': value {_short(value)} is not allowed; {allowed}")
+        guess = did_you_mean(value, choices) if choices else ""
+        super().__init__(f"{where}key '{key}': value {_short(value)} is not allowed{guess}; {allowed}")
+
+
+    def with_source(self, source: str | None) -> "SpecError":
+        return SpecError(self.key, self.value, self.allowed, source, self.choices)
 
 
 class DatasetMissing(BatchscaleError):
@@ -34,6 +40,18 @@ class SweepConflict(BatchscaleError):
     """A sweep name is reused with a different spec (never silently mixed)."""
 
     exit_code = 4
+
+
+def did_you_mean(value: object, choices) -> str:
+    """`` (did you mean 'legw'?)`` for a misspelt or mis-cased name, else ''."""
+    import difflib
+
+    if not isinstance(value, str):
+        return ""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(value.lower().replace("-", "_"), list(by_lower), n=1, cutoff=0.75) or \
+        difflib.get_close_matches(value.lower(), list(by_lower), n=1, cutoff=0.75)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close and by_lower[close[0]] != value else ""
 
 
 def _short(value: object, limit: int = 80) -> str:

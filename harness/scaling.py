@@ -217,8 +217,13 @@ def get_method(name: str) -> Method:
         lr_rule, _, warmup_rule = name.partition("+")
         if lr_rule in LR_RULES and warmup_rule in WARMUP_RULES:
             return Method(name, lr_rule, warmup_rule, None, f"{lr_rule} LR, {warmup_rule} warmup")
+    if name in AUTOMATIC_METHODS:  # a caller that needs a rule (schedule, resolve) got one that has none
+        raise SpecError("method", name, f"allowed here: a scaling rule ({', '.join(METHODS)} or <lr>+<warmup>); "
+                        f"{name!r} decides its LR while training, so it has no schedule to resolve: run it in a "
+                        "sweep (batchscale sweep)")
     raise SpecError("method", name, f"allowed: {', '.join(all_method_names())} or <lr>+<warmup> "
-                    f"with lr in {{{', '.join(LR_RULES)}}} and warmup in {{{', '.join(WARMUP_RULES)}}}")
+                    f"with lr in {{{', '.join(LR_RULES)}}} and warmup in {{{', '.join(WARMUP_RULES)}}}",
+                    choices=all_method_names())
 
 
 def all_method_names() -> list[str]:

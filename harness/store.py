@@ -89,7 +89,15 @@ def read_table(path: Path, schema: pa.Schema) -> pa.Table:
             buffer = f.read_buffer()
     except FileNotFoundError:
         return schema.empty_table()
-    return pq.ParquetFile(pa.BufferReader(buffer)).read(use_threads=False)
+    return _parse(path, buffer)
+
+
+def _parse(path: Path, buffer) -> pa.Table:
+    try:
+        return pq.ParquetFile(pa.BufferReader(buffer)).read(use_threads=False)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise BatchscaleError(f"{path}: not a readable parquet file ({str(e).splitlines()[0][:120]}); restore it "
+                              "from a copy, or delete the sweep's folder and run it again") from None
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -105,7 +113,7 @@ def _read_whole(path: Path, schema: pa.Schema) -> pa.Table:
     """Like ``read_table``, but a missing file is an error (a record that vanished mid-read)."""
     with pa.OSFile(str(path)) as f:
         buffer = f.read_buffer()
-    return _conform(pq.ParquetFile(pa.BufferReader(buffer)).read(use_threads=False), schema)
+    return _conform(_parse(path, buffer), schema)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -162,7 +170,7 @@ def environment() -> dict[str, Any]:
             return None
 
     info = {"python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
-            "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+            "cpu": cpu_name(), "cpu_count": os.cpu_count(),
             **{pkg: v(pkg) for pkg in ("batchscale", "torch", "ray", "optuna", "pandas", "pyarrow", "numpy")},
             "git_commit": _git_commit()}
     try:
@@ -174,7 +182,7 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -214,7 +222,13 @@ class ResultsStore:
     def read_meta(self) -> dict[str, Any]:
         if not self.exists():
             raise BatchscaleError(f"no results store at {self.root} (sweep.json missing); run 'batchscale sweep' first")
-        meta = json.loads(self.meta_path.read_text())
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BatchscaleError(f"{self.meta_path}: not valid JSON ({e}); restore it from a copy, or delete the "
+                                  "sweep's folder and run it again") from None
+        if not isinstance(meta, dict):
+            raise BatchscaleError(f"{self.meta_path}: not a sweep's metadata (a JSON object is expected)")
         version = meta.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise BatchscaleError(f"{self.meta_path}: schema_version {version!r} is newer than this batchscale "

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from harness.autotune import make_control, noise_aware_lr
+from harness.calibrate import micro_batch_cap
 from harness.data.stream import ExampleStream
 from harness.errors import BatchscaleError
 from harness.noise import NoiseScale, squared_grad_norm
@@ -65,8 +66,10 @@ class Trial:
         batch = self.recipe.batch_size
         self.local_batch = batch // self.world_size
         # measured steps split the batch for the noise scale; timing steps run the model's own micro-batches
-        self.micro_batch_size, self.timing_micro_batch = micro_batch_sizes(spec, batch, wl.micro_batch_cap(
-            self.device.type == "cuda"), self.world_size)
+        self.micro_batch_cap, self.micro_batch_cap_source = ((spec.micro_batch_cap, "the spec") if spec.micro_batch_cap
+                                                             else micro_batch_cap(wl, self.device, torch.get_num_threads()))
+        self.micro_batch_size, self.timing_micro_batch = micro_batch_sizes(spec, batch, self.micro_batch_cap,
+                                                                           self.world_size)
         self.noise: NoiseScale | None = None
         self.noise_note: str | None = None
         if spec.noise_scale or spec.method == "adascale":

@@ -81,3 +81,36 @@ def test_check_budgets_refuses_a_sweep_that_ran_under_its_pilot(capsys, tmp_path
     assert main(["report", str(store.root), "--check-budgets"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "already" in err
+
+
+def test_shipped_specs_and_studies_are_found_from_any_folder(tmp_path):
+    """From a folder that is not the checkout, through the installed `batchscale` script: `list`
+    names the paper studies and examples, `reproduce NAME` and `schedule NAME` find them, and an
+    unknown name lists what exists."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(sys.executable).with_name("batchscale"))
+
+    def run(*args):
+        return subprocess.run([script, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+
+    listed = run("list")
+    assert listed.returncode == 0 and "mnist_lstm" in listed.stdout and "default" in listed.stdout
+    assert "legw_imagenet_recipe" not in listed.stdout.split("paper studies")[1].split("example sweeps")[0]
+    sched = run("schedule", "default", "--recipe-only")
+    assert sched.returncode == 0 and "warmup_ep" in sched.stdout, sched.stderr
+    planned = run("plan", "default", "--probe-seconds", "0.2")
+    assert planned.returncode == 0 and "trials: 264" in planned.stdout and "estimated wall time" in planned.stdout, \
+        planned.stderr
+    helped = run("reproduce", "--help")
+    assert helped.returncode == 0 and "--tracking" in helped.stdout
+    # the study is found and validated (a bad override names its key), nothing runs
+    bad = run("reproduce", "mnist_lstm", "--set", "budget.epochs=-1", "--results", str(tmp_path / "r"))
+    assert bad.returncode == 2 and "key 'budget.epochs'" in bad.stderr, bad.stderr
+    unknown = run("reproduce", "mnist_lstn")
+    assert unknown.returncode == 1 and "no study 'mnist_lstn'" in unknown.stderr and "mnist_lstm" in unknown.stderr
+    assert not (tmp_path / "r").exists()

@@ -41,7 +41,7 @@ def test_bad_trial_specs_exit_2_with_one_line(tmp_path, capsys, override, key, f
     assert code == 2, err
     assert err.count("\n") == 0
     assert f"key '{key}'" in err and fragment in err
-    assert str(tmp_path / "spec.yaml") in err
+    assert err.startswith(f"batchscale: error: --set {override}: ")  # where the bad value came from
 
 
 @pytest.mark.parametrize("override,key,fragment", [
@@ -109,3 +109,25 @@ def test_recipe_overrides_replace_a_decay_of_another_kind():
     assert spec.base_recipe().decay.kind == "cosine"
     spec = load_spec(data={**BASE, "recipe": {"decay": {"power": 3}}})
     assert (spec.base_recipe().decay.kind, spec.base_recipe().decay.power) == ("poly", 3)
+
+
+def test_errors_name_where_the_bad_value_came_from_and_guess_the_name_meant(tmp_path, capsys):
+    """A key set by --set names that --set, not the file; a misspelt key, method, optimizer or
+    workload gets a "did you mean"; an automatic method in a schedule says why it has none."""
+    path = write(tmp_path, {"workload": "fmnist_lstm", "batchsize": 512})
+    with pytest.raises(SpecError, match=r"spec\.yaml: key 'batchsize'.*did you mean 'batch_size'\?"):
+        load_spec(path)
+    path = write(tmp_path, {"workload": "fmnist_lstm", "batch_size": 512})
+    cases = [(["method=LEGW"], r"^--set method=LEGW: key 'method'.*\(did you mean 'legw'\?\)"),
+             (["optimizer=lrs"], r"^--set optimizer=lrs: key 'optimizer'.*\(did you mean 'lars'\?\)"),
+             (["seed=1", "workload=fmnist_lsmt"], r"^--set workload=fmnist_lsmt: .*did you mean 'fmnist_lstm'"),
+             (["budget.epochs=-1"], r"^--set budget.epochs=-1: key 'budget.epochs'")]
+    for overrides, pattern in cases:
+        with pytest.raises(SpecError, match=pattern):
+            load_spec(path, overrides)
+    assert main(["schedule", str(path), "--set", "method=tuned", "--set", "peak_lr=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "'tuned' decides its LR while training" in err and "run it in a sweep" in err, err
+    assert main(["schedule", str(path), "--plot", str(tmp_path / "lr.txt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "key '--plot'" in err and ".png, .svg or .pdf" in err and not (tmp_path / "lr.txt").exists()

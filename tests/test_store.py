@@ -96,3 +96,20 @@ def test_the_store_schemas_are_derived_from_the_typed_records():
         sharpness: float | None = None
 
     assert arrow_schema(Grown).field("sharpness").type == pa.float64() and arrow_schema(Grown).names[-1] == "sharpness"
+
+
+def test_a_corrupt_store_file_is_named_in_one_line(tmp_path, capsys):
+    from harness.cli import main
+    from harness.store import ResultsStore
+
+    store = ResultsStore(tmp_path / "s")
+    store.root.mkdir()
+    store.write_meta({"name": "s", "status": "finished"})
+    store.trials_path.write_bytes(b"not parquet")
+    assert main(["report", str(store.root)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{store.trials_path}: not a readable parquet file" in err
+    store.meta_path.write_text("{cut short")
+    assert main(["report", str(store.root)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{store.meta_path}: not valid JSON" in err

@@ -349,10 +349,17 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
 def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp):
     spec = write_spec(tmp_path, {
         "name": "flaky", "workload": "flaky_mnist1d", "workload_options": {"n_train": 2000, "n_test": 500},
-        "budget": {"epochs": 1}, "axes": {"batch_sizes": [256, 512], "methods": ["legw"]}, "retries": 1,
-        "noise_scale": False})  # one micro-batch per step: the failing size is the batch size
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp,
-               env_extra={"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins", "PYTHONPATH": str(REPO)})
+        "budget": {"epochs": 1}, "eval": {"per_epoch": 2}, "axes": {"batch_sizes": [256, 512], "methods": ["legw"]},
+        "retries": 1, "noise_scale": False,  # one micro-batch per step: the failing size is the batch size
+        "tracking": {"tensorboard": True, "mlflow": True}})
+    # run as a user runs it: the `batchscale` script, in the folder that holds the plugin module, no
+    # PYTHONPATH: the module is found there, and the Ray workers find it too
+    shutil.copy(REPO / "tests" / "plugins.py", tmp_path / "myplugins.py")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(Path(sys.executable).with_name("batchscale")), "sweep", str(spec), "--results",
+                           str(tmp_path / "results"), "--no-report", "--quiet"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600,
+                          env={**env, "RAY_TMPDIR": ray_tmp, "BATCHSCALE_WORKLOAD_MODULES": "myplugins"})
     assert proc.returncode == 0, why(proc)
     _, trials, _ = load(tmp_path / "results" / "flaky")
     by_batch = trials.set_index("batch_size")
@@ -360,6 +367,47 @@ def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp
     assert by_batch.loc[512, "status"] == "error"
     assert "injected failure at batch size 512" in by_batch.loc[512, "error"]
     assert "error 1" in proc.stdout
+    # tracking: each trial as a run, read back with each tool's own reader
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    results = tmp_path / "results" / "flaky"
+    _, _, measurements = load(results)
+    ok = by_batch.loc[256, "trial_id"]
+    steps = measurements[measurements.trial_id == ok].step.tolist()
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("flaky").experiment_id])}
+    assert set(runs) == set(trials.trial_id)
+    assert runs[ok].info.status == "FINISHED" and runs[ok].data.params["batch_size"] == "256"
+    assert [m.step for m in client.get_metric_history(runs[ok].info.run_id, "accuracy")] == steps
+    assert runs[ok].data.metrics["final_final_metric"] == pytest.approx(by_batch.loc[256, "final_metric"])
+    assert runs[by_batch.loc[512, "trial_id"]].info.status == "FAILED"
+    events = EventAccumulator(str(results / "tensorboard" / ok))
+    events.Reload()
+    assert [e.step for e in events.Scalars("accuracy")] == steps
+    assert [e.value for e in events.Scalars("accuracy")][-1] == pytest.approx(by_batch.loc[256, "final_metric"])
+
+
+def test_an_unreachable_cluster_address_fails_fast_in_one_line(tmp_path, ray_tmp, finished_sweep):
+    """Nothing listens at the address: one line naming it and what to check, within 30 s, before
+    anything is written; a stored sweep keeps its status (it is not left 'running')."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = write_spec(tmp_path, SPEC)
+    started = time.monotonic()
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--address", f"127.0.0.1:{port}"],
+               ray_tmp)
+    assert time.monotonic() - started < 30
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and "\n" not in err, why(proc)
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answers" in err and "ray start --head" in err
+    assert not (tmp_path / "results").exists() and not processes_matching(ray_tmp)
+    _, _, reference, _ = finished_sweep
+    shutil.copytree(reference, tmp_path / "again" / "grid")
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "again"), "--address", f"127.0.0.1:{port}"],
+               ray_tmp)
+    assert proc.returncode == 1 and load(tmp_path / "again" / "grid")[0]["status"] == "finished"
 
 
 def test_sweep_spec_errors_exit_2_before_starting_ray(tmp_path, ray_tmp):
@@ -387,6 +435,7 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats", "--block",
                              "--temp-dir", cluster_tmp], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = None
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -396,12 +445,26 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
                 break
             time.sleep(1)
         assert status.returncode == 0, status.stderr[-2000:]
+        # a second node on the same machine: a two-node loopback cluster
+        worker = subprocess.Popen([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address",
+                                   "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats", "--block"],
+                                  env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        while time.time() < deadline:
+            status = subprocess.run([ray_bin, "status", "--address", f"127.0.0.1:{port}"], env=env,
+                                    capture_output=True, text=True)
+            if status.stdout.split("Pending:")[0].count("node_") >= 2:
+                break
+            time.sleep(1)
+        assert status.stdout.split("Pending:")[0].count("node_") >= 2, status.stdout[-2000:]
         spec = write_spec(tmp_path, {**SPEC, "name": "on-cluster", "axes": {
             "batch_sizes": [256, 1024], "methods": ["legw", "adascale", "autowu", "noise-aware"]}})
         proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--address",
                                f"127.0.0.1:{port}", "--results", str(tmp_path / "results"), "--no-report", "--quiet"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, why(proc)
+        shown = proc.stdout + proc.stderr  # Ray's own output went to results/on-cluster/ray.log
+        assert not [w for w in ("Traceback", "ERROR", "WARNING", "Warning", "warn(") if w in shown], shown[-3000:]
         meta, trials, measurements = load(tmp_path / "results" / "on-cluster")
         assert len(trials) == 8 and (trials.status == "complete").all(), trials[["trial_id", "status", "error"]]
         assert meta["sessions"][0]["address"] == f"127.0.0.1:{port}"
@@ -414,11 +477,14 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
             0.4 * 4 * (256 + b_noise) / (1024 + b_noise))
         assert measurements.noise_scale.notna().any()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        for node in (worker, head):
+            if node is None:
+                continue
+            os.killpg(node.pid, signal.SIGTERM)
+            try:
+                node.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
         deadline = time.time() + 20
         while processes_matching(cluster_tmp) and time.time() < deadline:
             time.sleep(0.5)

@@ -143,3 +143,35 @@ def test_unavailable_cuda_is_a_clear_error(data_dir):
         pytest.skip("this machine has CUDA")
     with pytest.raises(Exception, match="'cuda' was asked for"):
         trial(data_dir, device="cuda")
+
+
+def test_the_micro_batch_cap_is_measured_once_per_machine_then_cached(tmp_path, monkeypatch):
+    """On first use the fastest micro-batch is measured (the smallest within 3% of the best) and
+    cached under the data cache; later uses read it; the spec's cap overrides it."""
+    import json
+
+    import torch
+
+    from harness import calibrate
+    from harness.spec import TrialSpec
+
+    assert calibrate.choose({64: 90.0, 128: 98.0, 256: 100.5, 512: 60.0}) == 128  # the smallest within 3% of 100.5
+    monkeypatch.setenv("BATCHSCALE_CALIBRATE", "1")
+    monkeypatch.setenv("BATCHSCALE_CACHE_DIR", str(tmp_path))
+    spec = TrialSpec(workload="mnist1d_mlp", workload_options={"n_train": 2000, "n_test": 200}, batch_size=1024,
+                     threads=1, noise_scale=False, device="cpu")
+    wl = spec.workload_obj()
+    measured = []
+    real_scan = calibrate.scan
+    monkeypatch.setattr(calibrate, "scan", lambda *a, **k: measured.append(1) or real_scan(*a, **k, seconds=0.02))
+    cap, source = calibrate.micro_batch_cap(wl, torch.device("cpu"), 1)
+    assert source == "measured on this machine just now" and measured == [1]
+    cached = json.loads((tmp_path / "micro_batch.json").read_text())
+    (entry,) = cached.values()
+    assert entry["cap"] == cap == calibrate.choose({int(m): v for m, v in entry["examples_per_second"].items()})
+    assert set(map(int, entry["examples_per_second"])) <= {8, 16, 32, 64, 128, 256, 512, 1024, 2048}
+    trial = Trial(spec)  # reads the cache: no second measurement
+    assert measured == [1] and trial.micro_batch_cap == cap and "measured on this machine on" in trial.micro_batch_cap_source
+    assert trial.micro_batch_size == min(cap, 1024)
+    pinned = Trial(spec.model_copy(update={"micro_batch_cap": 64}))
+    assert pinned.micro_batch_size == 64 and pinned.micro_batch_cap_source == "the spec"

@@ -53,6 +53,10 @@ def schedule(spec_path: str, overrides: list[str], *, batch_sizes=None, methods=
     """``batchscale schedule``: the resolved recipes, then the LR at every step as CSV."""
     from harness.schedules import lr_table
 
+    if plot and Path(plot).suffix.lower() not in (".png", ".svg", ".pdf"):
+        from harness.errors import SpecError
+
+        raise SpecError("--plot", plot, "allowed: an image file ending in .png, .svg or .pdf")
     recipes = _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer)
     table = recipe_table(recipes)
     if recipe_only:
@@ -100,7 +104,11 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         print("no target: budgets are not checked (steps to what?)")
     estimates = protocol.estimates(spec, n)
     rows = protocol.budget_table(spec, n, estimates)
-    the_plan = plan(spec, n, {}, rows)
+    from harness.calibrate import sweep_cap
+
+    cap, cap_source = sweep_cap(spec)
+    print(f"{spec.resources.cpus} thread(s) per trial, micro-batches of at most {cap} ({cap_source})")
+    the_plan = plan(spec, n, {}, rows, micro_batch_cap=cap)
     counts: dict[str, int] = {}
     per_cell: dict[tuple, int] = {}
     for r in the_plan.rows:
@@ -163,4 +171,12 @@ def list_all() -> int:
     print("optimizers:")
     for o in OPTIMIZERS.values():
         print(f"  {o.name:<14} {o.summary}; params: {json.dumps(o.defaults)}")
+    from harness.catalog import examples, studies
+
+    print("paper studies (batchscale reproduce NAME):")
+    for name, path in studies().items():
+        print(f"  {name:<14} {path}")
+    print("example sweeps (batchscale sweep NAME):")
+    for name, path in examples().items():
+        print(f"  {name:<22} {path}")
     return 0

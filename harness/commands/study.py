@@ -10,19 +10,22 @@ from harness.errors import BatchscaleError
 
 
 def sweep(spec_path: str, overrides: list[str], *, name: str | None = None, address: str | None = None,
-          storage: str | None = None, results: str = "results", report: bool = True, quiet: bool = False) -> int:
+          storage: str | None = None, results: str = "results", report: bool = True, quiet: bool = False,
+          verbose: bool = False) -> int:
     """``batchscale sweep``: run (or resume, or grow) a sweep, then write its report."""
+    from harness.catalog import find_spec
     from harness.progress import SweepProgress
     from harness.spec import apply_overrides, load_spec, read_yaml
     from harness.sweep import Sweep
 
+    spec_path = str(find_spec(spec_path))
     spec = load_spec(spec_path, overrides, kind="sweep")
     given = {"file": str(spec_path), "spec": read_yaml(spec_path), "overrides": overrides}
     given["effective"] = apply_overrides(given["spec"], given["overrides"])
     name = name or spec.name
     wl = spec.workload_obj()
     driver = Sweep(spec, given, results_root=results, name=name, address=address, storage=storage,
-                   progress=None if quiet else SweepProgress(name, wl.metric))
+                   progress=None if quiet else SweepProgress(name, wl.metric), verbose=verbose)
     try:
         out = driver.run()
     except KeyboardInterrupt:
@@ -108,14 +111,9 @@ def _print_verdicts(verdicts) -> None:
 
 
 def reproduce(study: str, overrides: list[str], *, name: str | None = None, address: str | None = None,
-              results: str = "results", quiet: bool = False) -> int:
+              results: str = "results", quiet: bool = False, verbose: bool = False) -> int:
     """``batchscale reproduce``: run (or reuse) a paper study, then judge its claims in the report."""
-    spec_path = Path(study)
-    if not spec_path.suffix:
-        spec_path = Path("experiments/paper") / f"{study}.yaml"
-    if not spec_path.is_file():
-        import glob
+    from harness.catalog import find_study
 
-        known = sorted(Path(p).stem for p in glob.glob("experiments/paper/*.yaml") if "recipe" not in p)
-        raise BatchscaleError(f"reproduce: no study {study!r} ({spec_path} not found); allowed: {', '.join(known)}")
-    return sweep(str(spec_path), overrides, name=name, address=address, results=results, quiet=quiet)
+    return sweep(str(find_study(study)), overrides, name=name, address=address, results=results, quiet=quiet,
+                 verbose=verbose)

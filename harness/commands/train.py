@@ -15,6 +15,8 @@ def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: b
     from harness.protocol import with_b_noise
 
     spec = with_b_noise(load_spec(spec_path, overrides, kind="trial"))
+    if spec.threads is None:  # the rule of a sweep's trials (resources.cpus, default 1): comparable timings
+        spec = spec.model_copy(update={"threads": 1})
     workers = spec.data_parallel.workers
     trial = Trial(spec, world=(0, workers))
     r = trial.recipe
@@ -23,6 +25,8 @@ def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: b
     print(f"{spec.workload}: {r.method} at B={r.batch_size} (k={r.scale:g}): peak LR {r.peak_lr:.4g}, warmup "
           f"{r.warmup_steps} steps ({r.warmup_epochs:g} epochs), {r.total_steps} steps, micro-batch "
           f"{trial.micro_batch_size}, {trial.device}")
+    print(f"{spec.threads} thread(s) (as one trial of a sweep with resources.cpus: {spec.threads}; --set threads=N), "
+          f"micro-batches of at most {trial.micro_batch_cap} ({trial.micro_batch_cap_source})")
     for w in r.warnings:
         print(f"warning: {w}")
     if trial.noise_note:

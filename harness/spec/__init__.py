@@ -13,10 +13,10 @@ the workload-free recipe spec); ``loading`` reads YAML and applies overrides. Im
 
 from harness.spec.common import Strict
 from harness.spec.loading import apply_overrides, load_spec, parse_override, read_yaml, yaml_load
-from harness.spec.sweep import Asha, Axes, Claim, Projection, Protocol, RecipeSpec, SweepSpec, Tuning
+from harness.spec.sweep import Asha, Axes, Claim, Projection, Protocol, RecipeSpec, SweepSpec, Tracking, Tuning
 from harness.spec.trial import (AutoWUSpec, Budget, Common, DataParallel, Divergence, EvalSpec, NoiseAwareSpec,
                                Resources, Target, TrialSpec)
 
 __all__ = ["Asha", "AutoWUSpec", "Axes", "Budget", "Claim", "Common", "DataParallel", "Divergence", "EvalSpec",
            "NoiseAwareSpec", "Projection", "Protocol", "RecipeSpec", "Resources", "Strict", "SweepSpec", "Target",
-           "TrialSpec", "Tuning", "apply_overrides", "load_spec", "parse_override", "read_yaml", "yaml_load"]
+           "TrialSpec", "Tracking", "Tuning", "apply_overrides", "load_spec", "parse_override", "read_yaml", "yaml_load"]

@@ -7,7 +7,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.errors import SpecError
+from harness.errors import SpecError, did_you_mean
 from harness.scaling import BaseRecipe, merge_recipe
 
 
@@ -40,7 +40,9 @@ def _spec_error(e: ValidationError, model: type[BaseModel], prefix: str = "", so
     key = ".".join([prefix, *loc] if prefix else loc) or "(spec)"
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, err["loc"][:-1])
-        hint = f"unknown key; allowed keys: {', '.join(allowed)}" if allowed else "unknown key"
+        guess = did_you_mean(str(err["loc"][-1]), allowed).strip(" ()") if allowed else ""
+        hint = (f"unknown key{'; ' + guess if guess else ''}; allowed keys: {', '.join(allowed)}" if allowed
+                else "unknown key")
         return SpecError(key, err.get("input"), hint, source)
     if err["type"] == "missing":
         return SpecError(key, None, "this key is required", source)

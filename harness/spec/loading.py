@@ -97,8 +97,20 @@ def load_spec(path: str | Path | None = None, overrides: list[str] = (), data: d
         spec = cls.model_validate(raw)
         return spec.check()
     except ValidationError as e:
-        raise _spec_error(e, cls, source=source) from None
+        err = _spec_error(e, cls)
     except SpecError as e:
-        if source and not e.source:
-            raise SpecError(e.key, e.value, e.allowed, source) from None
-        raise
+        if e.source:
+            raise
+        err = e
+    raise err.with_source(_source_of(err.key, list(overrides), source)) from None
+
+
+def _source_of(key: str, overrides: list[str], path: str | None) -> str | None:
+    """Where a bad key came from: the ``--set`` that set it (or a key above or below it), else the file."""
+    parts = re.sub(r"\[(\d+)\]", r".\1", key).split(".")
+    for text in reversed(overrides):  # the last --set of a key wins
+        over, _ = parse_override(text)
+        n = min(len(over), len(parts))
+        if over[:n] == parts[:n]:
+            return f"--set {text}"
+    return path

@@ -117,6 +117,24 @@ class Claim(Strict):
     published: str | None = None
 
 
+class Tracking(Strict):
+    """Where every trial's config and measurements go besides the results store, as they arrive
+    (harness.sweep.tracking; docs/sweeps.md#tracking). None of it changes a trial."""
+
+    #: TensorBoard event files, one folder per trial: ``tensorboard --logdir results/<name>/tensorboard``
+    tensorboard: bool = False
+    #: MLflow: one run per trial, in the experiment named after the sweep
+    mlflow: bool = False
+    #: default: a SQLite store beside the results, ``sqlite:///results/<name>/mlflow.db``
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str | None = None
+    #: Weights & Biases: one run per trial (the ``wandb`` package must be installed)
+    wandb: bool = False
+    wandb_project: str | None = None
+    #: ``offline`` writes under ``results/<name>/wandb`` for ``wandb sync``; None: wandb's own default
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+
+
 class SweepSpec(Common):
     name: str | None = None
     description: str = ""
@@ -132,13 +150,14 @@ class SweepSpec(Common):
     projection: Projection = Projection()
     protocol: Protocol = Protocol()
     claims: list[Claim] = []
+    tracking: Tracking = Tracking()
 
     def check(self) -> "SweepSpec":
         wl = self.workload_obj()
         self._check_protocol()
         for i, name in enumerate(self.optimizers()):
             if name not in OPTIMIZERS:
-                raise SpecError(f"axes.optimizers[{i}]", name, f"allowed: {', '.join(OPTIMIZERS)}")
+                raise SpecError(f"axes.optimizers[{i}]", name, f"allowed: {', '.join(OPTIMIZERS)}", choices=list(OPTIMIZERS))
             _base_recipe(wl, name, _merge(self.recipe, self.recipes.get(name, {})), "recipe")
         for name in self.recipes:
             if name not in self.optimizers():
@@ -147,7 +166,7 @@ class SweepSpec(Common):
             try:
                 validate_method(method)
             except SpecError as e:
-                raise SpecError(f"axes.methods[{i}]", method, e.allowed) from None
+                raise SpecError(f"axes.methods[{i}]", method, e.allowed, choices=e.choices) from None
         for i, b in enumerate(self.axes.batch_sizes):
             _check_batch_split(self.micro_batch_size, b, f"axes.batch_sizes[{i}]", self.data_parallel.workers)
         if self.data_parallel.workers > 1 and 0 < self.resources.gpus < 1:

@@ -106,6 +106,9 @@ class Common(Strict):
     eval: EvalSpec = EvalSpec()
     divergence: Divergence = Divergence()
     micro_batch_size: PositiveInt | None = None
+    #: Largest micro-batch chosen automatically (the largest divisor of the batch up to it).
+    #: Default: measured on this machine on first use, then cached (harness.calibrate).
+    micro_batch_cap: PositiveInt | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Measure the gradient noise scale (harness.noise). It needs two micro-batches per step: a
     #: batch that fits one micro-batch is split in two (same update, a little slower).
@@ -144,7 +147,7 @@ class TrialSpec(Common):
         """Cross-field validation that needs the registries (no data is loaded)."""
         wl = self.workload_obj()
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise SpecError("optimizer", self.optimizer, f"allowed: {', '.join(OPTIMIZERS)}")
+            raise SpecError("optimizer", self.optimizer, f"allowed: {', '.join(OPTIMIZERS)}", choices=list(OPTIMIZERS))
         validate_method(self.method)
         if self.method == "tuned" and self.peak_lr is None:
             raise SpecError("method", self.method, "a single trial cannot be 'tuned'; run a sweep, or give peak_lr")

@@ -24,19 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from harness import protocol
+from harness.calibrate import sweep_cap
 from harness.errors import BatchscaleError, SweepConflict
 from harness.protocol import best_trial
 from harness.spec import SweepSpec
 from harness.store import FINAL, ResultsStore, Status, environment, now
 from harness.sweep import leftovers
-from harness.sweep.plan import REPORT_ONLY, Plan, growth, plan, probe_b_noise, spec_hash
+from harness.sweep.console import check_address, ray_output
+from harness.sweep.plan import REPORT_ONLY, RUN_ONLY, Plan, growth, plan, probe_b_noise, spec_hash
 
 
 class Sweep:
     def __init__(self, spec: SweepSpec, given: dict[str, Any], results_root: str | Path = "results",
                  name: str | None = None, address: str | None = None, storage: str | None = None,
-                 progress=None):
+                 progress=None, verbose: bool = False):
         self.spec = spec
+        self.verbose = verbose
         self.given = given
         self.name = name or spec.name or "sweep"
         self.store = ResultsStore(Path(results_root) / self.name)
@@ -72,9 +75,11 @@ class Sweep:
 
     # -- run --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        if self.address:  # before anything is written: a wrong address fails in seconds, not minutes
+            check_address(self.address)
         meta, added = self._check_existing()
         if meta and not added:  # what the report does with the results may change without a new sweep
-            resolved = {**meta["spec_resolved"], **self.spec.model_dump(mode="json", include=set(REPORT_ONLY))}
+            resolved = {**meta["spec_resolved"], **self.spec.model_dump(mode="json", include=set(REPORT_ONLY + RUN_ONLY))}
             if resolved != meta["spec_resolved"]:
                 meta = self.store.update_meta(spec_resolved=resolved)
         if meta and meta.get("status") == "finished" and not added:
@@ -99,11 +104,18 @@ class Sweep:
             for line in protocol.format_table(budgets, estimates, wl.metric):
                 self._say(line)
         protocol.refuse_infeasible(self.spec, budgets)  # before anything is written
+        from harness.sweep.tracking import sinks
+
+        self.tracking = sinks(self.spec.tracking, self.store.root, self.name)  # a missing package fails here
         protocol_meta = {"kind": self.spec.protocol.kind, "margin": self.spec.protocol.margin,
                          "checked": bool(estimates), "estimates": {o: e.to_json() for o, e in estimates.items()},
                          "budgets": budgets}
-        the_plan = plan(self.spec, dataset_size, b_noise, budgets)
-        session = self.session = {"started_at": now(), "address": self.address or "local"}
+        cap, cap_source = sweep_cap(self.spec)
+        self._say(f"{self.spec.resources.cpus} thread(s) per trial, micro-batches of at most {cap} ({cap_source})")
+        the_plan = plan(self.spec, dataset_size, b_noise, budgets, micro_batch_cap=cap)
+        session = self.session = {"started_at": now(), "address": self.address or "local",
+                                  "micro_batch_cap": {"cap": cap, "source": cap_source},
+                                  "threads_per_trial": self.spec.resources.cpus}
         digest = spec_hash(self.spec)
         if meta is None:
             meta = {
@@ -130,22 +142,41 @@ class Sweep:
         from harness.sweep.records import StoreCallback
 
         callback = StoreCallback(self.store, self.progress)
-        started = time.monotonic()
-        self._init_ray(session, sessions)
+        tracker = None
+        if self.tracking:
+            from harness.sweep.tracking import TrackingCallback
+
+            tracker = TrackingCallback(self.tracking, wl.metric)
+        callbacks = [c for c in (callback, tracker) if c is not None]
+        started, status, failure = time.monotonic(), "failed", None
         try:
-            if self.progress:
-                self.progress.start(total=len(the_plan.grid) + len(the_plan.studies) * self.spec.tuning.trials,
-                                    done=self.finished_ids())
-            self._run_trials(the_plan, callback)
-            status = "finished"
-        except KeyboardInterrupt:
-            status = "interrupted"
+            with ray_output(self.store.root / "ray.log", self.verbose):
+                try:
+                    self._init_ray(session, sessions)
+                    if self.progress:
+                        self.progress.start(total=len(the_plan.grid) + len(the_plan.studies) * self.spec.tuning.trials,
+                                            done=self.finished_ids())
+                    self._run_trials(the_plan, callbacks)
+                    status = "finished"
+                except KeyboardInterrupt:
+                    status = "interrupted"
+                finally:
+                    if self.progress:
+                        self.progress.stop()
+                    callback.unfinished()
+                    if tracker:
+                        tracker.close()
+                    self.store.consolidate()  # the trials' records into the two tables readers open
+                    self._shutdown_ray()
+        except Exception as e:  # recorded as failed (with why), then raised as it was
+            failure = e
+            raise
         finally:
-            if self.progress:
-                self.progress.stop()
-            callback.unfinished()
-            self.store.consolidate()  # the trials' records into the two tables readers open
-            self._shutdown_ray()
+            if status == "failed":
+                self.store.update_meta(status=status, sessions=[
+                    *self.store.read_meta()["sessions"][:-1],
+                    {**session, "ended_at": now(), "status": status,
+                     **({"error": f"{type(failure).__name__}: {failure}"[:500]} if failure else {})}])
         if status == "finished":
             self._record_studies(the_plan)
         meta = self.store.update_meta(status=status, finished_at=now() if status == "finished" else None,
@@ -189,7 +220,7 @@ class Sweep:
                                  sampler_seed=t.sampler_seed, warmup_range=warmup_range, base_config=base))
         return SweepSearcher(cells, [r for r in runs if r.left() > 0], self.mode)
 
-    def _run_trials(self, p: Plan, callback) -> None:
+    def _run_trials(self, p: Plan, callbacks: list) -> None:
         from ray import tune
 
         for attempt in range(2):
@@ -199,7 +230,7 @@ class Sweep:
             if attempt:
                 self._say(f"{searcher.total()} trial(s) still missing from the store after the Tune run; running "
                           "them again")
-            trainable, tune_config, run_config = self._tune_common(searcher, callback)
+            trainable, tune_config, run_config = self._tune_common(searcher, callbacks)
             started = time.monotonic()
             try:
                 tune.Tuner(trainable, tune_config=tune_config, run_config=run_config).fit()
@@ -210,7 +241,7 @@ class Sweep:
             raise BatchscaleError(f"sweep '{self.name}': trials still missing from the store after two Tune runs; "
                                   f"the Ray folder is kept in {self.storage} (please report this as a bug)")
 
-    def _tune_common(self, searcher, callback):
+    def _tune_common(self, searcher, callbacks: list):
         from ray import tune
 
         spec = self.spec
@@ -236,7 +267,7 @@ class Sweep:
                                       max_concurrent_trials=concurrent,
                                       trial_dirname_creator=lambda trial: str(trial.config["trial_id"]))
         run_config = tune.RunConfig(
-            name="trials", storage_path=self.storage, callbacks=[callback], verbose=0,
+            name="trials", storage_path=self.storage, callbacks=list(callbacks), verbose=0,
             failure_config=tune.FailureConfig(max_failures=spec.retries),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # the store names the one to resume
         )
@@ -294,11 +325,12 @@ class Sweep:
         env = {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
         env["BATCHSCALE_TRAIN_STORAGE"] = f"{self.storage.rstrip('/')}/data-parallel"  # Ray Train runs
         runtime_env = {"env_vars": env}
+        level = "INFO" if self.verbose else "ERROR"
         if self.address:
-            ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=self.verbose, logging_level=level)
             return
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=False,
-                 configure_logging=True, logging_level="ERROR")
+        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=self.verbose,
+                 configure_logging=True, logging_level=level)
         session["ray"] = {"driver": leftovers.identity(os.getpid()), "processes": leftovers.started_by(os.getpid())}
         self.store.update_meta(sessions=[*earlier, session])
 

@@ -48,6 +48,8 @@ class Plan:
 
 #: what the report does with the results may change without a new sweep
 REPORT_ONLY = ("name", "description", "claims", "projection")
+#: how a run is watched: changes no trial
+RUN_ONLY = ("tracking",)
 #: axes a finished sweep can grow along: new values add cells and leave every existing cell as it was
 GROWABLE_AXES = ("seeds", "batch_sizes", "methods")
 
@@ -60,7 +62,7 @@ GROWABLE_TUNING = ("trials", "concurrent_trials")
 def identity(resolved: dict[str, Any]) -> dict[str, Any]:
     """What fixes the existing cells of a sweep: its resolved spec without the report-only keys,
     the growable axes (their values only say which cells exist) and the studies' sizes."""
-    out = {k: v for k, v in resolved.items() if k not in REPORT_ONLY}
+    out = {k: v for k, v in resolved.items() if k not in REPORT_ONLY + RUN_ONLY}
     out["axes"] = {k: v for k, v in (out.get("axes") or {}).items() if k not in GROWABLE_AXES}
     out["tuning"] = {k: v for k, v in (out.get("tuning") or {}).items() if k not in GROWABLE_TUNING}
     return out
@@ -109,24 +111,28 @@ def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[s
 
 
 def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None,
-         budgets: list[dict[str, Any]] | None = None) -> Plan:
+         budgets: list[dict[str, Any]] | None = None, micro_batch_cap: int | None = None) -> Plan:
     """Expand the grid; ``b_noise`` (optimizer -> B_noise at B0) feeds the noise-aware rule;
-    ``budgets`` (harness.protocol.budget_table) sets each batch size's budget and evaluation grid."""
+    ``budgets`` (harness.protocol.budget_table) sets each batch size's budget and evaluation grid;
+    ``micro_batch_cap`` (harness.calibrate, measured by the driver) is written into every trial, so
+    the trials split their batches exactly as planned (default: the spec's, else the workload's table)."""
     p = Plan()
     wl = spec.workload_obj()
     cuda = spec.resources.gpus > 0
+    cap = spec.micro_batch_cap or micro_batch_cap or wl.micro_batch_cap(cuda)
 
     by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
     for optimizer, method, batch, seed in spec.grid():
         base = spec.base_recipe(optimizer)
         budget_row = by_cell.get((optimizer, batch))
-        settings = protocol.trial_settings(spec, budget_row, dataset_size) if budget_row else {}
+        settings = {**(protocol.trial_settings(spec, budget_row, dataset_size) if budget_row else {}),
+                    "micro_batch_cap": cap}
         budget = Budget.model_validate(settings.get("budget") or spec.budget.model_dump())
         epochs = budget.epochs_for(dataset_size)
         reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
         protocol_info = ({k: budget_row[k] for k in ("budget_steps", "eval_every_steps", "feasible")}
                          if budget_row else {})
-        micro, _ = micro_batch_sizes(spec.trial_spec(optimizer, method, batch, seed), batch, wl.micro_batch_cap(cuda),
+        micro, _ = micro_batch_sizes(spec.trial_spec(optimizer, method, batch, seed), batch, cap,
                                      spec.data_parallel.workers)
         if method == "tuned":
             k = batch / base.base_batch_size

@@ -1,0 +1,66 @@
+"""What reaches the terminal during a sweep: our progress and our one-line errors, not Ray's.
+
+Ray and Tune write to the driver's stderr from Python (their loggers) and from their C++ core
+(e.g. ``Failed to fetch metrics``), often for situations the driver handles. ``ray_output`` sends
+the process's file descriptor 2 to ``results/<name>/ray.log`` for the length of the Ray session, so
+all of it lands there, and restores it before anything of ours is printed (the progress view writes
+to stdout); ``--verbose`` leaves stderr alone and lets Ray log to it. ``check_address`` fails fast
+on a cluster address nothing answers at, where Ray itself would retry for minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from pathlib import Path
+
+from harness.errors import BatchscaleError
+
+#: seconds to wait for a TCP answer from a cluster's head node
+CONNECT_TIMEOUT_S = 10.0
+
+
+@contextlib.contextmanager
+def ray_output(log: Path, verbose: bool = False):
+    """Send stderr (Python's and the C++ core's) to ``log`` unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "ab") as f:
+        f.write(f"--- session started by pid {os.getpid()} ---\n".encode())
+        f.flush()
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise a one-line error when nothing answers at a Ray cluster's address (``host:port`` of the
+    head's GCS, default port 6379, or ``ray://host:port`` of its client server, default 10001)."""
+    if address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    rest = address.removeprefix("ray://").rstrip("/")
+    host, _, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+    try:
+        port = int(port_text) if port_text else (10001 if client else 6379)
+    except ValueError:
+        raise BatchscaleError(f"--address {address!r}: not HOST:PORT or ray://HOST:PORT") from None
+    try:
+        with socket.create_connection((host or "127.0.0.1", port), timeout=timeout):
+            return
+    except OSError as e:
+        why = "timed out after {:g} s".format(timeout) if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise BatchscaleError(
+            f"--address {address}: no Ray cluster answers at {host}:{port} ({why}); check that the head node "
+            f"runs 'ray start --head' with that port{' and its client server' if client else ''}, that this "
+            "machine can reach it (firewall, VPN), and RAY_ADDRESS") from None
