@@ -111,11 +111,11 @@ def test_sweep_of_data_parallel_trials(tmp_path, ray_tmp):
     spec = write_spec(tmp_path, {
         "name": "dp", "workload": "mnist1d_mlp", "workload_options": {"n_train": 4000, "n_test": 500},
         "budget": {"epochs": 2}, "eval": {"per_epoch": 1}, "data_parallel": {"workers": 2},
-        "axes": {"batch_sizes": [256], "methods": ["legw", "none"]}})
+        "axes": {"batch_sizes": [256], "methods": ["legw"]}})  # one trial: each costs a Ray Train start (~20 s)
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     _, trials, measurements = load(tmp_path / "results" / "dp")
-    assert sorted(trials.method) == ["legw", "none"]
+    assert list(trials.method) == ["legw"]
     assert (trials.status == "complete").all() and (trials.workers == 2).all()
     assert (trials.micro_batch_size == 128).all() and (trials.steps == 2 * math.ceil(4000 / 256)).all()
     assert measurements.groupby("trial_id").size().to_dict() == {t: 2 for t in trials.trial_id}

@@ -316,7 +316,7 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
     part: the Ray folder's experiment state is deleted before the rerun."""
     spec = write_spec(tmp_path, {
         "name": "long", "workload": "mnist1d_mlp", "workload_options": {"n_train": 20000, "n_test": 1000},
-        "budget": {"epochs": 12}, "eval": {"per_epoch": 2}, "axes": {"batch_sizes": [128], "methods": ["legw"]}})
+        "budget": {"epochs": 6}, "eval": {"per_epoch": 2}, "axes": {"batch_sizes": [128], "methods": ["legw"]}})
     results = tmp_path / "results" / "long"
     cmd = ["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"]
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
@@ -340,7 +340,7 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
     (row,) = trials.itertuples()
     assert row.status == "complete"
     resumed_from = json.loads(row.extra)["resumed_from_step"]
-    evals = [math.ceil(10000 * i / 128) for i in range(1, 25)]  # the first step past each half epoch
+    evals = [math.ceil(10000 * i / 128) for i in range(1, 13)]  # the first step past each half epoch
     assert list(measurements.step) == evals
     assert resumed_from in evals[:-1], resumed_from  # from an evaluation's checkpoint, before the end
     assert not list((results / "ray").rglob("checkpoint_*")), "a finished trial's checkpoints are dropped"
@@ -458,7 +458,7 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
             time.sleep(1)
         assert status.stdout.split("Pending:")[0].count("node_") >= 2, status.stdout[-2000:]
         spec = write_spec(tmp_path, {**SPEC, "name": "on-cluster", "axes": {
-            "batch_sizes": [256, 1024], "methods": ["legw", "adascale", "autowu", "noise-aware"]}})
+            "batch_sizes": [1024], "methods": ["legw", "adascale", "autowu", "noise-aware"]}})
         proc = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--address",
                                f"127.0.0.1:{port}", "--results", str(tmp_path / "results"), "--no-report", "--quiet"],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -466,7 +466,7 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
         shown = proc.stdout + proc.stderr  # Ray's own output went to results/on-cluster/ray.log
         assert not [w for w in ("Traceback", "ERROR", "WARNING", "Warning", "warn(") if w in shown], shown[-3000:]
         meta, trials, measurements = load(tmp_path / "results" / "on-cluster")
-        assert len(trials) == 8 and (trials.status == "complete").all(), trials[["trial_id", "status", "error"]]
+        assert len(trials) == 4 and (trials.status == "complete").all(), trials[["trial_id", "status", "error"]]
         assert meta["sessions"][0]["address"] == f"127.0.0.1:{port}"
         # the automatic methods ran as methods of the sweep
         t = trials.set_index("trial_id")
