@@ -106,8 +106,6 @@ def test_shipped_specs_and_studies_are_found_from_any_folder(tmp_path):
     planned = run("plan", "default", "--probe-seconds", "0.2")
     assert planned.returncode == 0 and "trials: 264" in planned.stdout and "estimated wall time" in planned.stdout, \
         planned.stderr
-    helped = run("reproduce", "--help")
-    assert helped.returncode == 0 and "--tracking" in helped.stdout
     # the study is found and validated (a bad override names its key), nothing runs
     bad = run("reproduce", "mnist_lstm", "--set", "budget.epochs=-1", "--results", str(tmp_path / "r"))
     assert bad.returncode == 2 and "key 'budget.epochs'" in bad.stderr, bad.stderr

@@ -54,7 +54,7 @@ def alive(pid: int, start: int) -> bool:
     return st is not None and st[1] == start
 
 
-def end(processes: list[list[int]], grace: float = 2.0) -> list[int]:
+def end(processes: list[list[int]], grace: float = 1.0) -> list[int]:
     """End the recorded processes still alive with their recorded start time (SIGTERM, then
     SIGKILL after ``grace`` seconds); returns the pids ended."""
     targets = [(pid, start) for pid, start in processes if alive(pid, start)]
