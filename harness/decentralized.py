@@ -1,0 +1,84 @@
+"""Decentralized data-parallel updates, simulated: K workers in one process, each averaging only
+with its neighbours (Yuan et al., "DecentLaM", ICCV 2021; ../shared/notes/large-batch-science.md
+section 7). The first part of issue 14: the mathematics, tested against closed-form fixed points;
+trials and sweeps do not use it yet.
+
+Workers hold their parameters as rows of one tensor ``x`` (K x d) and their momenta as ``m``;
+``W`` is a doubly stochastic mixing matrix (``mixing_matrix``); ``grads(x)`` gives every worker's
+gradient at its own parameters (K x d). One step of each algorithm:
+
+* all-reduce (parallel momentum SGD): g = mean_i g_i; m <- beta m + g; x <- x - gamma m (all equal);
+* DmSGD:      m_i <- beta m_i + g_i(x_i);  x_i <- sum_j w_ij (x_j - gamma m_j);
+* DecentLaM:  z_i = x_i - gamma g_i(x_i) (the vector exchanged); gt_i = (x_i - sum_j w_ij z_j) / gamma;
+              m_i <- beta m_i + gt_i;  x_i <- x_i - gamma m_i.
+
+Both decentralized ones exchange one vector per neighbour per step. With exact gradients DmSGD's
+fixed point is decentralized SGD's at step gamma / (1 - beta) (the momentum-amplified bias) and
+DecentLaM's is decentralized SGD's at step gamma (``dsgd_fixed_point`` gives it for a quadratic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+ALGORITHMS = ("allreduce", "dmsgd", "decentlam")
+TOPOLOGIES = ("ring", "exponential")
+
+
+def mixing_matrix(topology: str, k: int, dtype=torch.float64) -> torch.Tensor:
+    """Doubly stochastic K x K weights: ``ring`` (self and the two neighbours, 1/3 each; 1/2 each
+    for K = 2), ``exponential`` (node i hears from i - 2^j mod K, j = 0 .. floor(log2(K - 1)), and
+    itself, uniformly: the static exponential graph of the DecentLaM paper)."""
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology {topology!r} is not one of {', '.join(TOPOLOGIES)}")
+    w = torch.zeros(k, k, dtype=dtype)
+    if k == 1:
+        return w + 1
+    if topology == "ring":
+        for i in range(k):
+            for j in {i, (i - 1) % k, (i + 1) % k}:
+                w[i, j] = 1.0 / len({i, (i - 1) % k, (i + 1) % k})
+        return w
+    hops = [2 ** j for j in range(int(math.floor(math.log2(k - 1))) + 1)]
+    for i in range(k):
+        sources = {i, *((i - h) % k for h in hops)}
+        for j in sources:
+            w[i, j] = 1.0 / (len(hops) + 1)
+    return w
+
+
+def consensus_distance(x: torch.Tensor) -> float:
+    """(1/K) sum_i |x_i - mean x|^2: how far the workers are from agreeing."""
+    return float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
+
+
+def step(algorithm: str, x: torch.Tensor, m: torch.Tensor, grads: Callable[[torch.Tensor], torch.Tensor],
+         w: torch.Tensor, gamma: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of every worker: (new x, new m)."""
+    g = grads(x)
+    if algorithm == "allreduce":
+        m = beta * m + g.mean(0, keepdim=True).expand_as(g)
+        return x - gamma * m, m
+    if algorithm == "dmsgd":
+        m = beta * m + g
+        return w @ (x - gamma * m), m
+    if algorithm == "decentlam":
+        z = x - gamma * g
+        m = beta * m + (x - w @ z) / gamma
+        return x - gamma * m, m
+    raise ValueError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+
+
+def dsgd_fixed_point(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Where decentralized SGD (x <- W (x - gamma grad)) settles on worker losses
+    f_i(x) = 1/2 (x - b_i)^T A_i (x - b_i) (``a``: K x d x d, ``b``: K x d): the solution of
+    (I - W + gamma W A) x = gamma W A b over the stacked workers (A block-diagonal)."""
+    k, d = b.shape
+    big_a = torch.block_diag(*a)
+    big_w = torch.kron(w, torch.eye(d, dtype=w.dtype))
+    lhs = torch.eye(k * d, dtype=w.dtype) - big_w + gamma * big_w @ big_a
+    rhs = gamma * big_w @ big_a @ b.reshape(-1)
+    return torch.linalg.solve(lhs, rhs).reshape(k, d)
