@@ -207,8 +207,6 @@ class StudyASHA(FIFOScheduler):
 def export_optuna_study(study: Study, rows: list[dict], measurements: list[dict], mode: str, storage_url: str,
                         warmup_range) -> None:
     """Write a finished study to SQLite (``optuna-dashboard sqlite:///.../optuna.db``)."""
-    from optuna.distributions import FloatDistribution
-
     try:
         optuna.delete_study(study_name=study.name, storage=storage_url)
     except KeyError:

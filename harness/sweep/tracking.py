@@ -11,6 +11,7 @@ for those tools. Which tools: the spec's ``tracking`` section or ``--tracking``.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,6 @@ class MLflow:
 
     def log(self, trial_id: str, step: int, values: dict[str, float]) -> None:
         from mlflow.entities import Metric
-
-        import time
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.runs[trial_id], metrics=[Metric(k, v, now, step) for k, v in values.items()])
