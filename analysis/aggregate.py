@@ -29,6 +29,7 @@ from scipy import stats
 
 from analysis.outcome import _extra, chance_metric, outcomes
 from harness.protocol import best_trial
+from harness.spec.sweep import arm_label
 from harness.store import RAN_TO_END, ResultsStore, Status
 
 KEYS = ["workload", "optimizer", "method", "batch_size"]
@@ -70,9 +71,21 @@ class Results:
         return common[0] if common else batches[0]
 
 
+def rule_of(label: str) -> str:
+    """The LR/warmup method of a series name (``tuned:conadv`` -> ``tuned``)."""
+    return label.split(":")[0]
+
+
+def is_tuned(labels: pd.Series) -> pd.Series:
+    return labels.map(rule_of) == "tuned"
+
+
 def load_results(root: str | Path) -> Results:
-    """The store, with each trial's ``outcome`` (analysis.outcome) and its model-only pace."""
+    """The store, with each trial's ``outcome`` (analysis.outcome) and its model-only pace. A
+    trial's ``method`` is its series name (``arm_label``); ``rule`` keeps the LR/warmup method."""
     meta, trials, measurements = ResultsStore(root).load()
+    trials["rule"] = trials.method
+    trials["method"] = [arm_label(m, a, g) for m, a, g in zip(trials.method, trials.augment, trials.dp_algorithm)]
     hib = bool(meta["workload"]["higher_is_better"])
     trials = outcomes(trials, measurements, chance_metric(meta), hib)
     for key in ("model_step_seconds", "model_throughput", "timing_steps"):
@@ -116,15 +129,19 @@ def series_order(res: Results) -> list[tuple[str, str, str]]:
     optimizers = [o for o in (axes.get("optimizers") or sorted(res.trials.optimizer.unique()))
                   if any(o == p[0] for p in present)]
     optimizers += sorted({o for o, _ in present} - set(optimizers))
-    methods = list(axes["methods"]) + sorted({m for _, m in present} - set(axes["methods"]))
+    spec = res.meta["spec_resolved"]
+    arms = [(a, g) for a in axes.get("augment") or [(spec.get("augment") or {}).get("kind", "none")]
+            for g in axes.get("algorithm") or [(spec.get("data_parallel") or {}).get("algorithm", "allreduce")]]
+    planned = [arm_label(m, a, g) for m in axes["methods"] for a, g in arms]
+    methods = planned + sorted({m for _, m in present} - set(planned))
     return [(cell_label(o, m, optimizers), o, m) for o in optimizers for m in methods if (o, m) in present]
 
 
 def representative_trials(res: Results) -> pd.DataFrame:
     """Rule-method trials as they are; for ``tuned``, the best trial of each study."""
     t = res.trials
-    rules = t[t.method != "tuned"]
-    tuned = t[t.method == "tuned"]
+    rules = t[~is_tuned(t.method)]
+    tuned = t[is_tuned(t.method)]
     if tuned.empty:
         return rules.copy()
     by_steps = res.protocol["kind"] == "steps_to_result"
@@ -185,7 +202,7 @@ def aggregate(res: Results) -> pd.DataFrame:
             train_seconds=g.train_seconds.mean(),
             throughput=(g.model_throughput if g.model_throughput.notna().any() else g.throughput).mean(),
         )
-        row["best_peak_lr"] = row["peak_lr"] if key[2] == "tuned" else math.nan
+        row["best_peak_lr"] = row["peak_lr"] if rule_of(key[2]) == "tuned" else math.nan
         rows.append(row)
     agg = pd.DataFrame(rows)
     if agg.empty:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from matplotlib.lines import Line2D
 
-from analysis.aggregate import Results, series_order
+from analysis.aggregate import Results, rule_of, series_order
 from analysis.critical import critical_summary
 from analysis.costmodel import project
 from analysis.figure import Plot, finish, log2_axis
@@ -33,7 +33,7 @@ def _trial_curves(res: Results, method: str, column: str) -> pd.DataFrame:
 
 def noise_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     """Every method that measured it, one panel each (four to a row)."""
-    methods = [(label, m) for label, o, m in series_order(res) if m != "tuned"]
+    methods = [(label, m) for label, o, m in series_order(res) if rule_of(m) != "tuned"]
     curves = {}
     for label, m in methods:
         c = _trial_curves(res, m, "noise_scale")

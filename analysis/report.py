@@ -18,8 +18,8 @@ import pandas as pd
 import yaml
 from jinja2 import Environment
 
-from analysis import beyond
-from analysis.aggregate import Results, aggregate, load_results, timing_source
+from analysis import arms, beyond
+from analysis.aggregate import Results, aggregate, is_tuned, load_results, timing_source
 from analysis.outcome import CHANCE_FRACTION, chance_metric
 from analysis.plots import Plot, all_plots, range_edge
 from analysis.reproduce import judge_all, verdict_table
@@ -97,7 +97,7 @@ def studies_frame(res: Results) -> pd.DataFrame:
     studies = res.meta.get("studies", {})
     if not studies:
         return pd.DataFrame()
-    t = res.trials[res.trials.method == "tuned"]
+    t = res.trials[is_tuned(res.trials.method)]
     rows = []
     for k, v in sorted(studies.items(), key=lambda kv: (kv[1]["optimizer"], kv[1]["batch_size"], kv[0])):
         mine = t[t.study == k]
@@ -212,8 +212,9 @@ def build_report(root: str | Path) -> dict:
     proj_table, proj_plot, proj_info = beyond.projection(res, agg, out / "plots")
     plots += [p for p in (beyond.noise_curves(res, agg, out / "plots"), beyond.adascale_gain(res, agg, out / "plots"),
                           beyond.autowu_plot(res, agg, out / "plots"), proj_plot) if p is not None]
+    plots += arms.arm_plots(res, out / "plots")
     tables = all_tables(res, agg) + [t for t in (beyond.critical_table(res, critical), beyond.autowu_table(res),
-                                                 proj_table) if t is not None]
+                                                 proj_table) if t is not None] + arms.arm_tables(res)
     for t in tables:
         write_table(t, out / "tables")
     verdicts = judge_all(res, agg)

@@ -26,6 +26,11 @@ Kinds (``params``):
 * ``better_than``: ``method`` beats ``other`` by more than ``margin`` at the largest batch (``at:
   all`` for every batch from ``min_scale`` to ``max_scale`` x B0); a diverged run is worse than any
   number, and a difference within the seeds' spread is no win.
+* ``smaller_drop``: ``method`` loses less against its own base-batch result than ``other`` loses
+  against its own, at the largest batch, by more than ``margin`` and the seeds' spread (ConAdv
+  "narrows the accuracy drop").
+* ``matches``: ``method`` stays within ``tolerance`` of ``other`` at every batch size the budget
+  lets reach the target (DecentLaM "stays with all-reduce").
 * ``speedup``: the largest batch reaching the target does so ``min`` times faster than B0
   (``kind: steps``, ``time``, or ``projected``: the projected time on ``devices`` accelerators, the
   batch size fastest there among those that put at least the throughput's efficient batch on each
@@ -95,7 +100,7 @@ def judge(res: Results, agg: pd.DataFrame, claim: dict) -> Verdict:
     p = claim.get("params", {})
     kind = claim["kind"]
     fn = {"within_base": _within_base, "loses_or_diverges": _loses_or_diverges, "better_than": _better_than,
-          "speedup": _speedup}.get(kind)
+          "smaller_drop": _smaller_drop, "matches": _matches, "speedup": _speedup}.get(kind)
     published = claim.get("published") or ""
     if fn is None:
         return Verdict(claim["id"], claim["text"], f"unknown claim kind {kind!r}", published, UNMEASURABLE)
@@ -216,6 +221,60 @@ def _better_than(res, agg, p):
     if any(v is False for v in verdicts):
         return measured, False
     return measured, None if any(v is None for v in verdicts) else True
+
+
+def _pair(res, agg, p):
+    a, other = p["method"], p["other"]
+    ca, cb = _cells(agg, a, p.get("optimizer")), _cells(agg, other, p.get("optimizer"))
+    _need(ca, a)
+    _need(cb, other)
+    return a, other, ca, cb, sorted(set(ca.index) & set(cb.index))
+
+
+def _smaller_drop(res, agg, p):
+    a, other, ca, cb, common = _pair(res, agg, p)
+    b = common[-1] if common else None
+    if b is None or b == res.base_batch_size:
+        raise LookupError(f"{a} and {other} share no batch size above B0")
+    drops, parts = [], []
+    for name, cells in ((a, ca), (other, cb)):
+        base, big = _value(_base_row(cells, res, name)), _value(cells.loc[b])
+        drops.append(math.inf if math.isnan(big) else _loss(res, base, big, False))
+        parts.append(f"{name} {_fmt(res, base)} -> {_fmt(res, big)}{_seeds_note(cells.loc[b])}")
+    scale = 100 if res.higher_is_better else 1
+    measured = (f"B0={res.base_batch_size} -> B={b}: " + "; ".join(parts)
+                + "; drops " + " vs ".join("diverged" if math.isinf(d) else f"{d * scale:.2f}" for d in drops))
+    if not (_feasible(ca.loc[b]) and _feasible(cb.loc[b])):
+        return measured + " [budget cannot reach the target: not measurable]", None
+    spread = max((x for x in (ca.loc[b].final_std, cb.loc[b].final_std) if x == x), default=0.0)
+    narrower = drops[1] - drops[0]
+    ok = bool(narrower > float(p.get("margin", 0.0)) + EPS and (math.isinf(narrower) or narrower > spread + EPS))
+    if not ok and narrower > 0:
+        measured += f" (narrower by {narrower * scale:.2f}, within the margin or the seeds' spread {spread:.4g})"
+    return measured, ok
+
+
+def _matches(res, agg, p):
+    a, other, ca, cb, common = _pair(res, agg, p)
+    tol = float(p.get("tolerance", 0.01))
+    judged = [b for b in common if _feasible(ca.loc[b]) and _feasible(cb.loc[b])]
+    if not judged:
+        raise LookupError(f"no batch size where the budget lets {a} and {other} reach the target")
+    worst, worst_b = -math.inf, None
+    for b in judged:
+        va, vb = _value(ca.loc[b]), _value(cb.loc[b])
+        gap = math.inf if math.isnan(va) or math.isnan(vb) else abs(va - vb)
+        if gap > worst:
+            worst, worst_b = gap, b
+    scale = 100 if res.higher_is_better else 1
+    measured = (f"largest gap at B={worst_b}: {a} {_fmt(res, _value(ca.loc[worst_b]))} vs {other} "
+                f"{_fmt(res, _value(cb.loc[worst_b]))}" + ("" if math.isinf(worst) else f" ({worst * scale:.2f})")
+                + f" over B={judged[0]}..{judged[-1]}")
+    skipped = [b for b in common if b not in judged]
+    if skipped:
+        measured += f"; not measurable at B={', '.join(map(str, skipped))}"
+    ok = bool(worst <= tol + EPS)
+    return measured, (None if ok and skipped else ok)
 
 
 def _speedup(res, agg, p):

@@ -9,8 +9,11 @@
 5. The protocol's pilot (dense evaluation and the noise probe at the target) against one plain run
    of the base recipe to the target: target <= 2.0.
 6. Recording a trial into a results store of 1000 trials vs one of 10: target <= 2.0.
+7. (packing, calibration: see docs/benchmarks.md.)
+8. Adversarial augmentation: time per step of DisAdv and ConAdv against none (informational), and
+   ConAdv against DisAdv in one process: target <= 1.1.
 
-Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration] [--repeats N]
+Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration,augment] [--repeats N]
 Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
 """
 
@@ -358,9 +361,44 @@ def bench_calibration(repeats: int) -> list[dict]:
     return rows
 
 
+def _step_seconds(workload: str, batch: int, steps: int, augment: str, options: dict) -> float:
+    """Model-only seconds per optimizer step of a trial (harness.trial's timing steps)."""
+    from harness.spec import load_spec
+    from harness.trial import Trial
+
+    spec = {"workload": workload, "workload_options": options, "batch_size": batch, "method": "legw",
+            "threads": THREADS, "budget": {"examples": batch * steps}, "noise_scale": False,
+            "eval": {"every_examples": 10**12, "max_examples": 100}, "augment": {"kind": augment}}
+    return Trial(load_spec(data=spec)).run().summary["model_step_seconds"]
+
+
+def bench_augment(repeats: int) -> list[dict]:
+    """Time per step of DisAdv and ConAdv against no augmentation (issue 14): both take a second
+    forward-backward for the perturbation; in one process ConAdv's (at the previous weights) is not
+    concurrent either, so it costs what DisAdv costs plus a copy of the weights per step."""
+    rows = []
+    for workload, batch, options in (("mnist1d_mlp", 1024, {"n_train": 20000, "n_test": 1000}),
+                                     ("fmnist_cnn", 256, {})):
+        steps = 60 if workload == "mnist1d_mlp" else 20
+        times = {k: [] for k in ("none", "disadv", "conadv")}
+        for _ in range(repeats):  # alternate, so drifts of the machine hit all three alike
+            for k in times:
+                times[k].append(_step_seconds(workload, batch, steps, k, options))
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        for k in ("disadv", "conadv"):
+            rows.append({"benchmark": f"{k} vs none, {workload} B={batch} (ms per step)", "ours": med[k],
+                         "baseline": med["none"], "ratio": med[k] / med["none"], "target": "informational",
+                         "ok": True, "note": ""})
+        ratio = med["conadv"] / med["disadv"]
+        rows.append({"benchmark": f"conadv vs disadv, {workload} B={batch} (ms per step, one process)",
+                     "ours": med["conadv"], "baseline": med["disadv"], "ratio": ratio, "target": "<= 1.1",
+                     "ok": ratio <= 1.1, "note": "ConAdv's saving needs the attack pass on other hardware"})
+    return rows
+
+
 BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise,
            "pilot": bench_pilot, "store": bench_store, "packing": bench_packing,
-           "calibration": bench_calibration}
+           "calibration": bench_calibration, "augment": bench_augment}
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.errors import BatchscaleError
-from harness.scaling import resolve
+from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve, warmup_epochs_for
 from harness.schedules import lr_at
 
 if TYPE_CHECKING:
@@ -305,3 +305,34 @@ def make_control(trial: "Trial", spec: "TrialSpec") -> ScheduleControl:
 def noise_aware_lr(base_lr: float, base_batch: int, batch: int, b_noise: float) -> float:
     """eta0 * k * (B0 + Bn) / (B + Bn): linear while B << Bn, flat once B >> Bn."""
     return base_lr * (batch / base_batch) * (base_batch + b_noise) / (batch + b_noise)
+
+
+def resolve_trial_recipe(spec: "TrialSpec", dataset_size: int) -> ResolvedRecipe:
+    """The recipe a trial runs: its rule's, or an automatic method's starting point (noise-aware
+    probes B_noise first; AdaScale keeps the base LR and warmup; tuned sets both; AutoWU's control
+    replaces the schedule, the recipe keeps the bookkeeping)."""
+    base = spec.base_recipe()
+    batch = spec.batch_size or base.base_batch_size
+    epochs = spec.budget.epochs_for(dataset_size)
+    if spec.method not in AUTOMATIC_METHODS:
+        return resolve(base, batch, spec.method, dataset_size, epochs=epochs, peak_lr=spec.peak_lr,
+                       warmup_epochs=spec.warmup_epochs)
+    peak, warmup = spec.peak_lr, spec.warmup_epochs
+    if spec.method == "noise-aware" and peak is None:
+        b_noise = spec.noise_aware.b_noise
+        if not b_noise:  # the sweep's driver and `batchscale train` probe it first (harness.protocol)
+            raise BatchscaleError("noise-aware: noise_aware.b_noise is not set; harness.protocol.with_b_noise(spec) "
+                                  "probes it at B0 before the trial is built")
+        peak = noise_aware_lr(base.peak_lr, base.base_batch_size, batch, b_noise)
+        warmup = warmup_epochs_for(spec.noise_aware.warmup_rule, base, batch / base.base_batch_size, epochs)
+    if spec.method == "adascale":  # the base recipe's LR and warmup; the gain scales them per step
+        peak = peak or base.peak_lr
+        warmup = base.warmup_epochs if warmup is None else warmup
+    # tuned sets both; autowu's control replaces the schedule (the recipe keeps the bookkeeping)
+    recipe = resolve(base, batch, "none+none", dataset_size, epochs=epochs, peak_lr=peak, warmup_epochs=warmup,
+                     lr_method_label=spec.method)
+    if spec.method == "autowu":  # a method named after a paper runs with its parameters, or says it does not
+        from harness.autotune import autowu_deviations
+
+        recipe = recipe.model_copy(update={"warnings": (*recipe.warnings, *autowu_deviations(spec.autowu))})
+    return recipe

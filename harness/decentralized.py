@@ -1,7 +1,7 @@
 """Decentralized data-parallel updates, simulated: K workers in one process, each averaging only
 with its neighbours (Yuan et al., "DecentLaM", ICCV 2021; ../shared/notes/large-batch-science.md
-section 7). The first part of issue 14: the mathematics, tested against closed-form fixed points;
-trials and sweeps do not use it yet.
+section 7): the mathematics, tested against closed-form fixed points. Trials use it through
+harness.gossip (``data_parallel.algorithm``), simulated or over Ray Train workers.
 
 Workers hold their parameters as rows of one tensor ``x`` (K x d) and their momenta as ``m``;
 ``W`` is a doubly stochastic mixing matrix (``mixing_matrix``); ``grads(x)`` gives every worker's
@@ -12,7 +12,10 @@ gradient at its own parameters (K x d). One step of each algorithm:
 * DecentLaM:  z_i = x_i - gamma g_i(x_i) (the vector exchanged); gt_i = (x_i - sum_j w_ij z_j) / gamma;
               m_i <- beta m_i + gt_i;  x_i <- x_i - gamma m_i.
 
-Both decentralized ones exchange one vector per neighbour per step. With exact gradients DmSGD's
+Both decentralized ones exchange one vector per neighbour per step: ``outgoing`` gives what a
+worker sends (and its momentum after), ``incoming`` its update from the mixed vectors it received,
+sum_j w_ij v_j. Rows of a K x d matrix or one worker's own vector: the same functions serve the
+simulation (mixed = W @ v) and real workers (harness.gossip, point-to-point). With exact gradients DmSGD's
 fixed point is decentralized SGD's at step gamma / (1 - beta) (the momentum-amplified bias) and
 DecentLaM's is decentralized SGD's at step gamma (``dsgd_fixed_point`` gives it for a quadratic).
 """
@@ -55,21 +58,41 @@ def consensus_distance(x: torch.Tensor) -> float:
     return float(((x - x.mean(0, keepdim=True)) ** 2).sum(1).mean())
 
 
-def step(algorithm: str, x: torch.Tensor, m: torch.Tensor, grads: Callable[[torch.Tensor], torch.Tensor],
+def outgoing(algorithm: str, x: torch.Tensor, m: torch.Tensor, g: torch.Tensor, gamma: float,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a worker sends its neighbours, and its momentum after: DmSGD x - gamma m (m updated
+    first), DecentLaM z = x - gamma g (m unchanged yet)."""
+    if algorithm == "dmsgd":
+        m = beta * m + g
+        return x - gamma * m, m
+    if algorithm == "decentlam":
+        return x - gamma * g, m
+    raise ValueError(f"algorithm {algorithm!r} has no neighbour exchange; allowed: dmsgd, decentlam")
+
+
+def incoming(algorithm: str, x: torch.Tensor, m: torch.Tensor, mixed: torch.Tensor, gamma: float,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A worker's new (x, m) from ``mixed`` = sum_j w_ij v_j of what it and its neighbours sent."""
+    if algorithm == "dmsgd":
+        return mixed, m
+    if algorithm == "decentlam":
+        m = beta * m + (x - mixed) / gamma
+        return x - gamma * m, m
+    raise ValueError(f"algorithm {algorithm!r} has no neighbour exchange; allowed: dmsgd, decentlam")
+
+
+def step(algorithm: str, x: torch.Tensor, m: torch.Tensor, grads: Callable[[torch.Tensor], torch.Tensor] | torch.Tensor,
          w: torch.Tensor, gamma: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One update of every worker: (new x, new m)."""
-    g = grads(x)
+    """One update of every worker: (new x, new m). ``grads``: the K x d gradients, or a function of x
+    giving them."""
+    g = grads(x) if callable(grads) else grads
     if algorithm == "allreduce":
         m = beta * m + g.mean(0, keepdim=True).expand_as(g)
         return x - gamma * m, m
-    if algorithm == "dmsgd":
-        m = beta * m + g
-        return w @ (x - gamma * m), m
-    if algorithm == "decentlam":
-        z = x - gamma * g
-        m = beta * m + (x - w @ z) / gamma
-        return x - gamma * m, m
-    raise ValueError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm {algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    v, m = outgoing(algorithm, x, m, g, gamma, beta)
+    return incoming(algorithm, x, m, w.to(v.dtype) @ v, gamma, beta)
 
 
 def dsgd_fixed_point(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -9,6 +9,10 @@ the update equals the single-process one up to float rounding (``tests/test_dist
 noise scale is measured over all W shares, and every decision (divergence, target, AutoWU) is the
 same on every worker. Evaluation splits the held-out batches over the workers and sums.
 
+With ``data_parallel.algorithm`` dmsgd or decentlam the workers do not all-reduce: each exchanges
+its vector with its neighbours only (harness.gossip.NeighbourWorkers), and every rank checkpoints
+its own parameters and momentum.
+
 The reduction (harness.collectives) is one all-reduce of the flattened gradients per step, after
 local accumulation:
 what ``DistributedDataParallel`` does under ``no_sync()`` plus a final synchronising backward,
@@ -53,17 +57,21 @@ def worker_loop(config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()
         torch.cuda.set_device(device)
     trial = Trial(spec, world=(rank, world), device=device)
+    # all-reduce workers are identical: rank 0 saves for all; decentralized ones each save their own
+    # state, and Ray Train merges the ranks' files into one checkpoint folder
+    own_state = trial.workers is not None
+    filename = f"trial-rank{rank}.pt" if own_state else "trial.pt"
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
+            trial.load_state_dict(torch.load(Path(folder) / filename, weights_only=False))
     worst = worst_objective(trial.workload.higher_is_better)
     steps_budget = config.get("objective_steps_budget")  # a steps_to_result study's objective
 
     def report(metrics: dict[str, Any], with_checkpoint: bool) -> None:
-        if rank == 0 and with_checkpoint:
+        if (rank == 0 or own_state) and with_checkpoint:
             with tempfile.TemporaryDirectory() as folder:
-                torch.save(trial.state_dict(), Path(folder) / "trial.pt")
+                torch.save(trial.state_dict(), Path(folder) / filename)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:  # every worker reports (Ray Train collects one report per worker); rank 0's is used
             ray.train.report(metrics)

@@ -94,7 +94,7 @@ def run_pilot(spec: SweepSpec, optimizer: str, dataset_size: int) -> Estimate:
     trial_spec = spec.trial_spec(optimizer, "none", b0, spec.axes.seeds[0], budget={"epochs": epochs},
                                  eval={**spec.eval.model_dump(), "every_examples": every * b0},
                                  target={**spec.target.model_dump(), "stop": True}, noise_scale=True,
-                                 threads=spec.resources.cpus)
+                                 threads=spec.resources.cpus, **PLAIN)
     trial = Trial(trial_spec)
     result = trial.run()
     s = result.summary
@@ -210,6 +210,11 @@ def refuse_infeasible(spec: SweepSpec, rows: list[dict[str, Any]]) -> None:
                     f"marked not measurable")
 
 
+#: The pilot and the throughput probe measure the problem itself: one process, no augmentation
+#: (the noise scale is not measured across decentralized workers; harness.gossip).
+PLAIN = {"augment": {"kind": "none"}, "data_parallel": {"workers": 1}}
+
+
 def trial_settings(spec: SweepSpec, row: dict[str, Any], dataset_size: int) -> dict[str, Any]:
     """TrialSpec fields that the protocol sets for one batch size: budget, evaluation grid, target
     stop; and, for steps_to_result, the fixed warmup pinned to the study's epoch budget (Goyal's
@@ -279,7 +284,7 @@ def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], se
         trial_spec = spec.trial_spec(optimizer, "none", b, spec.axes.seeds[0], target=None,
                                      budget={"epochs": None, "examples": b * 10**6},
                                      eval={**spec.eval.model_dump(), "every_examples": 10**15},
-                                     divergence={"loss_factor": None})
+                                     divergence={"loss_factor": None}, **PLAIN)
         trial = Trial(trial_spec)
         trial._train_step()  # warm-up (allocations, first-call costs)
         import time

@@ -50,6 +50,10 @@ class TrialRecord:
     device: str | None = None
     threads: int | None = None
     workers: int | None = None  # data-parallel workers
+    augment: str | None = None  # adversarial augmentation: none | disadv | conadv (harness.adversarial)
+    dp_algorithm: str | None = None  # data-parallel algorithm: allreduce | dmsgd | decentlam (harness.gossip)
+    consensus_distance: float | None = None  # decentralized workers' spread at the last evaluation
+    sharpness: float | None = None  # top Hessian eigenvalue at the end (harness.sharpness)
     adascale_mean_gain: float | None = None
     autowu_warmup_steps: int | None = None
     autowu_warmup_epochs: float | None = None
@@ -72,6 +76,7 @@ class Measurement:
     train_seconds: float | None = None
     noise_scale: float | None = None
     gain: float | None = None  # AdaScale's gain
+    consensus_distance: float | None = None  # (1/K) sum_i |x_i - mean x|^2 of decentralized workers
 
 
 def arrow_schema(record: type) -> pa.Schema:

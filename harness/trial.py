@@ -18,6 +18,7 @@ continue bit for bit (model, optimizer, stream position, RNG states, counters, m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,14 +27,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.autotune import make_control, noise_aware_lr
+from harness.adversarial import Objective
+from harness.autotune import make_control, resolve_trial_recipe
 from harness.calibrate import micro_batch_cap
 from harness.data.stream import ExampleStream
 from harness.errors import BatchscaleError
+from harness.gossip import NOTE as DECENTRALIZED_NOTE, is_decentralized, make_workers
 from harness.noise import NoiseScale, squared_grad_norm
 from harness.optimizers import build_optimizer
 from harness.placement import derive_seeds, micro_batch_sizes, pick_device
-from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve, warmup_epochs_for
+from harness.scaling import ResolvedRecipe
 from harness.spec import TrialSpec
 from harness.store import Status
 
@@ -62,17 +65,18 @@ class Trial:
         self.device = device or pick_device(spec.device)
         data = wl.load()
         self.data = data.to(self.device) if self.device.type != "cpu" else data
-        self.recipe = self._resolve(spec, data.train_size)
+        self.recipe = resolve_trial_recipe(spec, data.train_size)
         batch = self.recipe.batch_size
         self.local_batch = batch // self.world_size
         # measured steps split the batch for the noise scale; timing steps run the model's own micro-batches
         self.micro_batch_cap, self.micro_batch_cap_source = ((spec.micro_batch_cap, "the spec") if spec.micro_batch_cap
                                                              else micro_batch_cap(wl, self.device, torch.get_num_threads()))
-        self.micro_batch_size, self.timing_micro_batch = micro_batch_sizes(spec, batch, self.micro_batch_cap,
-                                                                           self.world_size)
+        decentralized = is_decentralized(spec)  # simulated workers or a neighbour exchange (harness.gossip)
+        shares = spec.data_parallel.workers if spec.data_parallel.simulate else self.world_size
+        self.micro_batch_size, self.timing_micro_batch = micro_batch_sizes(spec, batch, self.micro_batch_cap, shares)
         self.noise: NoiseScale | None = None
-        self.noise_note: str | None = None
-        if spec.noise_scale or spec.method == "adascale":
+        self.noise_note: str | None = DECENTRALIZED_NOTE if decentralized and spec.noise_scale else None
+        if (spec.noise_scale or spec.method == "adascale") and not decentralized:
             if self.micro_batch_size < batch:
                 decay = math.exp(-batch / (spec.noise_ema_epochs * data.train_size))  # per example seen
                 self.noise = NoiseScale(self.micro_batch_size, batch, decay, self.device)
@@ -87,6 +91,9 @@ class Trial:
         self.optimizer = build_optimizer(self.model, self.recipe.optimizer.name, self.recipe.peak_lr,
                                          self.recipe.optimizer.params)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.objective = Objective(wl.loss, **spec.augment.model_dump())
+        self.workers = make_workers(self)
+        self.sharpness: float | None = None
         torch.manual_seed(self.seeds["train"])
         self.stream = ExampleStream(data.train_size, self.seeds["data"], self.device)
         n = data.train_size
@@ -107,34 +114,6 @@ class Trial:
         self.last_lr = float("nan")
         self._loss_sum, self._loss_steps = 0.0, 0
 
-    @staticmethod
-    def _resolve(spec: TrialSpec, dataset_size: int) -> ResolvedRecipe:
-        base = spec.base_recipe()
-        batch = spec.batch_size or base.base_batch_size
-        epochs = spec.budget.epochs_for(dataset_size)
-        if spec.method not in AUTOMATIC_METHODS:
-            return resolve(base, batch, spec.method, dataset_size, epochs=epochs, peak_lr=spec.peak_lr,
-                           warmup_epochs=spec.warmup_epochs)
-        peak, warmup = spec.peak_lr, spec.warmup_epochs
-        if spec.method == "noise-aware" and peak is None:
-            b_noise = spec.noise_aware.b_noise
-            if not b_noise:  # the sweep's driver and `batchscale train` probe it first (harness.protocol)
-                raise BatchscaleError("noise-aware: noise_aware.b_noise is not set; harness.protocol.with_b_noise(spec) "
-                                      "probes it at B0 before the trial is built")
-            peak = noise_aware_lr(base.peak_lr, base.base_batch_size, batch, b_noise)
-            warmup = warmup_epochs_for(spec.noise_aware.warmup_rule, base, batch / base.base_batch_size, epochs)
-        if spec.method == "adascale":  # the base recipe's LR and warmup; the gain scales them per step
-            peak = peak or base.peak_lr
-            warmup = base.warmup_epochs if warmup is None else warmup
-        # tuned sets both; autowu's control replaces the schedule (the recipe keeps the bookkeeping)
-        recipe = resolve(base, batch, "none+none", dataset_size, epochs=epochs, peak_lr=peak, warmup_epochs=warmup,
-                         lr_method_label=spec.method)
-        if spec.method == "autowu":  # a method named after a paper runs with its parameters, or says it does not
-            from harness.autotune import autowu_deviations
-
-            recipe = recipe.model_copy(update={"warnings": (*recipe.warnings, *autowu_deviations(spec.autowu))})
-        return recipe
-
     # -- one optimizer update -------------------------------------------------------------------
     def timing_step(self) -> bool:
         """Whether the next step runs as the model alone: the noise measurement forces a split into
@@ -150,6 +129,8 @@ class Trial:
         r = self.recipe
         m = self.micro_batch_size if measure else self.timing_micro_batch
         idx = self.stream.take(r.batch_size)  # every worker draws the same examples ...
+        if self.workers is not None:
+            return self.workers.train_step(idx)
         if self.world_size > 1:  # ... and trains on its share of them
             idx = idx[self.rank * self.local_batch:(self.rank + 1) * self.local_batch]
         train = self.data.train
@@ -157,11 +138,12 @@ class Trial:
         scale = m / r.batch_size
         total = None
         micro = NoiseScale.MicroNorms(self.params) if self.noise is not None and measure else None
+        self.objective.start_step(self.model)
         for start in range(0, self.local_batch, m):
             part = idx[start:start + m]
-            loss = self.workload.loss(self.model, tuple(t[part] for t in train)) * scale
-            loss.backward()
-            total = loss.detach() if total is None else total + loss.detach()
+            loss, clean = self.objective(self.model, tuple(t[part] for t in train))
+            (loss * scale).backward()
+            total = clean.detach() * scale if total is None else total + clean.detach() * scale
             if micro is not None:
                 micro.add(last=start + m >= self.local_batch)
         if self.world_size > 1:  # gradients, loss and micro-batch norms summed over the workers
@@ -202,7 +184,8 @@ class Trial:
         return float(loss), float(metric)
 
     def _record(self, evaluate: bool = True) -> dict[str, Any]:
-        eval_loss, metric = self.evaluate() if evaluate else (math.nan, math.nan)
+        with self.workers.averaged() if self.workers is not None else contextlib.nullcontext():
+            eval_loss, metric = self.evaluate() if evaluate else (math.nan, math.nan)
         r = self.recipe
         row = {
             "step": self.step,
@@ -214,6 +197,7 @@ class Trial:
             "lr": self.last_lr,
             "train_seconds": self.train_seconds,
             "noise_scale": self.noise.value() if self.noise is not None else math.nan,
+            "consensus_distance": self.workers.last_consensus if self.workers is not None else math.nan,
             **self.control.measurement(),
         }
         self._loss_sum, self._loss_steps = 0.0, 0
@@ -265,6 +249,11 @@ class Trial:
                     on_eval(self, row)
         if self.status == "running":
             self.status = Status.COMPLETE
+        if self.spec.sharpness and self.status == Status.COMPLETE and self.sharpness is None:
+            from harness.sharpness import trial_sharpness  # off the clock, on the model evaluated
+
+            with self.workers.averaged() if self.workers is not None else contextlib.nullcontext():
+                self.sharpness = trial_sharpness(self, self.spec.sharpness.examples, self.spec.sharpness.iterations)
         self.wall_seconds = time.perf_counter() - wall_start
         return TrialResult(self.status, self.recipe, list(self.measurements), self.summary())
 
@@ -311,6 +300,10 @@ class Trial:
             "recipe_warnings": list(r.warnings),
             "noise_scale": self.noise.value() if self.noise is not None else None,
             "noise_note": self.noise_note,
+            "augment": self.spec.augment.kind,
+            "dp_algorithm": self.spec.data_parallel.algorithm,
+            "consensus_distance": self.workers.last_consensus if self.workers is not None else None,
+            "sharpness": self.sharpness,
             **self.control.summary(),
         }
 
@@ -334,6 +327,9 @@ class Trial:
             "measurements": list(self.measurements),
             "noise": self.noise.state_dict() if self.noise is not None else None,
             "control": self.control.state_dict(),
+            "objective": self.objective.state_dict(),
+            "workers": self.workers.state_dict() if self.workers is not None else None,
+            "sharpness": self.sharpness,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -358,3 +354,7 @@ class Trial:
         if self.noise is not None:
             self.noise.load_state_dict(state["noise"])
         self.control.load_state_dict(state["control"])
+        self.objective.load_state_dict(state.get("objective"), self.model)
+        if self.workers is not None:
+            self.workers.load_state_dict(state["workers"])
+        self.sharpness = state.get("sharpness")

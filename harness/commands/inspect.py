@@ -113,7 +113,8 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     per_cell: dict[tuple, int] = {}
     for r in the_plan.rows:
         k = r.get("trials", 1)
-        counts[r["method"]] = counts.get(r["method"], 0) + k
+        label = r.get("arm", r["method"])
+        counts[label] = counts.get(label, 0) + k
         per_cell[(r["optimizer"], r["batch_size"])] = per_cell.get((r["optimizer"], r["batch_size"]), 0) + k
     studies = len(the_plan.studies)
     print(f"trials: {sum(counts.values())} = " + ", ".join(
@@ -171,6 +172,18 @@ def list_all() -> int:
     print("optimizers:")
     for o in OPTIMIZERS.values():
         print(f"  {o.name:<14} {o.summary}; params: {json.dumps(o.defaults)}")
+    print("augment (axes.augment; the augment section's eps and norm):")
+    print("  none           no augmentation")
+    print("  disadv         adversarial copies x + eps*sign(grad_x) at the current weights: two passes in a row "
+          "(Liu et al. 2022's baseline)")
+    print("  conadv         the same at the previous step's weights, so the two passes are independent (ConAdv, "
+          "Liu et al. 2022)")
+    print("data-parallel algorithms (axes.algorithm, data_parallel.algorithm; topology ring or exponential; "
+          "simulate: true runs the workers in one process):")
+    print("  allreduce      every step averages all workers' gradients (parallel momentum SGD)")
+    print("  dmsgd          decentralized momentum SGD: neighbours average x - lr*m (Yuan et al. 2021's baseline)")
+    print("  decentlam      DecentLaM: neighbours average x - lr*g; the momentum takes the corrected step (Yuan et "
+          "al. 2021)")
     from harness.catalog import examples, studies
 
     print("paper studies (batchscale reproduce NAME):")

@@ -17,7 +17,7 @@ def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: b
     spec = with_b_noise(load_spec(spec_path, overrides, kind="trial"))
     if spec.threads is None:  # the rule of a sweep's trials (resources.cpus, default 1): comparable timings
         spec = spec.model_copy(update={"threads": 1})
-    workers = spec.data_parallel.workers
+    workers = spec.data_parallel.processes
     trial = Trial(spec, world=(0, workers))
     r = trial.recipe
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

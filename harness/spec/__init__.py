@@ -14,9 +14,9 @@ the workload-free recipe spec); ``loading`` reads YAML and applies overrides. Im
 from harness.spec.common import Strict
 from harness.spec.loading import apply_overrides, load_spec, parse_override, read_yaml, yaml_load
 from harness.spec.sweep import Asha, Axes, Claim, Projection, Protocol, RecipeSpec, SweepSpec, Tracking, Tuning
-from harness.spec.trial import (AutoWUSpec, Budget, Common, DataParallel, Divergence, EvalSpec, NoiseAwareSpec,
-                               Resources, Target, TrialSpec)
+from harness.spec.trial import (Augment, AutoWUSpec, Budget, Common, DataParallel, Divergence, EvalSpec,
+                               NoiseAwareSpec, Resources, Sharpness, Target, TrialSpec)
 
-__all__ = ["Asha", "AutoWUSpec", "Axes", "Budget", "Claim", "Common", "DataParallel", "Divergence", "EvalSpec",
-           "NoiseAwareSpec", "Projection", "Protocol", "RecipeSpec", "Resources", "Strict", "SweepSpec", "Target",
+__all__ = ["Asha", "Augment", "AutoWUSpec", "Axes", "Budget", "Claim", "Common", "DataParallel", "Divergence", "EvalSpec",
+           "NoiseAwareSpec", "Projection", "Protocol", "RecipeSpec", "Resources", "Sharpness", "Strict", "SweepSpec", "Target",
            "TrialSpec", "Tracking", "Tuning", "apply_overrides", "load_spec", "parse_override", "read_yaml", "yaml_load"]

@@ -15,12 +15,23 @@ from harness.spec.common import Strict, _base_recipe, _check_batch_split, _merge
 from harness.spec.trial import Common, Resources, TrialSpec
 
 
+def arm_label(method: str, augment: str | None, algorithm: str | None) -> str:
+    """A series' name: the LR/warmup method, then the augmentation and the data-parallel algorithm
+    of its arm where they are not the defaults (``legw:conadv``, ``sqrt:dmsgd``)."""
+    parts = [method] + ([augment] if augment not in (None, "none") else [])
+    return ":".join(parts + ([algorithm] if algorithm not in (None, "allreduce") else []))
+
+
 class Axes(Strict):
     batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [256 * 2**i for i in range(8)]
     methods: Annotated[list[str], Field(min_length=1)] = ["goyal", "legw", "sqrt", "linear-legw"]
     #: Default: the workload's default optimizer.
     optimizers: Annotated[list[str], Field(min_length=1)] | None = None
     seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0]
+    #: Adversarial augmentation per cell (the ``augment`` section's kind; its eps and norm apply).
+    augment: Annotated[list[Literal["none", "disadv", "conadv"]], Field(min_length=1)] | None = None
+    #: Data-parallel algorithm per cell (``data_parallel.algorithm``; its workers and topology apply).
+    algorithm: Annotated[list[Literal["allreduce", "dmsgd", "decentlam"]], Field(min_length=1)] | None = None
 
 
 class Asha(Strict):
@@ -168,6 +179,9 @@ class SweepSpec(Common):
                 validate_method(method)
             except SpecError as e:
                 raise SpecError(f"axes.methods[{i}]", method, e.allowed, choices=e.choices) from None
+        for kind in self.arms():
+            self._check_arm(wl, {o: self.base_recipe(o) for o in self.optimizers()}, self.axes.methods, *kind,
+                            axes=True)
         for i, b in enumerate(self.axes.batch_sizes):
             _check_batch_split(self.micro_batch_size, b, f"axes.batch_sizes[{i}]", self.data_parallel.workers)
         if self.data_parallel.workers > 1 and 0 < self.resources.gpus < 1:
@@ -211,6 +225,11 @@ class SweepSpec(Common):
         fields = {**self.model_dump(include=set(Common.model_fields)), "optimizer": optimizer, "method": method,
                   "batch_size": batch_size, "seed": seed, "recipe": recipe, "threads": self.resources.cpus, **extra}
         return TrialSpec(**fields)
+
+    def arms(self) -> list[tuple[str, str]]:
+        """(augment, data-parallel algorithm) of every arm a cell of the grid runs in."""
+        return list(itertools.product(self.axes.augment or [self.augment.kind],
+                                      self.axes.algorithm or [self.data_parallel.algorithm]))
 
     def grid(self) -> list[tuple[str, str, int, int]]:
         """(optimizer, method, batch size, seed) of every cell, in a stable order."""

@@ -84,10 +84,49 @@ class NoiseAwareSpec(Strict):
 
 
 class DataParallel(Strict):
-    """A trial as several data-parallel workers (harness.distributed, through Ray Train)."""
+    """A trial as several data-parallel workers (harness.distributed, through Ray Train; or
+    simulated in one process, harness.decentralized)."""
 
     #: Workers per trial; each takes batch_size / workers examples of every step.
     workers: PositiveInt = 1
+    #: ``allreduce``: every step averages the gradients over all workers (parallel momentum SGD);
+    #: ``dmsgd`` / ``decentlam``: each worker averages only with its neighbours (Yuan et al. 2021).
+    algorithm: Literal["allreduce", "dmsgd", "decentlam"] = "allreduce"
+    #: The neighbours of a decentralized algorithm (harness.decentralized.mixing_matrix).
+    topology: Literal["ring", "exponential"] = "ring"
+    #: Run the workers as K simulated workers in one process (identical mathematics, one CPU slot)
+    #: instead of W Ray Train processes.
+    simulate: bool = False
+
+    @property
+    def processes(self) -> int:
+        """Ray Train workers the trial runs as (1: the trial runs in one process)."""
+        return 1 if self.simulate else self.workers
+
+
+class Augment(Strict):
+    """Adversarial augmentation (harness.augment; Liu et al. 2022, arXiv 2106.00221): every example
+    x adds x + delta, delta = eps * sign(grad_x loss) (``linf``) or eps * grad_x / |grad_x|
+    (``l2``), taken at the current weights (``disadv``) or at the previous step's (``conadv``)."""
+
+    kind: Literal["none", "disadv", "conadv"] = "none"
+    #: The attack's radius, in the units of the workload's inputs.
+    eps: PositiveFloat = 0.05
+    norm: Literal["linf", "l2"] = "linf"
+    #: ``sum``: loss(x) + loss(x + delta), as Liu et al. write it (with LARS or LAMB the trust ratio
+    #: makes the scale irrelevant); ``mean``: their average, the mean loss over the 2B clean and
+    #: adversarial examples, so that with SGD or Adam the learning rate means what it means without
+    #: augmentation (the sum doubles the gradient, i.e. the effective learning rate).
+    combine: Literal["sum", "mean"] = "sum"
+
+
+class Sharpness(Strict):
+    """The top eigenvalue of the training loss's Hessian at the end of a trial (harness.sharpness),
+    by power iteration on Hessian-vector products over a fixed set of training examples."""
+
+    #: The first n training examples (the same set for every trial of a workload).
+    examples: PositiveInt = 1024
+    iterations: PositiveInt = 20
 
 
 class Resources(Strict):
@@ -120,11 +159,38 @@ class Common(Strict):
     autowu: AutoWUSpec = AutoWUSpec()
     noise_aware: NoiseAwareSpec = NoiseAwareSpec()
     data_parallel: DataParallel = DataParallel()
+    augment: Augment = Augment()
+    #: Measure sharpness at the end of every trial (off when null).
+    sharpness: Sharpness | None = None
 
     def workload_obj(self):
         from harness.workloads import get_workload
 
         return get_workload(self.workload, self.workload_options, self.data_dir)
+
+    def _check_arm(self, wl, bases: dict, methods: list[str], augment: str, algorithm: str, axes: bool = False) -> None:
+        """An augmentation and a data-parallel algorithm the workload, optimizers and methods allow."""
+        aug_key, alg_key = ("axes.augment", "axes.algorithm") if axes else ("augment.kind", "data_parallel.algorithm")
+        if augment != "none" and not wl.adversarial_inputs:
+            raise SpecError(aug_key, augment, f"allowed: none for {wl.name} (its inputs are token ids; adversarial "
+                            "augmentation needs real-valued inputs)")
+        if algorithm == "allreduce" and not self.data_parallel.simulate:
+            return
+        dp = self.data_parallel
+        if algorithm != "allreduce" and dp.workers < 2:
+            raise SpecError("data_parallel.workers", dp.workers, f"allowed: 2 or more with {alg_key} {algorithm}")
+        from harness.gossip import OPTIMIZERS as DECENTRAL
+
+        for name, base in bases.items():
+            opt = base.optimizer
+            if opt.name not in DECENTRAL or opt.params.get("nesterov") or opt.params.get("dampening"):
+                raise SpecError(alg_key if algorithm != "allreduce" else "data_parallel.simulate",
+                                algorithm if algorithm != "allreduce" else True,
+                                f"allowed with optimizer {name!r} ({opt.name}): none; the decentralized algorithms and "
+                                f"simulated workers run heavy-ball momentum SGD: optimizers {', '.join(DECENTRAL)}")
+        if "adascale" in methods:
+            raise SpecError(alg_key, algorithm, "allowed: allreduce without simulated workers for method adascale "
+                            "(its gain needs the noise scale, not measured across decentralized workers)")
 
     def _check_target(self, wl) -> None:
         if self.target and self.target.metric != wl.metric:
@@ -154,6 +220,8 @@ class TrialSpec(Common):
         base = _base_recipe(wl, self.optimizer, self.recipe, "recipe")
         batch = self.batch_size or base.base_batch_size
         _check_batch_split(self.micro_batch_size, batch, "batch_size", self.data_parallel.workers)
+        self._check_arm(wl, {self.optimizer or wl.default_optimizer: base}, [self.method], self.augment.kind,
+                        self.data_parallel.algorithm)
         self._check_target(wl)
         return self
 

@@ -248,7 +248,7 @@ class Sweep:
         concurrent = spec.max_concurrent
         from harness.sweep.trainable import tune_trial
 
-        if spec.data_parallel.workers > 1:
+        if spec.data_parallel.processes > 1:
             # The workers hold the CPUs/GPUs; the Tune trial only launches and waits on them (a
             # 1-byte memory request, as Ray refuses an empty one). As many trials at once as the
             # cluster has room for all their workers (Ray Train's advice), unless given.
@@ -345,11 +345,11 @@ class Sweep:
         import ray
 
         have, r = ray.cluster_resources(), self.spec.resources
-        per = max(1, self.spec.data_parallel.workers)
+        per = max(1, self.spec.data_parallel.processes)
         room = [int(have.get("CPU", 0) // (per * r.cpus))] + ([int(have.get("GPU", 0) // (per * r.gpus))] if r.gpus else [])
         return max(1, min(room + ([limit] if limit else [])))
 
     def _worker_resources(self) -> dict[str, Any]:
         """What a data-parallel trial's config carries for its Ray Train workers."""
-        return {"resources": self.spec.resources.model_dump()} if self.spec.data_parallel.workers > 1 else {}
+        return {"resources": self.spec.resources.model_dump()} if self.spec.data_parallel.processes > 1 else {}
 

@@ -16,6 +16,7 @@ from harness import protocol
 from harness.errors import SweepConflict
 from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
 from harness.spec import Budget, SweepSpec
+from harness.spec.sweep import arm_label
 from harness.placement import micro_batch_sizes
 
 
@@ -51,12 +52,18 @@ REPORT_ONLY = ("name", "description", "claims", "projection")
 #: how a run is watched: changes no trial
 RUN_ONLY = ("tracking",)
 #: axes a finished sweep can grow along: new values add cells and leave every existing cell as it was
-GROWABLE_AXES = ("seeds", "batch_sizes", "methods")
+GROWABLE_AXES = ("seeds", "batch_sizes", "methods", "augment", "algorithm")
 
 
 #: tuning keys that never change a trial already run: a study's number of trials (it grows) and
 #: how many of its trials run at once
 GROWABLE_TUNING = ("trials", "concurrent_trials")
+
+
+def arm_suffix(augment: str, algorithm: str) -> str:
+    """What an arm adds to a cell's trial id (``-conadv``, ``-dmsgd``): nothing for the defaults,
+    so sweeps without these axes keep their ids."""
+    return (f"-{augment}" if augment != "none" else "") + (f"-{algorithm}" if algorithm != "allreduce" else "")
 
 
 def identity(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -122,11 +129,16 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
     cap = spec.micro_batch_cap or micro_batch_cap or wl.micro_batch_cap(cuda)
 
     by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
-    for optimizer, method, batch, seed in spec.grid():
+    cells = [(*cell, *arm) for cell in spec.grid() for arm in spec.arms()]
+    for optimizer, method, batch, seed, augment, algorithm in cells:
         base = spec.base_recipe(optimizer)
+        arm = {"augment": spec.augment.model_copy(update={"kind": augment}).model_dump(),
+               "data_parallel": spec.data_parallel.model_copy(update={"algorithm": algorithm}).model_dump()}
+        suffix = arm_suffix(augment, algorithm)
+        arm_row = {"augment": augment, "algorithm": algorithm, "arm": arm_label(method, augment, algorithm)} if suffix else {}
         budget_row = by_cell.get((optimizer, batch))
         settings = {**(protocol.trial_settings(spec, budget_row, dataset_size) if budget_row else {}),
-                    "micro_batch_cap": cap}
+                    "micro_batch_cap": cap, **arm}
         budget = Budget.model_validate(settings.get("budget") or spec.budget.model_dump())
         epochs = budget.epochs_for(dataset_size)
         reference_epochs = spec.budget_epochs(optimizer, dataset_size)  # the fixed warmup's 5/90 of it
@@ -140,7 +152,7 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
             f = spec.tuning.lr_range_factor
             w_rule = warmup_epochs_for(spec.tuning.warmup_rule, base, k, reference_epochs)
             w_epochs = None if spec.tuning.search_warmup else w_rule
-            name = f"{optimizer}-tuned-b{batch}-s{seed}"
+            name = f"{optimizer}-tuned{suffix}-b{batch}-s{seed}"
             trial = spec.trial_spec(optimizer, "tuned", batch, seed, **settings).model_dump(mode="json")
             starts = []
             if spec.tuning.start_from_rules:
@@ -159,12 +171,13 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
             p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch, "seed": seed,
                            "trials": spec.tuning.trials, "lr_range": [min(lrs) / f, max(lrs) * f],
                            "warmup_epochs": w_epochs, "start_points": starts, "micro_batch_size": micro,
-                           "selects_on": "steps_to_target" if by_steps else "final_metric", **protocol_info})
+                           "selects_on": "steps_to_target" if by_steps else "final_metric", **arm_row,
+                           **protocol_info})
             continue
-        trial_id = f"{optimizer}-{method}-b{batch}-s{seed}"
+        trial_id = f"{optimizer}-{method}{suffix}-b{batch}-s{seed}"
         trial = spec.trial_spec(optimizer, method, batch, seed, **settings)
         row = {"trial_id": trial_id, "optimizer": optimizer, "method": method, "batch_size": batch, "seed": seed,
-               "micro_batch_size": micro, **protocol_info}
+               "micro_batch_size": micro, **arm_row, **protocol_info}
         if method == "noise-aware":
             trial = trial.model_copy(update={"noise_aware": trial.noise_aware.model_copy(
                 update={"b_noise": (b_noise or {}).get(optimizer, trial.noise_aware.b_noise)})})

@@ -40,7 +40,9 @@ def identify(config: dict[str, Any]) -> dict[str, Any]:
     """The store's identity columns of the trial a config describes."""
     t = config["trial"]
     meta = {"trial_id": config["trial_id"], "workload": t["workload"], "optimizer": t["optimizer"],
-            "method": t["method"], "batch_size": t["batch_size"], "seed": t["seed"]}
+            "method": t["method"], "batch_size": t["batch_size"], "seed": t["seed"],
+            "augment": (t.get("augment") or {}).get("kind", "none"),
+            "dp_algorithm": (t.get("data_parallel") or {}).get("algorithm", "allreduce")}
     if config.get("study"):
         meta["study"] = config["study"]
     return meta

@@ -30,7 +30,7 @@ def tune_trial(config: dict[str, Any]) -> None:
     spec_fields.update({k: config[k] for k in SEARCHED if config.get(k) is not None})
     spec = TrialSpec.model_validate(spec_fields)
     steps_budget = config.get("objective_steps_budget")
-    if spec.data_parallel.workers > 1:  # W workers of Ray Train; their reports reach Tune
+    if spec.data_parallel.processes > 1:  # W workers of Ray Train; their reports reach Tune
         from harness.distributed import run_in_tune
 
         res = config.get("resources", {})

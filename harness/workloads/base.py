@@ -66,6 +66,9 @@ class Workload(ABC):
     cpu_micro_batch_cap: ClassVar[int] = 256
     eval_batch_size: ClassVar[int] = 2048
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: Whether the inputs (the batch's first tensor) are real-valued, so that adversarial
+    #: augmentation (harness.adversarial) can perturb them; token ids cannot be.
+    adversarial_inputs: ClassVar[bool] = True
 
     def __init__(self, options: dict[str, Any] | None = None, data_dir: str | None = None):
         try:

@@ -63,6 +63,7 @@ def windows(tokens: torch.Tensor, steps: int) -> torch.Tensor:
 
 class LSTMLanguageModel(Workload):
     metric = "perplexity"
+    adversarial_inputs = False
     higher_is_better = False
     default_optimizer = "sgd"
     Options = LMOptions
