@@ -274,9 +274,10 @@ def best_trial(rows: list[dict[str, Any]], higher_is_better: bool, by_steps: boo
     return max(rows, key=key)
 
 
-def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], seconds: float = 2.0) -> dict[int, float]:
+def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], seconds: float = 2.0,
+                     arm: dict[str, Any] | None = None) -> dict[int, float]:
     """Examples per second of training on this machine, with the sweep's threads per trial, at each
-    of ``batch_sizes``: a short run (about ``seconds`` each, at least 3 steps, the first not timed)."""
+    of ``batch_sizes``: about ``seconds`` each, >= 3 steps, the first not timed; ``arm``: an arm's fields."""
     from harness.trial import Trial
 
     out = {}
@@ -284,7 +285,7 @@ def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], se
         trial_spec = spec.trial_spec(optimizer, "none", b, spec.axes.seeds[0], target=None,
                                      budget={"epochs": None, "examples": b * 10**6},
                                      eval={**spec.eval.model_dump(), "every_examples": 10**15},
-                                     divergence={"loss_factor": None}, **PLAIN)
+                                     divergence={"loss_factor": None}, **(arm or PLAIN))
         trial = Trial(trial_spec)
         trial._train_step()  # warm-up (allocations, first-call costs)
         import time

@@ -201,3 +201,22 @@ def test_projection_table_picks_the_fastest_batch_per_device_count(store):
         assert legw.loc[n, "seconds"] == pytest.approx(min(t128, t512))
         assert legw.loc[n, "best_batch"] == (128 if t128 < t512 else 512)
         assert legw.loc[n, "speedup_vs_base"] == pytest.approx(t128 / min(t128, t512))
+
+
+def test_smaller_drop_and_matches_claims(store):
+    """legw: 0.89 at B0 -> 0.87 at 2048; goyal: 0.89 -> diverged (and a diverged seed at 512)."""
+    from analysis.reproduce import judge
+
+    res = load_results(store.root)
+    agg = aggregate(res)
+
+    def verdict(kind, **params):
+        return judge(res, agg, {"id": "c", "text": "c", "kind": kind, "params": params})
+
+    v = verdict("smaller_drop", method="legw", other="goyal")
+    assert v.verdict == HOLDS and "drops 2.00 vs diverged" in v.measured
+    assert verdict("smaller_drop", method="goyal", other="legw").verdict == FAILS
+    v = verdict("matches", method="legw", other="goyal", tolerance=0.01)
+    assert v.verdict == FAILS and "largest gap at B=512" in v.measured  # goyal's diverged seed spoils 512
+    assert verdict("matches", method="legw", other="legw").verdict == HOLDS
+    assert verdict("matches", method="legw", other="sqrt").verdict == UNMEASURABLE  # not in the sweep

@@ -201,3 +201,36 @@ def test_a_sweep_with_an_augment_axis_and_decentralized_trials(tmp_path, ray_tmp
     for label in ("legw:conadv", "legw:decentlam", "legw:conadv:decentlam"):
         assert label in text
     assert not math.isnan(trials.final_metric.mean())
+
+
+def test_combine_mean_halves_the_summed_loss_and_keeps_the_clean_loss_reported():
+    from harness.adversarial import Objective
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    batch = (torch.randn(16, 5), torch.randint(0, 3, (16,)))
+    loss_fn = lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+    summed, clean = Objective(loss_fn, "disadv", 0.1, "linf", "sum")(model, batch)
+    mean, clean2 = Objective(loss_fn, "disadv", 0.1, "linf", "mean")(model, batch)
+    assert torch.allclose(mean, summed / 2) and torch.equal(clean, clean2)
+    assert torch.allclose(clean, loss_fn(model, batch)) and summed > 2 * clean  # the copies are harder
+
+
+def test_a_sweep_stored_before_the_arms_existed_still_resumes_and_refuses_a_changed_arm():
+    """Its sweep.json lacks augment, sharpness and data_parallel's new keys: they count as their
+    defaults (how it ran), so a rerun is no conflict; turning an arm on is."""
+    import copy
+
+    from harness.errors import SweepConflict
+    from harness.sweep.plan import growth
+
+    new = load_spec("experiments/default.yaml", kind="sweep").model_dump(mode="json")
+    old = copy.deepcopy(new)
+    for key in ("augment", "sharpness"):
+        old.pop(key)
+    for key in ("algorithm", "topology", "simulate"):
+        old["data_parallel"].pop(key)
+    assert growth(old, new) == {}
+    new["augment"]["kind"] = "conadv"
+    with pytest.raises(SweepConflict, match="changed: augment.kind"):
+        growth(old, new)

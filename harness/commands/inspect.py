@@ -78,6 +78,27 @@ def schedule(spec_path: str, overrides: list[str], *, batch_sizes=None, methods=
 
 
 
+def _arm_costs(spec, seconds: float) -> dict[tuple[str, str], float]:
+    """(augment, algorithm) -> time per example of that arm over a plain trial's, measured at the
+    largest batch size by the protocol's throughput probe (augmented steps take two passes;
+    simulated workers split a step into K gradients). Printed, and used by the time estimate."""
+    from harness import protocol
+
+    arms = [a for a in spec.arms() if a != ("none", "allreduce") or spec.data_parallel.simulate]
+    if not arms:
+        return {}
+    b, optimizer = max(spec.axes.batch_sizes), spec.optimizers()[0]
+    plain = protocol.throughput_probe(spec, optimizer, [b], seconds=seconds / 2)[b]
+    out = {}
+    for augment, algorithm in arms:
+        arm = {"augment": {**spec.augment.model_dump(), "kind": augment},
+               "data_parallel": {**spec.data_parallel.model_dump(), "algorithm": algorithm}}
+        out[(augment, algorithm)] = plain / protocol.throughput_probe(spec, optimizer, [b], seconds / 2, arm)[b]
+    print(f"arm cost per example against a plain trial at B={b}, measured here: "
+          + ", ".join(f"{a}/{g} {c:.2f}x" for (a, g), c in out.items()))
+    return out
+
+
 PROTOCOL_SOURCES = {"fixed_epochs": "the same epoch budget at every batch size, no retuning (You et al. 2019; "
                                     "Goyal et al. 2017)",
                     "steps_to_result": "a step budget per batch size, trials stop at the target, tuned arm selects "
@@ -109,13 +130,15 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     cap, cap_source = sweep_cap(spec)
     print(f"{spec.resources.cpus} thread(s) per trial, micro-batches of at most {cap} ({cap_source})")
     the_plan = plan(spec, n, {}, rows, micro_batch_cap=cap)
+    costs = _arm_costs(spec, probe_seconds)  # an arm's step against a plain one, measured here
     counts: dict[str, int] = {}
-    per_cell: dict[tuple, int] = {}
+    per_cell: dict[tuple, float] = {}  # trials per cell, in plain-trial equivalents
     for r in the_plan.rows:
         k = r.get("trials", 1)
         label = r.get("arm", r["method"])
         counts[label] = counts.get(label, 0) + k
-        per_cell[(r["optimizer"], r["batch_size"])] = per_cell.get((r["optimizer"], r["batch_size"]), 0) + k
+        cost = k * costs.get((r.get("augment", "none"), r.get("algorithm", "allreduce")), 1.0)
+        per_cell[(r["optimizer"], r["batch_size"])] = per_cell.get((r["optimizer"], r["batch_size"]), 0) + cost
     studies = len(the_plan.studies)
     print(f"trials: {sum(counts.values())} = " + ", ".join(
         f"{m} {c}" + (f" ({studies} studies x {spec.tuning.trials})" if m == "tuned" else "") for m, c in counts.items())

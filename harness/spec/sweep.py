@@ -17,9 +17,10 @@ from harness.spec.trial import Common, Resources, TrialSpec
 
 def arm_label(method: str, augment: str | None, algorithm: str | None) -> str:
     """A series' name: the LR/warmup method, then the augmentation and the data-parallel algorithm
-    of its arm where they are not the defaults (``legw:conadv``, ``sqrt:dmsgd``)."""
-    parts = [method] + ([augment] if augment not in (None, "none") else [])
-    return ":".join(parts + ([algorithm] if algorithm not in (None, "allreduce") else []))
+    of its arm where they are not the defaults (``legw:conadv``, ``sqrt:dmsgd``); a store written before
+these arms existed has nulls there, which are the defaults."""
+    parts = [method] + ([augment] if isinstance(augment, str) and augment != "none" else [])
+    return ":".join(parts + ([algorithm] if isinstance(algorithm, str) and algorithm != "allreduce" else []))
 
 
 class Axes(Strict):

@@ -66,9 +66,24 @@ def arm_suffix(augment: str, algorithm: str) -> str:
     return (f"-{augment}" if augment != "none" else "") + (f"-{algorithm}" if algorithm != "allreduce" else "")
 
 
+def _with_defaults(resolved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``resolved`` with every key it lacks taken from ``defaults``, at every depth."""
+    out = dict(resolved)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
+    return out
+
+
 def identity(resolved: dict[str, Any]) -> dict[str, Any]:
     """What fixes the existing cells of a sweep: its resolved spec without the report-only keys,
-    the growable axes (their values only say which cells exist) and the studies' sizes."""
+    the growable axes (their values only say which cells exist) and the studies' sizes. Keys a
+    stored spec lacks (written before they existed) count as their defaults, which is how those
+    sweeps ran."""
+    defaults = SweepSpec.model_construct(workload=resolved.get("workload")).model_dump(mode="json", warnings=False)
+    resolved = _with_defaults(resolved, defaults)
     out = {k: v for k, v in resolved.items() if k not in REPORT_ONLY + RUN_ONLY}
     out["axes"] = {k: v for k, v in (out.get("axes") or {}).items() if k not in GROWABLE_AXES}
     out["tuning"] = {k: v for k, v in (out.get("tuning") or {}).items() if k not in GROWABLE_TUNING}

@@ -24,7 +24,7 @@ from harness.store import Status
 SCALARS = ("train_loss", "eval_loss", "lr", "noise_scale", "gain")
 #: summary fields sent when a trial ends
 FINAL = ("final_metric", "best_metric", "steps", "steps_to_target", "examples_to_target", "seconds_to_target",
-         "train_seconds", "throughput", "diverged_step")
+         "train_seconds", "throughput", "diverged_step", "sharpness", "consensus_distance")
 
 
 def params_of(config: dict[str, Any]) -> dict[str, Any]:
@@ -33,6 +33,8 @@ def params_of(config: dict[str, Any]) -> dict[str, Any]:
     out = {k: t.get(k) for k in ("workload", "optimizer", "method", "batch_size", "seed", "micro_batch_size")}
     out.update({f"recipe.{k}": v for k, v in (t.get("recipe") or {}).items() if not isinstance(v, dict)})
     out.update({k: config[k] for k in ("peak_lr", "warmup_epochs", "study") if config.get(k) is not None})
+    out["augment"] = (t.get("augment") or {}).get("kind")
+    out["data_parallel.algorithm"] = (t.get("data_parallel") or {}).get("algorithm")
     out["trial_id"] = config["trial_id"]
     return {k: v for k, v in out.items() if v is not None}
 
