@@ -43,8 +43,9 @@ def resumed(spec: TrialSpec, at_step: int) -> Trial:
 
     with pytest.raises(Stop):
         first.run(on_step=stop)
+    state = first.state_dict()  # before the next Trial reseeds torch's RNG
     second = Trial(spec)
-    second.load_state_dict(first.state_dict())
+    second.load_state_dict(state)
     return second
 
 
