@@ -65,9 +65,9 @@ class _Workers:
         self.trial, self.k = trial, k
         self.algorithm = trial.spec.data_parallel.algorithm
         self.beta = momentum_of(trial)
-        groups = trial.optimizer.param_groups  # weight decay per parameter, as the optimizer has it
-        self.decay = torch.cat([torch.full((p.numel(),), float(g["weight_decay"]), device=trial.device)
-                                for g in groups for p in g["params"]])
+        decay = {id(p): float(g["weight_decay"]) for g in trial.optimizer.param_groups for p in g["params"]}
+        self.decay = torch.cat([torch.full((p.numel(),), decay[id(p)], device=trial.device)  # weight decay per
+                                for p in trial.params])  # parameter, as the optimizer has it, in the vector's order
         self.weights = mixing_matrix(trial.spec.data_parallel.topology, k)
         self.last_consensus = 0.0
 
