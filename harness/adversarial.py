@@ -21,6 +21,7 @@ accumulates micro-batches exactly as the trial loop does (each micro-batch's los
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Callable
 
@@ -39,12 +40,30 @@ def perturbation(model: torch.nn.Module, loss_fn: Callable, batch: tuple[torch.T
     if not x.is_floating_point():
         raise ValueError("adversarial augmentation needs real-valued inputs (this workload's are integer ids)")
     x = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), _bn_statistics_kept(model):
         (grad,) = torch.autograd.grad(loss_fn(model, (x, *batch[1:])), x)
     if norm == "linf":
         return eps * grad.sign()
     flat = grad.reshape(len(grad), -1)
     return eps * (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).reshape(grad.shape)
+
+
+@contextlib.contextmanager
+def _bn_statistics_kept(model: torch.nn.Module):
+    """The attack's forward normalises with its batch's statistics, as training does, but leaves
+    BatchNorm's running statistics (and counters) as they were: it is not a training pass."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(layers, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 class Adversary:

@@ -83,7 +83,7 @@ class _Workers:
         total = None
         for start in range(0, n, m):
             part = idx[start:start + m]
-            loss, clean = objective(t.model, tuple(a[part] for a in t.data.train))
+            loss, clean = objective(t.model, t.workload.augment(tuple(a[part] for a in t.data.train)))
             (loss * (len(part) / n)).backward()
             part_loss = clean.detach() * (len(part) / t.recipe.batch_size)
             total = part_loss if total is None else total + part_loss

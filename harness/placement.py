@@ -13,23 +13,26 @@ from harness.errors import BatchscaleError
 from harness.spec import TrialSpec
 
 
-def auto_micro_batch(batch_size: int, cap: int) -> int:
-    """The largest divisor of ``batch_size`` that is at most ``cap``."""
+def auto_micro_batch(batch_size: int, cap: int, multiple: int = 1) -> int:
+    """The largest divisor of ``batch_size`` that is at most ``cap`` and a multiple of ``multiple``
+    (a BatchNorm group, harness.ghostbn; the group itself when the cap is below it)."""
     for m in range(min(cap, batch_size), 0, -1):
-        if batch_size % m == 0:
+        if batch_size % m == 0 and m % multiple == 0:
             return m
-    return 1
+    return multiple
 
 
 def micro_batch_sizes(spec: TrialSpec, batch: int, cap: int, workers: int = 1) -> tuple[int, int]:
     """(the micro-batch of a step that measures the noise scale, that of a step of the model alone),
     the one place that decides it (the sweep's plan records the first). The spec's micro_batch_size,
-    else the largest divisor of the worker's share up to ``cap``; a step that would be one
-    micro-batch is split in two when the noise scale is measured (it needs two or more)."""
-    model = spec.micro_batch_size or auto_micro_batch(batch // workers, cap)
+    else the largest divisor of the worker's share up to ``cap`` (a whole number of the trial's
+    BatchNorm groups, ``bn_batch_size``); a step that would be one micro-batch is split in two when the noise scale is
+    measured (it needs two or more), if its BatchNorm groups allow."""
+    g = spec.ghost_batch(spec.workload_obj()) or 1
+    model = spec.micro_batch_size or auto_micro_batch(batch // workers, cap, g)
     measured = model
-    if (spec.noise_scale or spec.method == "adascale") and model == batch and not spec.micro_batch_size and batch >= 2:
-        measured = auto_micro_batch(batch, batch // 2)
+    if (spec.noise_scale or spec.method == "adascale") and model == batch and not spec.micro_batch_size and batch >= 2 * g:
+        measured = auto_micro_batch(batch, batch // 2, g)
     return measured, model
 
 

@@ -35,6 +35,7 @@ class TrialRecord:
     steps_per_epoch: float | None = None
     dataset_size: int | None = None
     micro_batch_size: int | None = None  # harness.placement.micro_batch_sizes
+    bn_batch_size: int | None = None  # BatchNorm's ghost batch (harness.ghostbn); null: no BatchNorm
     parameters: int | None = None
     steps: int | None = None
     examples_seen: int | None = None

@@ -3,13 +3,11 @@
 Large batches on small memory come from gradient accumulation: a logical batch of B examples is
 split into micro-batches of m (B % m == 0); each micro-batch's mean loss is scaled by m/B before
 ``backward``, so the summed gradient is exactly the gradient of the mean loss over all B examples
-and the update equals one big-batch update up to float rounding (no BatchNorm in our workloads;
-with it, statistics would be per micro-batch, i.e. ghost batch norm). The micro-batch size is
-recorded with every result.
+and the update equals one big-batch update up to float rounding; BatchNorm's statistics are over
+``bn_batch_size`` groups whatever the micro-batch (harness.ghostbn). Both sizes are recorded.
 
-Time: only training steps run on the clock (data gathering included); evaluation is off the
-clock, as AlgoPerf counts time-to-result. ``loss.item()`` once per step syncs a GPU, so the clock
-is right there too, and it feeds the divergence check.
+Time: only training steps run on the clock (data gathering included), as AlgoPerf counts
+time-to-result; ``loss.item()`` once per step syncs a GPU and feeds the divergence check.
 
 Determinism: one seed gives three (model init, data order, training RNG). Same spec, seed and
 thread count give identical measurements on a CPU; a checkpoint holds everything needed to
@@ -32,6 +30,7 @@ from harness.autotune import make_control, resolve_trial_recipe
 from harness.calibrate import micro_batch_cap
 from harness.data.stream import ExampleStream
 from harness.errors import BatchscaleError
+from harness.ghostbn import set_ghost_batch
 from harness.gossip import NOTE as DECENTRALIZED_NOTE, is_decentralized, make_workers
 from harness.noise import NoiseScale, squared_grad_norm
 from harness.optimizers import build_optimizer
@@ -57,9 +56,8 @@ class Trial:
     (harness.distributed): it takes its share of every step's examples and all-reduces."""
 
     def __init__(self, spec: TrialSpec, world: tuple[int, int] = (0, 1), device: torch.device | None = None):
-        self.spec = spec
-        self.workload = wl = spec.workload_obj()
-        self.rank, self.world_size = world
+        self.spec, self.workload = spec, spec.workload_obj()
+        wl, (self.rank, self.world_size) = self.workload, world
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.device = device or pick_device(spec.device)
@@ -88,6 +86,7 @@ class Trial:
 
         torch.manual_seed(self.seeds["init"])
         self.model = wl.build_model().to(self.device)
+        self.bn_batch_size = spec.ghost_batch(wl) if set_ghost_batch(self.model, spec.ghost_batch(wl)) else None
         self.optimizer = build_optimizer(self.model, self.recipe.optimizer.name, self.recipe.peak_lr,
                                          self.recipe.optimizer.params)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -141,7 +140,7 @@ class Trial:
         self.objective.start_step(self.model)
         for start in range(0, self.local_batch, m):
             part = idx[start:start + m]
-            loss, clean = self.objective(self.model, tuple(t[part] for t in train))
+            loss, clean = self.objective(self.model, self.workload.augment(tuple(t[part] for t in train)))
             (loss * scale).backward()
             total = clean.detach() * scale if total is None else total + clean.detach() * scale
             if micro is not None:
@@ -286,6 +285,7 @@ class Trial:
             "diverged_step": self.diverged_step,
             "resumed_from_step": self.resumed_from_step,
             "micro_batch_size": self.micro_batch_size,
+            "bn_batch_size": self.bn_batch_size,
             "parameters": sum(p.numel() for p in self.params),
             "last_lr": self.last_lr,
             "device": str(self.device),

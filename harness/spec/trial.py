@@ -145,6 +145,10 @@ class Common(Strict):
     eval: EvalSpec = EvalSpec()
     divergence: Divergence = Divergence()
     micro_batch_size: PositiveInt | None = None
+    #: BatchNorm statistics over groups of this many examples (ghost batch norm, Hoffer et al. 2017;
+    #: harness.ghostbn), whatever the micro-batch, device or workers; default: the workload's
+    #: (CIFAR-10 ResNets: 128). Every micro-batch is a whole number of groups.
+    bn_batch_size: PositiveInt | None = None
     #: Largest micro-batch chosen automatically (the largest divisor of the batch up to it).
     #: Default: measured on this machine on first use, then cached (harness.calibrate).
     micro_batch_cap: PositiveInt | None = None
@@ -192,6 +196,19 @@ class Common(Strict):
             raise SpecError(alg_key, algorithm, "allowed: allreduce without simulated workers for method adascale "
                             "(its gain needs the noise scale, not measured across decentralized workers)")
 
+    def ghost_batch(self, wl) -> int | None:
+        """The BatchNorm group size the trial uses: the spec's, else the workload's (None: no BN)."""
+        return self.bn_batch_size or wl.bn_batch_size
+
+    def _check_ghost(self, wl, batch: int, batch_key: str) -> None:
+        ghost, share = self.ghost_batch(wl), batch // self.data_parallel.workers
+        if self.bn_batch_size and wl.bn_batch_size is None:
+            raise SpecError("bn_batch_size", self.bn_batch_size, f"allowed: none for {wl.name} (it has no BatchNorm)")
+        if ghost and share % ghost:
+            raise SpecError("bn_batch_size", ghost, f"allowed: a divisor of {batch_key} per worker ({share})")
+        if ghost and self.micro_batch_size and self.micro_batch_size % ghost:
+            raise SpecError("micro_batch_size", self.micro_batch_size, f"allowed: a multiple of bn_batch_size ({ghost})")
+
     def _check_target(self, wl) -> None:
         if self.target and self.target.metric != wl.metric:
             raise SpecError("target.metric", self.target.metric, f"allowed: {wl.metric!r} (the metric of {wl.name})")
@@ -222,6 +239,7 @@ class TrialSpec(Common):
         _check_batch_split(self.micro_batch_size, batch, "batch_size", self.data_parallel.workers)
         self._check_arm(wl, {self.optimizer or wl.default_optimizer: base}, [self.method], self.augment.kind,
                         self.data_parallel.algorithm)
+        self._check_ghost(wl, batch, "batch_size")
         self._check_target(wl)
         return self
 

@@ -53,9 +53,9 @@ def _registry() -> dict[str, type[Workload]]:
     import os
 
     from harness.errors import BatchscaleError
-    from harness.workloads import images, language, mnist1d, synthetic
+    from harness.workloads import cifar, images, language, mnist1d, synthetic
 
-    modules = [images, mnist1d, language, synthetic]
+    modules = [images, mnist1d, language, synthetic, cifar]
     for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:
             modules.append(_import_plugin(name))

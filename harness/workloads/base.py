@@ -69,6 +69,9 @@ class Workload(ABC):
     #: Whether the inputs (the batch's first tensor) are real-valued, so that adversarial
     #: augmentation (harness.adversarial) can perturb them; token ids cannot be.
     adversarial_inputs: ClassVar[bool] = True
+    #: BatchNorm's default ghost batch (harness.ghostbn; the spec's ``bn_batch_size`` overrides it);
+    #: None: the model has no BatchNorm.
+    bn_batch_size: ClassVar[int | None] = None
 
     def __init__(self, options: dict[str, Any] | None = None, data_dir: str | None = None):
         try:
@@ -99,6 +102,11 @@ class Workload(ABC):
     # -- model and loss ---------------------------------------------------------------------
     @abstractmethod
     def build_model(self) -> torch.nn.Module: ...
+
+    def augment(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """A training batch as the model trains on it (random crops, flips, ...), drawing from
+        torch's global RNG, which the trial seeds and checkpoints. Evaluation never calls it."""
+        return batch
 
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
