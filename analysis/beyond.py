@@ -125,13 +125,15 @@ def critical_table(res: Results, summary: dict) -> Table | None:
     display["fit S_min(1+B_crit/B)"] = [f"{fit.steps(b):.0f}" if fit else "" for b in batches]
     display["measured B_simple"] = [f"{n.loc[b, 'noise_scale']:,.0f}" if b in n.index else "not measured" for b in batches]
     numbers = display.copy()
+    noise = summary["mean_noise_scale"]
+    noise = f"{noise:,.0f}" if math.isfinite(noise) else "not measured"
     if fit:
         title = (f"Critical batch: S_min = {fit.s_min:.0f} steps, E_min = {fit.e_min:,.0f} examples, "
                  f"B_crit = E_min/S_min = {fit.b_crit:,.0f} (fit on {fit.points} batch sizes); "
-                 f"mean measured B_simple = {summary['mean_noise_scale']:,.0f}")
+                 f"mean measured B_simple = {noise}")
     else:
         title = (f"Critical batch: too few batch sizes reached the target to fit S_min(1+B_crit/B) (3 needed); "
-                 f"mean measured B_simple = {summary['mean_noise_scale']:,.0f}")
+                 f"mean measured B_simple = {noise}")
     return Table("critical_batch", title, display, numbers, pd.DataFrame(False, index=display.index,
                                                                           columns=display.columns))
 
