@@ -159,6 +159,9 @@ def test_sharpness_is_the_top_hessian_eigenvalue():
     ({"data_parallel": {"workers": 1, "algorithm": "decentlam"}}, r"data_parallel.workers.*1.*2 or more"),
     ({"data_parallel": {"workers": 4, "algorithm": "gossip"}}, r"data_parallel.algorithm.*gossip"),
     ({"method": "adascale", "data_parallel": {"workers": 2, "simulate": True}}, r"adascale"),
+    ({"data_parallel": {"workers": 1, "shards": "random"}}, r"data_parallel.shards.*random.*allowed: shared with one"),
+    ({"data_parallel": {"workers": 2, "shards": "label"}, "workload": "kjv_lstm_lm", "optimizer": "sgd",
+      "workload_options": {}}, r"data_parallel.shards.*label.*allowed: shared, random for kjv_lstm_lm"),
 ])
 def test_bad_arms_are_refused_in_one_line(over, match):
     fields = {**MLP, "batch_size": 256, **over}
@@ -238,3 +241,38 @@ def test_a_sweep_stored_before_the_arms_existed_still_resumes_and_refuses_a_chan
     new["augment"]["kind"] = "conadv"
     with pytest.raises(SweepConflict, match="changed: augment.kind"):
         growth(old, new)
+
+
+def test_label_and_random_shards_give_each_worker_its_own_data_and_resume_exactly():
+    """``data_parallel.shards``: each worker's share of a step comes from its own fixed shard (by
+    class for ``label``, at random for ``random``); the shards partition the training set; a trial
+    resumes at the exact position of every worker's stream; heterogeneous shards drive the workers
+    of DmSGD apart (the consensus distance grows) where shared data does not."""
+    dp = {"workers": 4, "simulate": True, "algorithm": "dmsgd"}
+    trials = {kind: Trial(trial_spec(data_parallel={**dp, "shards": kind}, recipe={"peak_lr": 0.5}))
+              for kind in ("shared", "random", "label")}
+    labels = trials["label"].data.train[-1]
+    for kind in ("random", "label"):
+        shards = trials[kind].stream.shards
+        assert torch.equal(torch.sort(torch.cat(shards)).values, torch.arange(len(labels)))  # a partition
+        idx = trials[kind].stream.take(256)
+        for i, shard in enumerate(shards):
+            assert torch.isin(idx[i * 64:(i + 1) * 64], shard).all()  # worker i reads its own shard only
+    by_class = [set(labels[s].tolist()) for s in trials["label"].stream.shards]
+    assert all(len(c) <= 4 for c in by_class) and set().union(*by_class) == set(range(10))  # ~10/4 classes each
+    spec = trial_spec(data_parallel={**dp, "shards": "label"}, recipe={"peak_lr": 0.5})
+    whole = Trial(spec).run().measurements
+    assert same_row(resumed(spec, 4).run().measurements[-1], whole[-1])
+    shared = Trial(trial_spec(data_parallel={**dp, "shards": "shared"}, recipe={"peak_lr": 0.5})).run().measurements
+    assert whole[-1]["consensus_distance"] > 2 * shared[-1]["consensus_distance"]
+
+
+def test_adversarial_augmentation_perturbs_the_pixels_of_a_uint8_image_workload():
+    """Images held as uint8 (Fashion-MNIST) reach the attack as pixels in [0, 1]."""
+    s = TrialSpec(workload="fmnist_cnn", workload_options={"train_examples": 512, "eval_examples": 256},
+                  batch_size=128, method="none", threads=1, noise_scale=False, budget={"examples": 256},
+                  augment={"kind": "conadv", "eps": 0.1}).check()
+    con = Trial(s)
+    plain = Trial(s.model_copy(update={"augment": s.augment.model_copy(update={"kind": "none"})}))
+    assert con.run().status == "complete" and plain.run().status == "complete"
+    assert not torch.allclose(flat(con), flat(plain))  # the adversarial copies changed the updates

@@ -36,7 +36,7 @@ def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: b
         print(f"{dp.algorithm}: {dp.workers} {'simulated workers in this process' if dp.simulate else 'Ray Train workers'}"
               f" on {'a ring' if dp.topology == 'ring' else 'an exponential graph'}, "
               f"{trial.local_batch // (dp.workers if dp.simulate else 1)}"
-              f" examples each per step")
+              f" examples each per step" + ("" if dp.shards == "shared" else f", each from its own shard ({dp.shards})"))
     if aug.kind != "none":
         print(f"augment: {aug.kind}, eps {aug.eps:g} ({aug.norm}), losses combined by {aug.combine}")
     result = _train_data_parallel(spec, trial) if workers > 1 else _train_here(trial, quiet)

@@ -97,6 +97,15 @@ class DataParallel(Strict):
     #: Run the workers as K simulated workers in one process (identical mathematics, one CPU slot)
     #: instead of W Ray Train processes.
     simulate: bool = False
+    #: Where each worker's examples come from. ``shared``: every step's B examples are drawn from
+    #: one shuffle of the whole training set and split among the workers, so all workers see the
+    #: same distribution. ``random``: the set is split once at random into one fixed shard per
+    #: worker, each read in its own seeded epochs (each node holds its local data, as in Yuan et al.
+    #: 2021). ``label``: the shards are cut from the set sorted by class, so each worker holds about
+    #: C/W of the C classes (the non-IID split of Hsieh et al. 2020): the heterogeneity under which
+    #: a decentralized algorithm's consensus bias shows. All-reduce over the same shards is
+    #: unaffected by it (every step still averages all shards).
+    shards: Literal["shared", "random", "label"] = "shared"
 
     @property
     def processes(self) -> int:
@@ -149,6 +158,13 @@ class Common(Strict):
     #: harness.ghostbn), whatever the micro-batch, device or workers; default: the workload's
     #: (CIFAR-10 ResNets: 128). Every micro-batch is a whole number of groups.
     bn_batch_size: PositiveInt | None = None
+    #: ``bf16``: the forward pass under bfloat16 autocast, weights and optimizer in float32
+    #: (harness.precision); ``float32``: everything in float32.
+    precision: Literal["float32", "bf16"] = "float32"
+    #: Convolutional models' weights and inputs in NHWC order (faster convolutions on GPUs).
+    channels_last: bool = False
+    #: ``torch.compile`` the model (the first steps pay the compilation; off the clock it is not).
+    compile: bool = False
     #: Largest micro-batch chosen automatically (the largest divisor of the batch up to it).
     #: Default: measured on this machine on first use, then cached (harness.calibrate).
     micro_batch_cap: PositiveInt | None = None
@@ -178,9 +194,17 @@ class Common(Strict):
         if augment != "none" and not wl.adversarial_inputs:
             raise SpecError(aug_key, augment, f"allowed: none for {wl.name} (its inputs are token ids; adversarial "
                             "augmentation needs real-valued inputs)")
-        if algorithm == "allreduce" and not self.data_parallel.simulate:
-            return
         dp = self.data_parallel
+        if dp.shards != "shared" and dp.workers < 2:
+            raise SpecError("data_parallel.shards", dp.shards, "allowed: shared with one worker (data_parallel.workers 1)")
+        if dp.shards == "label" and not wl.class_labels:
+            raise SpecError("data_parallel.shards", dp.shards, f"allowed: shared, random for {wl.name} (its targets "
+                            "are not class labels)")
+        if algorithm == "allreduce" and not dp.simulate:
+            return
+        if self.channels_last:
+            raise SpecError("channels_last", True, f"allowed: false with {alg_key} {algorithm} or simulated workers "
+                            "(their parameter vectors need contiguous weights)")
         if algorithm != "allreduce" and dp.workers < 2:
             raise SpecError("data_parallel.workers", dp.workers, f"allowed: 2 or more with {alg_key} {algorithm}")
         from harness.gossip import OPTIMIZERS as DECENTRAL

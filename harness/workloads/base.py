@@ -34,7 +34,9 @@ def recipes(peak_lrs: dict[str, float], *, base_batch_size: int, warmup_epochs: 
 
 @dataclass
 class Dataset:
-    """Training and evaluation tensors; row i of every tensor in a tuple belongs to example i."""
+    """Training and evaluation tensors; row i of every tensor in a tuple belongs to example i. A
+    column too large for memory may be a ``harness.data.loader.StreamedColumn`` (ImageNet's images):
+    indexed like a tensor, read ahead by a DataLoader."""
 
     train: tuple[torch.Tensor, ...]
     eval: tuple[torch.Tensor, ...]
@@ -69,6 +71,9 @@ class Workload(ABC):
     #: Whether the inputs (the batch's first tensor) are real-valued, so that adversarial
     #: augmentation (harness.adversarial) can perturb them; token ids cannot be.
     adversarial_inputs: ClassVar[bool] = True
+    #: Whether the batch's last tensor holds one class label per example, so that
+    #: ``data_parallel.shards: label`` can split the training set by class.
+    class_labels: ClassVar[bool] = True
     #: BatchNorm's default ghost batch (harness.ghostbn; the spec's ``bn_batch_size`` overrides it);
     #: None: the model has no BatchNorm.
     bn_batch_size: ClassVar[int | None] = None

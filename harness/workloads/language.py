@@ -1,7 +1,10 @@
 """Word-level LSTM language models: PTB-small (Zaremba et al. 2014) on PTB or the KJV corpus.
 
 Model: 10K-word embedding of 200, two LSTM layers of 200, softmax over the vocabulary; weights
-uniform in [-0.1, 0.1]; 20 unrolled steps; no dropout (the "small" configuration).
+uniform in [-0.1, 0.1]; 20 unrolled steps; no dropout (the "small" configuration). The options
+give the "large" one too (experiments/paper/ptb_large.yaml): 2 x 1500, 35 unrolled steps, weights
+uniform in [-0.04, 0.04], dropout 0.65 on the non-recurrent connections (the embedding's output,
+between the LSTM layers, before the softmax), as Zaremba et al. place it.
 
 One training example is a window of 21 consecutive tokens (20 inputs, 20 next-token targets),
 windows tiling the corpus with stride 20. Each window starts from a zero state, so that examples
@@ -18,11 +21,11 @@ and clip 5 on the sum, so the base recipe is stated in our units.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 from torch import nn
 
 from harness.data.text import kjv_files, load_corpus, ptb_files
@@ -35,23 +38,28 @@ class LMOptions(BaseModel):
     unrolled_steps: PositiveInt = 20
     hidden: PositiveInt = 200
     layers: PositiveInt = 2
+    #: Dropout on the non-recurrent connections (Zaremba et al.: 0 small, 0.5 medium, 0.65 large).
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    #: Weights uniform in [-init_scale, init_scale] (0.1 small, 0.05 medium, 0.04 large).
+    init_scale: PositiveFloat = 0.1
     eval_split: Literal["valid", "test"] = "valid"
     #: Use only the first n training tokens (quick studies and tests); all when unset.
     train_tokens: PositiveInt | None = None
 
 
 class WordLSTM(nn.Module):
-    def __init__(self, vocab: int, hidden: int, layers: int, init_scale: float = 0.1):
+    def __init__(self, vocab: int, hidden: int, layers: int, init_scale: float = 0.1, dropout: float = 0.0):
         super().__init__()
         self.embed = nn.Embedding(vocab, hidden)
-        self.lstm = nn.LSTM(hidden, hidden, layers, batch_first=True)
+        self.lstm = nn.LSTM(hidden, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab)
         for p in self.parameters():
             nn.init.uniform_(p, -init_scale, init_scale)
 
     def forward(self, tokens):  # (B, T) -> (B, T, V)
-        out, _ = self.lstm(self.embed(tokens))
-        return self.head(out)
+        out, _ = self.lstm(self.drop(self.embed(tokens)))
+        return self.head(self.drop(out))
 
 
 def windows(tokens: torch.Tensor, steps: int) -> torch.Tensor:
@@ -64,6 +72,7 @@ def windows(tokens: torch.Tensor, steps: int) -> torch.Tensor:
 class LSTMLanguageModel(Workload):
     metric = "perplexity"
     adversarial_inputs = False
+    class_labels = False
     higher_is_better = False
     default_optimizer = "sgd"
     Options = LMOptions
@@ -94,7 +103,7 @@ class LSTMLanguageModel(Workload):
 
     def build_model(self):
         o = self.options
-        return WordLSTM(o.vocab_size, o.hidden, o.layers)
+        return WordLSTM(o.vocab_size, o.hidden, o.layers, o.init_scale, o.dropout)
 
     def loss(self, model, batch):
         (w,) = batch

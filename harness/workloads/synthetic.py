@@ -51,6 +51,7 @@ class TeacherRegression(Workload):
     metric = "excess_risk"
     higher_is_better = False
     default_optimizer = "sgd"
+    class_labels = False
     Options = TeacherOptions
     cpu_micro_batch_cap = 8192
     eval_batch_size = 1
