@@ -13,7 +13,7 @@
 8. Adversarial augmentation: time per step of DisAdv and ConAdv against none (informational), and
    ConAdv against DisAdv in one process: target <= 1.1.
 
-Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration,augment] [--repeats N]
+Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration,augment,resnet_memory] [--repeats N]
 Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
 """
 
@@ -396,9 +396,47 @@ def bench_augment(repeats: int) -> list[dict]:
     return rows
 
 
+# One step of ResNet-50 (imagenet_resnet50 at 16 x 16 pixels, streamed from a generated ImageFolder
+# tree) in a fresh process: its high-water mark at B=32768 (1024 micro-batches of 32) against B=32.
+_RESNET_CHILD = """
+import json, sys, tempfile, time
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from benchmarks.run import peak_rss_mb
+from harness.spec import TrialSpec
+from harness.trial import Trial
+from tests.test_imagenet import make_imagefolder
+root = make_imagefolder(Path(tempfile.mkdtemp()) / "imagenet", classes=4, train=16, val=4)
+spec = TrialSpec(workload="imagenet_resnet50", data_dir=str(root), batch_size={batch}, micro_batch_size=32,
+                 bn_batch_size=32, method="none", threads=1, noise_scale=False, budget={{"examples": {batch}}},
+                 eval={{"every_examples": 10**12, "max_examples": 16}}, divergence={{"loss_factor": None}},
+                 workload_options={{"image_size": 16, "loader_workers": 1}},
+                 recipe={{"base_batch_size": 256, "peak_lr": 0.01, "warmup_epochs": 0}})
+trial = Trial(spec)
+start = time.perf_counter()
+trial._train_step()
+print(json.dumps({{"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "micro": trial.micro_batch_size}}))
+"""
+
+
+def bench_resnet_memory(repeats: int) -> list[dict]:
+    def child(batch: int) -> dict:
+        out = subprocess.run([sys.executable, "-c", _RESNET_CHILD.format(repo=str(REPO), batch=batch)],
+                             capture_output=True, text=True, check=True, cwd=REPO)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    big, small = child(32768), child(32)
+    ratio = big["peak_rss_mb"] / small["peak_rss_mb"]
+    return [{"benchmark": "imagenet_resnet50 (16 px) B=32768 vs B=32: peak memory (VmHWM, MB)",
+             "ours": big["peak_rss_mb"], "baseline": small["peak_rss_mb"], "ratio": ratio, "target": "<= 1.1",
+             "ok": ratio <= 1.1, "note": f"micro-batch {big['micro']}; the 32K step took {big['seconds']:.0f} s; "
+                                         "loader worker processes not counted"}]
+
+
 BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise,
            "pilot": bench_pilot, "store": bench_store, "packing": bench_packing,
-           "calibration": bench_calibration, "augment": bench_augment}
+           "calibration": bench_calibration, "augment": bench_augment,
+           "resnet_memory": bench_resnet_memory}
 
 
 def main() -> int:

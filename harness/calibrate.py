@@ -26,6 +26,8 @@ import torch
 ENV = "BATCHSCALE_CALIBRATE"
 #: sizes within this fraction of the fastest count as fastest; the smallest of them is chosen
 WITHIN = 0.03
+#: the scan does not try a micro-batch whose extrapolated peak memory exceeds this share of what is available
+MEMORY_SHARE = 0.25
 
 
 def _key(workload, device: torch.device, threads: int) -> str:
@@ -39,7 +41,9 @@ def _key(workload, device: torch.device, threads: int) -> str:
 def scan(workload, device: torch.device, threads: int, seconds: float = 0.3,
          sizes: list[int] | None = None) -> dict[int, float]:
     """Training examples per second at each micro-batch size (``seconds`` each after a warm-up step;
-    stops past the knee: two sizes in a row under 70% of the best)."""
+    stops past the knee: two sizes in a row under 70% of the best; and before a size whose step
+    would need more than MEMORY_SHARE of the memory available, extrapolated from the last size's
+    peak: a 66M-parameter LSTM at 8192 sequences would otherwise take the machine's memory)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -52,7 +56,12 @@ def scan(workload, device: torch.device, threads: int, seconds: float = 0.3,
         sizes = sizes or [m for m in (2 ** k for k in range(3, 17)) if m <= min(n, top)]
         out: dict[int, float] = {}
         slow = 0
+        base = _peak_bytes(device)
         for m in sizes:
+            if out:
+                last = max(out)
+                if (_peak_bytes(device) - base) * m / last > MEMORY_SHARE * _available_bytes(device):
+                    break
             batch = tuple(t[:m].to(device) for t in data.train)
 
             def step():
@@ -74,6 +83,27 @@ def scan(workload, device: torch.device, threads: int, seconds: float = 0.3,
         return out
     finally:
         torch.set_num_threads(before)
+
+
+def _peak_bytes(device: torch.device) -> int:
+    """The process's peak memory so far (resident set on a CPU, allocated on a GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def _available_bytes(device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float("inf")
 
 
 def choose(throughput: dict[int, float]) -> int:

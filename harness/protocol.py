@@ -16,8 +16,8 @@ S(B)/S0 = (1 + B_crit/B)/(1 + B_crit/B0) falls as B_crit grows, so an overestima
 large batches' budgets, and B_simple overestimates B_crit when the Hessian is ill-conditioned
 (McCandlish et al.'s B_noise = tr(H Sigma)/G'HG is then smaller); ``S_min = S0 / (1 + B_crit/B0)``.
 Both may instead be given (``protocol.s_min``, ``protocol.b_crit``). S(B) is a lower bound (the best
-LR at B, a decay that ends after the target), so a budget must hold ``margin`` times it (default 2: in this project's first default study, 4K and 8K had 1.8x and
-1.1x of it and no arm reached the target).
+LR at B, a decay that ends after the target), so a budget must hold ``margin`` times it (default 2:
+in this project's first default study, 4K and 8K had 1.8x and 1.1x of it and no arm reached it).
 
 Two protocols (``protocol.kind``):
 
@@ -39,8 +39,11 @@ when every step is evaluated). The report states the resolution each cell got.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import numpy as np
 
 from harness.errors import BatchscaleError, SpecError
 from harness.noise import noise_scale_at
@@ -274,22 +277,27 @@ def best_trial(rows: list[dict[str, Any]], higher_is_better: bool, by_steps: boo
     return max(rows, key=key)
 
 
+PROBE_MICRO_BATCHES = 8  # the probe's most micro-batches per step: they run in turn, so B=32K's pace is theirs
+
+
 def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], seconds: float = 2.0,
                      arm: dict[str, Any] | None = None) -> dict[int, float]:
     """Examples per second of training on this machine, with the sweep's threads per trial, at each
     of ``batch_sizes``: about ``seconds`` each, >= 3 steps, the first not timed; ``arm``: an arm's fields."""
     from harness.trial import Trial
 
-    out = {}
-    for b in batch_sizes:
-        trial_spec = spec.trial_spec(optimizer, "none", b, spec.axes.seeds[0], target=None,
+    def probe_trial(b: int) -> Trial:
+        return Trial(spec.trial_spec(optimizer, "none", b, spec.axes.seeds[0], target=None,
                                      budget={"epochs": None, "examples": b * 10**6},
                                      eval={**spec.eval.model_dump(), "every_examples": 10**15},
-                                     divergence={"loss_factor": None}, **(arm or PLAIN))
-        trial = Trial(trial_spec)
-        trial._train_step()  # warm-up (allocations, first-call costs)
-        import time
+                                     divergence={"loss_factor": None}, **(arm or PLAIN)))
 
+    out = {}
+    for b in batch_sizes:
+        trial = probe_trial(b)
+        if b > PROBE_MICRO_BATCHES * trial.timing_micro_batch:  # micro-batches run one after another: B's
+            trial = probe_trial(PROBE_MICRO_BATCHES * trial.timing_micro_batch)  # pace is a few of them's
+        trial._train_step()  # warm-up (allocations, first-call costs)
         start, steps = time.perf_counter(), 0
         while steps < 3 or time.perf_counter() - start < seconds:
             trial._train_step()
@@ -306,18 +314,10 @@ def time_estimate(spec: SweepSpec, rows: list[dict[str, Any]], throughput: dict[
     stops there, else its whole budget; at most the whole budget) over the probed throughput
     (log-interpolated in B), plus ``overhead_s`` per trial (Ray, data loading), over ``slots``."""
     known = sorted(throughput)
+    logs = ([math.log(k) for k in known], [math.log(throughput[k]) for k in known])
 
-    def rate(b: int) -> float:
-        if b <= known[0]:
-            return throughput[known[0]]
-        if b >= known[-1]:
-            return throughput[known[-1]]
-        lo = max(k for k in known if k <= b)
-        hi = min(k for k in known if k >= b)
-        if lo == hi:
-            return throughput[lo]
-        w = (math.log(b) - math.log(lo)) / (math.log(hi) - math.log(lo))
-        return math.exp((1 - w) * math.log(throughput[lo]) + w * math.log(throughput[hi]))
+    def rate(b: int) -> float:  # log-log interpolation, constant beyond the probed sizes
+        return math.exp(float(np.interp(math.log(b), *logs)))
 
     stops = spec.protocol.kind == "steps_to_result" or (spec.target is not None and spec.target.stop)
     low = high = 0.0

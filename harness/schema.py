@@ -36,6 +36,7 @@ class TrialRecord:
     dataset_size: int | None = None
     micro_batch_size: int | None = None  # harness.placement.micro_batch_sizes
     bn_batch_size: int | None = None  # BatchNorm's ghost batch (harness.ghostbn); null: no BatchNorm
+    precision: str | None = None  # float32 | bf16 (harness.precision)
     parameters: int | None = None
     steps: int | None = None
     examples_seen: int | None = None

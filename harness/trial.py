@@ -25,21 +25,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from harness import checkpoint
 from harness.adversarial import Objective
 from harness.autotune import make_control, resolve_trial_recipe
 from harness.calibrate import micro_batch_cap
-from harness.data.stream import ExampleStream
-from harness.errors import BatchscaleError
+from harness.data.loader import bind as bind_loader
+from harness.data.stream import make_stream
 from harness.ghostbn import set_ghost_batch
 from harness.gossip import NOTE as DECENTRALIZED_NOTE, is_decentralized, make_workers
 from harness.noise import NoiseScale, squared_grad_norm
 from harness.optimizers import build_optimizer
+from harness.precision import for_device
 from harness.placement import derive_seeds, micro_batch_sizes, pick_device
 from harness.scaling import ResolvedRecipe
 from harness.spec import TrialSpec
 from harness.store import Status
 
-CHECKPOINT_VERSION = 1
 TIMING_EVERY = 8  # every 8th step runs without the noise measurement, to time the model alone
 
 
@@ -85,7 +86,8 @@ class Trial:
         self.seeds = derive_seeds(spec.seed)
 
         torch.manual_seed(self.seeds["init"])
-        self.model = wl.build_model().to(self.device)
+        self.model = for_device(wl.build_model().to(self.device), spec.precision, spec.channels_last, spec.compile,
+                                self.device)  # bf16 autocast, channels-last, torch.compile (harness.precision)
         self.bn_batch_size = spec.ghost_batch(wl) if set_ghost_batch(self.model, spec.ghost_batch(wl)) else None
         self.optimizer = build_optimizer(self.model, self.recipe.optimizer.name, self.recipe.peak_lr,
                                          self.recipe.optimizer.params)
@@ -94,7 +96,9 @@ class Trial:
         self.workers = make_workers(self)
         self.sharpness: float | None = None
         torch.manual_seed(self.seeds["train"])
-        self.stream = ExampleStream(data.train_size, self.seeds["data"], self.device)
+        self.stream = make_stream(spec.data_parallel, data.train, self.seeds["data"], self.device)
+        self.data = bind_loader(self.data, self.stream, batch, math.gcd(self.micro_batch_size, self.timing_micro_batch),
+                                (self.rank, self.world_size))  # streamed data (ImageNet): its loader reads ahead
         n = data.train_size
         self.eval_every = spec.eval.every_examples or math.ceil(n / spec.eval.per_epoch)
 
@@ -286,6 +290,7 @@ class Trial:
             "resumed_from_step": self.resumed_from_step,
             "micro_batch_size": self.micro_batch_size,
             "bn_batch_size": self.bn_batch_size,
+            "precision": self.spec.precision,
             "parameters": sum(p.numel() for p in self.params),
             "last_lr": self.last_lr,
             "device": str(self.device),
@@ -307,54 +312,9 @@ class Trial:
             **self.control.summary(),
         }
 
-    # -- checkpoints --------------------------------------------------------------------------------
+    # -- checkpoints (harness.checkpoint) ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": CHECKPOINT_VERSION,
-            "recipe": self.recipe.model_dump(mode="json"),
-            "micro_batch_size": self.micro_batch_size,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "counters": {
-                "step": self.step, "position": self.stream.position, "train_seconds": self.train_seconds,
-                "wall_seconds": self.wall_seconds, "status": self.status, "initial_loss": self.initial_loss,
-                "diverged_step": self.diverged_step, "target_hit": self.target_hit, "next_eval": self.next_eval,
-                "loss_sum": self._loss_sum, "loss_steps": self._loss_steps,
-                "clean_seconds": self.clean_seconds, "clean_steps": self.clean_steps, "noise_step": self.noise_step,
-            },
-            "measurements": list(self.measurements),
-            "noise": self.noise.state_dict() if self.noise is not None else None,
-            "control": self.control.state_dict(),
-            "objective": self.objective.state_dict(),
-            "workers": self.workers.state_dict() if self.workers is not None else None,
-            "sharpness": self.sharpness,
-        }
+        return checkpoint.trial_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise BatchscaleError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
-        if state["recipe"] != self.recipe.model_dump(mode="json") or state["micro_batch_size"] != self.micro_batch_size:
-            raise BatchscaleError("checkpoint belongs to a different recipe or micro-batch size; refusing to mix")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        c = state["counters"]
-        self.step, self.stream.position = c["step"], c["position"]
-        self.resumed_from_step = self.step
-        self.train_seconds, self.wall_seconds, self.status = c["train_seconds"], c["wall_seconds"], c["status"]
-        self.initial_loss, self.diverged_step, self.target_hit = c["initial_loss"], c["diverged_step"], c["target_hit"]
-        self.next_eval, self._loss_sum, self._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]
-        self.clean_seconds, self.clean_steps = c.get("clean_seconds", 0.0), c.get("clean_steps", 0)
-        self.noise_step = c.get("noise_step", self.step)
-        self.measurements = list(state["measurements"])
-        if self.noise is not None:
-            self.noise.load_state_dict(state["noise"])
-        self.control.load_state_dict(state["control"])
-        self.objective.load_state_dict(state.get("objective"), self.model)
-        if self.workers is not None:
-            self.workers.load_state_dict(state["workers"])
-        self.sharpness = state.get("sharpness")
+        checkpoint.load_trial_state(self, state)

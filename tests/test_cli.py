@@ -112,3 +112,15 @@ def test_shipped_specs_and_studies_are_found_from_any_folder(tmp_path):
     unknown = run("reproduce", "mnist_lstn")
     assert unknown.returncode == 1 and "no study 'mnist_lstn'" in unknown.stderr and "mnist_lstm" in unknown.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_every_shipped_spec_loads_and_checks():
+    """Every YAML under experiments/ is a valid spec (the cluster studies too, without their data)."""
+    from pathlib import Path
+
+    from harness.spec import load_spec
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("*.yaml"))
+    assert len(paths) >= 15
+    for path in paths:
+        load_spec(str(path))

@@ -160,6 +160,11 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         print("recipes (peak LR as the rule gives it; realised = the largest LR the schedule reaches):")
         for line in recipe_table(recipes):
             print("  " + line)
+    if spec.resources.gpus and not __import__("torch").cuda.is_available():
+        print(f"throughput probe: skipped (the trials run on GPUs, resources.gpus {spec.resources.gpus:g}, and this "
+              "machine has none): no wall-time estimate")
+        protocol.refuse_infeasible(spec, rows)
+        return 0
     probe_batches = sorted({min(spec.axes.batch_sizes), max(spec.axes.batch_sizes)})
     throughput = protocol.throughput_probe(spec, spec.optimizers()[0], probe_batches, seconds=probe_seconds)
     slots = slots or max(1, (os.cpu_count() or 1) // spec.resources.cpus)

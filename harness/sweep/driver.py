@@ -246,6 +246,7 @@ class Sweep:
 
         spec = self.spec
         concurrent = spec.max_concurrent
+        self._slots(None)  # refuses GPUs the embedded Ray does not have
         from harness.sweep.trainable import tune_trial
 
         if spec.data_parallel.processes > 1:
@@ -346,6 +347,9 @@ class Sweep:
 
         have, r = ray.cluster_resources(), self.spec.resources
         per = max(1, self.spec.data_parallel.processes)
+        if r.gpus and have.get("GPU", 0) < per * r.gpus and not self.address:  # Tune would wait for ever
+            raise BatchscaleError(f"resources.gpus {r.gpus:g}: this machine's Ray has {have.get('GPU', 0):g} GPU(s); "
+                                  f"allowed: 0 here (--set resources.gpus=0), or a cluster with GPUs (--address)")
         room = [int(have.get("CPU", 0) // (per * r.cpus))] + ([int(have.get("GPU", 0) // (per * r.gpus))] if r.gpus else [])
         return max(1, min(room + ([limit] if limit else [])))
 

@@ -1,7 +1,8 @@
 """Workloads: model + data + metric + a tuned base recipe, registered by name.
 
 A workload says exactly what the trial loop needs (in the manner of MLCommons AlgoPerf's
-``Workload``): its data as tensors held in memory, a model, the training loss of a batch, how to
+``Workload``): its data as tensors held in memory (or, for data too large for that, a column
+streamed by a DataLoader that the trial loop indexes like a tensor: harness.data.loader), a model, the training loss of a batch, how to
 evaluate, the metric and its direction, and a base recipe per optimizer with where its numbers
 come from. Everything else (rules, schedules, accumulation, timing) is the trial loop's.
 """
@@ -53,9 +54,9 @@ def _registry() -> dict[str, type[Workload]]:
     import os
 
     from harness.errors import BatchscaleError
-    from harness.workloads import cifar, images, language, mnist1d, synthetic
+    from harness.workloads import cifar, imagenet, images, language, mnist1d, synthetic
 
-    modules = [images, mnist1d, language, synthetic, cifar]
+    modules = [images, mnist1d, language, synthetic, cifar, imagenet]
     for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
         try:
             modules.append(_import_plugin(name))

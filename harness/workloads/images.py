@@ -87,7 +87,14 @@ class IdxImageWorkload(Workload):
 
     @staticmethod
     def inputs(x: torch.Tensor) -> torch.Tensor:
-        return x.float().div_(255.0)
+        """Pixels in [0, 1]; the images are held as uint8 (a training batch arrives converted)."""
+        return x if x.is_floating_point() else x.float().div_(255.0)
+
+    def augment(self, batch):
+        """A training batch as the model takes it: pixels in [0, 1], so that adversarial
+        augmentation (harness.adversarial) perturbs real values."""
+        x, y = batch
+        return self.inputs(x), y
 
     def loss(self, model, batch):
         x, y = batch

@@ -1,0 +1,173 @@
+"""Streaming data: a training or evaluation column too large to hold in memory (ImageNet), read by a
+torch ``DataLoader`` with worker processes (and pinned memory on a GPU) while the trial loop goes
+on indexing it as if it were a tensor.
+
+The trial loop takes ``column[part]`` for the index tensor ``part`` of every micro-batch, in the
+order the trial's stream (harness.data.stream) gives them, and ``column[start:stop]`` for the
+evaluation's consecutive slices. A ``StreamedColumn`` knows that order in advance: bound to the
+trial's stream (``bind``), it replays a copy of the stream from the current step and feeds the
+``DataLoader`` the same indices, in chunks that every micro-batch is a whole number of, so the
+workers decode ahead of the loop. A request is served from the loader when it is the one planned;
+after a resume the plan restarts at the stream's position; any other request (the noise probe, the
+sharpness set) is decoded in this process with the evaluation transform.
+
+The stream's contract holds: every step consumes exactly B examples of seeded, shuffled epochs.
+Random augmentations are drawn per example from a generator seeded by (seed, draw), where the draw
+is the example's place in the stream, so they do not depend on which worker process decoded the
+example, on the number of workers or on where a run was resumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from collections import deque
+from typing import Iterator, Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+
+class Source(Protocol):
+    """What a streamed column reads: ``item(index, draw)`` for training (augmented, ``draw`` >= 0)
+    and ``item(index, -1)`` for evaluation (deterministic); one uint8 tensor per example."""
+
+    def __len__(self) -> int: ...
+
+    def item(self, index: int, draw: int) -> torch.Tensor: ...
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, source: Source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        return self.source.item(*key)
+
+
+class StreamedColumn:
+    """The first tensor of a workload's batches, read from ``source`` as the trial asks for it."""
+
+    def __init__(self, source: Source, workers: int = 4, device: torch.device | str = "cpu"):
+        self.source, self.workers, self.device = source, workers, torch.device(device)
+        self.shape = (len(source),)
+        self._stream = None  # bound by ``bind``
+        self._chunk, self._batch, self._share = 1, 1, (0, 1)
+        self._reset()
+        self.served = {"loader": 0, "direct": 0}  # examples, for tests and the curious
+
+    def _reset(self) -> None:
+        self._expected: deque[torch.Tensor] = deque()  # planned index chunks looked at ahead of delivery
+        self._plan: Iterator[torch.Tensor] | None = None  # the planned chunks not yet looked at
+        self._batches: Iterator[torch.Tensor] | None = None  # the loader's output, in the plan's order
+        self._eval: Iterator[torch.Tensor] | None = None
+        self._eval_at, self._eval_stride = -1, 0
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def to(self, device: torch.device | str) -> "StreamedColumn":
+        column = copy.copy(self)
+        column.device = torch.device(device)
+        column._reset()
+        column.served = {"loader": 0, "direct": 0}
+        return column
+
+    def bind(self, stream, batch: int, chunk: int, share: tuple[int, int] = (0, 1)) -> None:
+        """Plan training requests from ``stream``: every step takes ``batch`` indices, of which this
+        process reads share ``(rank, workers)``, in micro-batches that are multiples of ``chunk``."""
+        self._stream, self._batch, self._chunk, self._share = stream, batch, chunk, share
+        self._reset()
+
+    # -- the trial's requests -------------------------------------------------------------------
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, slice):
+            return self._slice(key)
+        idx = torch.as_tensor(key).cpu()
+        if self._stream is not None and not self._planned(idx):
+            self._restart_training()
+        if self._stream is None or not self._planned(idx):
+            return self._direct(idx.tolist())
+        parts = []
+        for _ in range(len(idx) // self._chunk):
+            self._expected.popleft()
+            parts.append(next(self._batches))
+        self.served["loader"] += len(idx)
+        return self._place(torch.cat(parts) if len(parts) > 1 else parts[0])
+
+    def _planned(self, idx: torch.Tensor) -> bool:
+        n, k = len(idx), len(idx) // self._chunk
+        if self._plan is None or n % self._chunk or not k:
+            return False
+        while len(self._expected) < k:
+            self._expected.append(next(self._plan))
+        return torch.equal(torch.cat(list(itertools.islice(self._expected, k))), idx)
+
+    def _restart_training(self) -> None:
+        """Plan from the start of the step the stream has just given (its position minus B)."""
+        stream = copy.deepcopy(self._stream)
+        stream.position = self._stream.position - self._batch
+        rank, workers = self._share
+        local = self._batch // workers
+
+        def chunks():
+            while True:
+                first = stream.position
+                idx = stream.take(self._batch).cpu()
+                for start in range(rank * local, (rank + 1) * local, self._chunk):
+                    yield idx[start:start + self._chunk], range(first + start, first + start + self._chunk)
+
+        plan, feed = itertools.tee(chunks())
+        self._expected, self._plan = deque(), (idx for idx, _ in plan)
+        self._batches = self._loader([(int(i), d) for i, d in zip(idx, draws)] for idx, draws in feed)
+
+    def _slice(self, key: slice) -> torch.Tensor:
+        """Evaluation: consecutive slices of one size and stride, in order, read ahead."""
+        start, stop, _ = key.indices(len(self))
+        if start != self._eval_at or self._eval is None:  # a new pass (or an unplanned slice): restart
+            size = stop - start
+            self._eval_stride = size * self._share[1]
+            self._eval = self._loader([(i, -1) for i in range(s, min(s + size, len(self)))]
+                                      for s in range(start, len(self), self._eval_stride))
+        out = next(self._eval)[: stop - start]
+        self._eval_at = start + self._eval_stride
+        self.served["loader"] += len(out)
+        return self._place(out)
+
+    def _direct(self, indices: list[int]) -> torch.Tensor:
+        self.served["direct"] += len(indices)
+        return self._place(torch.stack([self.source.item(i, -1) for i in indices]))
+
+    def _place(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True) if self.device.type != "cpu" else x
+
+    def _loader(self, keys) -> Iterator[torch.Tensor]:
+        loader = DataLoader(_Items(self.source), batch_sampler=_Keys(keys), num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda", prefetch_factor=2 if self.workers else None)
+        return iter(loader)
+
+
+class _Keys:
+    """A batch sampler over an iterator (possibly endless) of key lists."""
+
+    def __init__(self, keys):
+        self.keys = keys
+
+    def __iter__(self):
+        return iter(self.keys)
+
+
+def bind(data, stream, batch: int, chunk: int, share: tuple[int, int] = (0, 1)):
+    """The dataset with its own copy of every streamed column (a workload's data is loaded once per
+    process, and each trial needs its own read-ahead), the training ones bound to the trial's stream."""
+    if not any(isinstance(c, StreamedColumn) for c in data.train + data.eval):
+        return data
+    own = [tuple(c.to(c.device) if isinstance(c, StreamedColumn) else c for c in part) for part in (data.train, data.eval)]
+    for column in own[0]:
+        if isinstance(column, StreamedColumn):
+            column.bind(stream, batch, chunk, share)
+    return dataclasses.replace(data, train=own[0], eval=own[1])
