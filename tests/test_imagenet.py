@@ -135,7 +135,7 @@ SMALL = ["--set", "workload_options.image_size=32", "--set", "workload_options.l
 def test_the_legw_imagenet_study_plans_the_paper_s_table(imagenet_dir, ray_tmp):
     """``batchscale plan`` of the published study: LARS from 2^2.5 at 1K to 2^5 at 32K, warmup 0.3125
     to 10 epochs (the LEGW ImageNet table), 90 epochs, 12 trials."""
-    proc = cli(["plan", "legw_imagenet", "--set", f"data_dir={imagenet_dir}", *SMALL, "--probe-seconds", "0.1"],
+    proc = cli(["plan", "experiments/paper/legw_imagenet.yaml", "--set", f"data_dir={imagenet_dir}", *SMALL, "--probe-seconds", "0.1"],
                ray_tmp)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "trials: 12 = legw 6, goyal 6" in proc.stdout
@@ -150,7 +150,8 @@ def test_the_legw_imagenet_study_runs_cut_down_on_generated_data(imagenet_dir, t
     cut = ["--set", f"data_dir={imagenet_dir}", *SMALL, "--set", "budget.epochs=1", "--set", "axes.batch_sizes=[12, 24]",
            "--set", "bn_batch_size=6", "--set", "resources.cpus=1", "--results", str(tmp_path / "results"), "--quiet"]
     proc = cli(["reproduce", "legw_imagenet", *cut], ray_tmp)
-    assert proc.returncode == 1 and "resources.gpus 1: this machine's Ray has 0 GPU(s)" in proc.stderr
+    assert proc.returncode == 1 and "resources.gpus 1: this machine has 0 GPU(s)" in proc.stderr
+    assert not (tmp_path / "results").exists()  # refused before anything was written
     proc = cli(["reproduce", "legw_imagenet", *cut, "--set", "resources.gpus=0"], ray_tmp)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     trials = load(tmp_path / "results" / "legw_imagenet")[1]

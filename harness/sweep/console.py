@@ -43,6 +43,17 @@ def ray_output(log: Path, verbose: bool = False):
         os.close(saved)
 
 
+def check_local_gpus(spec) -> None:
+    """Refuse, before anything is written, a sweep whose trials want more GPUs than this machine has
+    (on the embedded Ray, Tune would wait for them for ever)."""
+    import torch
+
+    r, per, have = spec.resources, max(1, spec.data_parallel.processes), torch.cuda.device_count()
+    if r.gpus and have < per * r.gpus:
+        raise BatchscaleError(f"resources.gpus {r.gpus:g}: this machine has {have} GPU(s) for torch; allowed: 0 here "
+                              "(--set resources.gpus=0), or a cluster (--address)")
+
+
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """Raise a one-line error when nothing answers at a Ray cluster's address (``host:port`` of the
     head's GCS, default port 6379, or ``ray://host:port`` of its client server, default 10001)."""

@@ -30,7 +30,7 @@ from harness.protocol import best_trial
 from harness.spec import SweepSpec
 from harness.store import FINAL, ResultsStore, Status, environment, now
 from harness.sweep import leftovers
-from harness.sweep.console import check_address, ray_output
+from harness.sweep.console import check_address, check_local_gpus, ray_output
 from harness.sweep.plan import REPORT_ONLY, RUN_ONLY, Plan, growth, plan, probe_b_noise, spec_hash
 
 
@@ -77,6 +77,8 @@ class Sweep:
     def run(self) -> dict[str, Any]:
         if self.address:  # before anything is written: a wrong address fails in seconds, not minutes
             check_address(self.address)
+        else:  # and GPUs the embedded Ray does not have: Tune would wait for them for ever
+            check_local_gpus(self.spec)
         meta, added = self._check_existing()
         if meta and not added:  # what the report does with the results may change without a new sweep
             resolved = {**meta["spec_resolved"], **self.spec.model_dump(mode="json", include=set(REPORT_ONLY + RUN_ONLY))}
@@ -246,7 +248,6 @@ class Sweep:
 
         spec = self.spec
         concurrent = spec.max_concurrent
-        self._slots(None)  # refuses GPUs the embedded Ray does not have
         from harness.sweep.trainable import tune_trial
 
         if spec.data_parallel.processes > 1:
@@ -347,9 +348,6 @@ class Sweep:
 
         have, r = ray.cluster_resources(), self.spec.resources
         per = max(1, self.spec.data_parallel.processes)
-        if r.gpus and have.get("GPU", 0) < per * r.gpus and not self.address:  # Tune would wait for ever
-            raise BatchscaleError(f"resources.gpus {r.gpus:g}: this machine's Ray has {have.get('GPU', 0):g} GPU(s); "
-                                  f"allowed: 0 here (--set resources.gpus=0), or a cluster with GPUs (--address)")
         room = [int(have.get("CPU", 0) // (per * r.cpus))] + ([int(have.get("GPU", 0) // (per * r.gpus))] if r.gpus else [])
         return max(1, min(room + ([limit] if limit else [])))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import SpecError
@@ -147,6 +148,38 @@ class Workload(ABC):
 
     def micro_batch_cap(self, cuda: bool) -> int:
         return self.cpu_micro_batch_cap * (32 if cuda else 1)
+
+
+class ImageClassifier(Workload):
+    """Colour images held as uint8 (N x 3 x H x W), normalised per channel by ``MEAN`` and ``STD`` on
+    the device; cross-entropy loss; accuracy. ``augment`` gives the model normalised training batches
+    (subclasses add their augmentation); evaluation batches are normalised here."""
+
+    metric = "accuracy"
+    higher_is_better = True
+    MEAN: ClassVar[tuple[float, float, float]]
+    STD: ClassVar[tuple[float, float, float]]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.STD, device=x.device).view(1, 3, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.is_floating_point() else self.normalise(x)  # raw uint8 images: normalised only
+
+    def augment(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x, y = batch
+        return self.normalise(x), y
+
+    def loss(self, model, batch):
+        x, y = batch
+        return F.cross_entropy(model(self._inputs(x)), y)
+
+    def eval_sums(self, model, batch):
+        x, y = batch
+        logits = model(self._inputs(x))
+        return (F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(), len(y))
 
 
 @functools.lru_cache(maxsize=4)

@@ -22,7 +22,7 @@ from torch import nn
 from harness.data import find_files
 from harness.data.cifar import FILES, TEST_FILE, TRAIN_FILES, read_batch
 from harness.ghostbn import GhostBatchNorm2d
-from harness.workloads.base import Dataset, Workload, recipes
+from harness.workloads.base import Dataset, ImageClassifier, recipes
 
 MEAN = (0.4914, 0.4822, 0.4465)  # per channel, over the 50K training images
 STD = (0.2470, 0.2435, 0.2616)
@@ -113,9 +113,8 @@ def crop_and_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-class Cifar10ResNet(Workload):
-    metric = "accuracy"
-    higher_is_better = True
+class Cifar10ResNet(ImageClassifier):
+    MEAN, STD = MEAN, STD
     default_optimizer = "momentum"
     Options = CifarOptions
     bn_batch_size = 128
@@ -145,28 +144,10 @@ class Cifar10ResNet(Workload):
                        (torch.from_numpy(xt[:ne]), torch.from_numpy(yt[:ne])),
                        {"source": str(files[TEST_FILE].parent), "train_size": len(x[:n])})
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-        return (x.float() / 255.0 - mean) / std
-
     def augment(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """A training batch as the model takes it: augmented (crop and flip) and normalised."""
         x, y = batch
-        x = crop_and_flip(x) if self.options.augment else x
-        return self.normalise(x), y
-
-    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.is_floating_point() else self.normalise(x)  # raw uint8 images: normalised only
-
-    def loss(self, model, batch):
-        x, y = batch
-        return F.cross_entropy(model(self._inputs(x)), y)
-
-    def eval_sums(self, model, batch):
-        x, y = batch
-        logits = model(self._inputs(x))
-        return (F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(), len(y))
+        return super().augment((crop_and_flip(x) if self.options.augment else x, y))
 
 
 class Cifar10ResNet20(Cifar10ResNet):

@@ -26,7 +26,7 @@ from harness.data.imagefolder import ImageFolderSource, scan
 from harness.data.loader import StreamedColumn
 from harness.errors import DatasetMissing
 from harness.ghostbn import GhostBatchNorm2d
-from harness.workloads.base import Dataset, Workload
+from harness.workloads.base import Dataset, ImageClassifier
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -91,11 +91,12 @@ class ResNet50(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class ImageNetResNet50(Workload):
+class ImageNetResNet50(ImageClassifier):
+    """The loader has cropped and flipped the training images; ``augment`` normalises them."""
+
     name = "imagenet_resnet50"
     summary = "ResNet-50 (torchvision's) with ghost BatchNorm on an ImageFolder tree (ImageNet; bring your own), streamed"
-    metric = "accuracy"
-    higher_is_better = True
+    MEAN, STD = MEAN, STD
     default_optimizer = "momentum"
     Options = ImageNetOptions
     bn_batch_size = 32
@@ -152,28 +153,6 @@ class ImageNetResNet50(Workload):
     def build_model(self):
         return ResNet50(classes=len(self.load().info["classes"]))
 
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-        return (x.float() / 255.0 - mean) / std
-
-    def augment(self, batch):
-        """The loader has cropped and flipped; here the batch is normalised (on the device)."""
-        x, y = batch
-        return self.normalise(x), y
-
-    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x if x.is_floating_point() else self.normalise(x)
-
-    def loss(self, model, batch):
-        x, y = batch
-        return F.cross_entropy(model(self._inputs(x)), y)
-
-    def eval_sums(self, model, batch):
-        x, y = batch
-        logits = model(self._inputs(x))
-        return (F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(), len(y))
-
 
 def _subset(samples: list, n: int | None) -> list:
     """A seeded random subset of n samples, kept in ImageFolder order; all when n is unset."""
@@ -181,4 +160,6 @@ def _subset(samples: list, n: int | None) -> list:
         return samples
     keep = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[:n].sort().values
     return [samples[i] for i in keep.tolist()]
+
+
 WORKLOADS = (ImageNetResNet50,)
