@@ -157,3 +157,16 @@ def test_the_legw_imagenet_study_runs_cut_down_on_generated_data(imagenet_dir, t
     trials = load(tmp_path / "results" / "legw_imagenet")[1]
     assert len(trials) == 4 and set(trials.status) <= {"complete", "diverged"}
     assert set(trials.precision) == {"bf16"} and set(trials.bn_batch_size) == {6}
+
+
+def test_requests_off_the_plan_are_decoded_directly_without_disturbing_it(imagenet_dir):
+    """The noise probe's random micro-batches: decoded in the trial's process (evaluation transform),
+    without restarting the loader, and the next step is served by the loader as planned."""
+    trial = Trial(spec(imagenet_dir))
+    trial._train_step()
+    column = trial.data.train[0]
+    assert column.restarts == 1 and column.served == {"loader": 12, "direct": 0}
+    for _ in range(3):
+        assert column[torch.tensor([5, 1, 7])].shape == (3, 3, 32, 32)
+    trial._train_step()
+    assert column.restarts == 1 and column.served == {"loader": 24, "direct": 9}

@@ -59,6 +59,7 @@ class StreamedColumn:
         self._chunk, self._batch, self._share = 1, 1, (0, 1)
         self._reset()
         self.served = {"loader": 0, "direct": 0}  # examples, for tests and the curious
+        self.restarts = 0  # of the training plan (once at the start, once after a resume)
 
     def _reset(self) -> None:
         self._expected: deque[torch.Tensor] = deque()  # planned index chunks looked at ahead of delivery
@@ -66,6 +67,7 @@ class StreamedColumn:
         self._batches: Iterator[torch.Tensor] | None = None  # the loader's output, in the plan's order
         self._eval: Iterator[torch.Tensor] | None = None
         self._eval_at, self._eval_stride = -1, 0
+        self._restarted_at = -1  # the stream position the training plan was last restarted at
 
     def __len__(self) -> int:
         return len(self.source)
@@ -74,7 +76,7 @@ class StreamedColumn:
         column = copy.copy(self)
         column.device = torch.device(device)
         column._reset()
-        column.served = {"loader": 0, "direct": 0}
+        column.served, column.restarts = {"loader": 0, "direct": 0}, 0
         return column
 
     def bind(self, stream, batch: int, chunk: int, share: tuple[int, int] = (0, 1)) -> None:
@@ -88,8 +90,8 @@ class StreamedColumn:
         if isinstance(key, slice):
             return self._slice(key)
         idx = torch.as_tensor(key).cpu()
-        if self._stream is not None and not self._planned(idx):
-            self._restart_training()
+        if self._stream is not None and not self._planned(idx) and self._stream.position != self._restarted_at:
+            self._restart_training()  # once per stream position: requests off the plan do not respawn the loader
         if self._stream is None or not self._planned(idx):
             return self._direct(idx.tolist())
         parts = []
@@ -109,6 +111,8 @@ class StreamedColumn:
 
     def _restart_training(self) -> None:
         """Plan from the start of the step the stream has just given (its position minus B)."""
+        self._restarted_at = self._stream.position
+        self.restarts += 1
         stream = copy.deepcopy(self._stream)
         stream.position = self._stream.position - self._batch
         rank, workers = self._share
