@@ -63,8 +63,9 @@ def find_study(name: str) -> Path:
 
 
 def find_spec(name: str) -> Path:
-    """A spec path, or the name of an example sweep (``default``, ``fmnist_lstm``)."""
+    """A spec path, or the name of an example sweep (``default``, ``fmnist_lstm``) or of a paper
+    study (``batchscale plan legw_imagenet``)."""
     path = Path(name)
-    if path.suffix or path.is_file() or name not in examples():
-        return path  # load_spec names a missing file
-    return examples()[name]
+    if path.suffix or path.is_file():
+        return path
+    return examples().get(name) or studies().get(name) or path  # load_spec names a missing file

@@ -133,3 +133,13 @@ def test_a_resnet20_sweep_of_a_few_steps(cifar_dir, tmp_path, ray_tmp):
     _, trials, _ = load(tmp_path / "results" / "r20")
     assert (trials.status == "complete").all() and set(trials.bn_batch_size) == {32}
     assert sorted(trials.steps) == [2, 4]
+
+
+def test_batchscale_train_runs_resnet20_on_a_cifar_folder(cifar_dir, tmp_path, ray_tmp):
+    import json
+
+    path = write_spec(tmp_path, json.loads(spec(cifar_dir).model_dump_json(exclude_defaults=True)))
+    proc = cli(["train", str(path), "--out", str(tmp_path / "out"), "--quiet"], ray_tmp)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["bn_batch_size"] == 16 and summary["steps"] == 5
