@@ -14,6 +14,7 @@ from harness.ghostbn import GhostBatchNorm2d, set_ghost_batch
 from harness.spec import TrialSpec, load_spec
 from harness.trial import Trial
 from harness.workloads.cifar import crop_and_flip, resnet18, resnet20
+from tests.test_arms import resumed, same_row
 from tests.test_sweep import cli, load, write_spec
 
 
@@ -94,23 +95,7 @@ def test_a_resnet20_trial_records_its_ghost_batch_and_resumes_exactly(cifar_dir)
     s = spec(cifar_dir, budget={"epochs": 1.0})
     whole = Trial(s).run()
     assert whole.summary["bn_batch_size"] == 16 and whole.summary["micro_batch_size"] == 32
-    first = Trial(s)
-
-    class Stop(Exception):
-        pass
-
-    def stop(t):
-        if t.step == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        first.run(on_step=stop)
-    state = first.state_dict()  # before the next Trial reseeds torch's RNG
-    second = Trial(s)
-    second.load_state_dict(state)
-    last = second.run().measurements[-1]
-    assert {k: v for k, v in last.items() if k != "train_seconds" and v == v} == \
-        {k: v for k, v in whole.measurements[-1].items() if k != "train_seconds" and v == v}
+    assert same_row(resumed(s, 2).run().measurements[-1], whole.measurements[-1])
 
 
 def test_resnet18_builds_and_bn_batch_size_is_checked(cifar_dir):
