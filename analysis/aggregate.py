@@ -6,9 +6,12 @@ miss counts as infinitely late, so that a cell where most seeds missed reads "no
 than the median of the lucky ones; how many seeds reached it; the divergence rate; speedups against
 the base batch size of the same optimizer and method; the resolved peak LR and warmup.
 
-A ``tuned`` cell is, per seed, the best trial of that seed's Optuna study (by final metric under
-the fixed_epochs protocol, by fewest steps to the target under steps_to_result), so it aggregates
-like the rule methods; ``best_peak_lr`` is the LR those best trials used.
+A ``tuned`` cell is the LR its bracketing study selected (harness.tuning.select: the best median
+over seeds of the validation split's objective: fewest steps to the target under steps_to_result,
+best final metric under fixed_epochs), evaluated over all seeds, so it aggregates like the rule
+methods; the test split only reports. Stores of the older per-seed TPE studies keep their rule:
+per seed, the best trial of that seed's study (selected on the metric the tables report).
+``best_peak_lr`` is the LR of the selected trials.
 
 The protocol's budget table (``sweep.json``: ``protocol.budgets``, see harness.protocol) adds per
 cell whether the budget could reach the target at all (``feasible``: True, False, or None when it
@@ -30,7 +33,8 @@ from scipy import stats
 from analysis.outcome import _extra, chance_metric, outcomes
 from harness.protocol import best_trial
 from harness.spec.sweep import arm_label
-from harness.store import RAN_TO_END, ResultsStore, Status
+from harness.store import FINAL, RAN_TO_END, ResultsStore, Status
+from harness.tuning import select
 
 KEYS = ["workload", "optimizer", "method", "batch_size"]
 
@@ -145,8 +149,17 @@ def representative_trials(res: Results) -> pd.DataFrame:
     if tuned.empty:
         return rules.copy()
     by_steps = res.protocol["kind"] == "steps_to_result"
+    budgets = {(r["optimizer"], r["batch_size"]): r.get("budget_steps") for r in res.protocol.get("budgets", [])}
     picked = []
     for _, study in tuned.groupby("study"):
+        if study.seed.nunique() > 1:  # one LR for every seed (harness.tuning): that LR's trials, all seeds
+            rows = study[study.status.isin(FINAL)].to_dict("records")
+            first = rows[0] if rows else study.iloc[0]
+            lr, _ = select(rows, by_steps, budgets.get((first["optimizer"], first["batch_size"])), res.higher_is_better)
+            if lr is not None:
+                picked.append(study[np.isclose(study.peak_lr.astype(float), lr, rtol=1e-6)
+                                    & study.status.isin(FINAL)])
+                continue
         ok = study[(study.outcome == "complete") & study.final_metric.notna()]
         if ok.empty:  # every finished trial failed: the least bad of them
             ok = study[(study.status == Status.COMPLETE) & study.final_metric.notna()]

@@ -16,31 +16,44 @@ from matplotlib.lines import Line2D
 
 from analysis.aggregate import Results, rule_of, series_order
 from analysis.critical import critical_summary
-from analysis.costmodel import project
-from analysis.figure import Plot, finish, log2_axis
-from analysis.style import FIT, MEASURED, REFERENCE, batch_styles, series_styles
+from analysis.figure import Plot, finish, log2_axis, proxy
+from analysis.style import DIVERGED_MARK, FIT, MEASURED, REFERENCE, batch_styles, series_styles
 from analysis.tables import Table
-from harness.errors import BatchscaleError
 from harness.scaling import BaseRecipe
 
 
 def _trial_curves(res: Results, method: str, column: str) -> pd.DataFrame:
+    """``column`` over training of the first seed of each (optimizer, batch size) of ``method``, with
+    the trial's outcome (``outcome``) beside every row."""
     m = res.measurements.dropna(subset=[column])
-    t = res.trials[res.trials.method == method][["trial_id", "batch_size", "seed", "optimizer"]]
+    t = res.trials[res.trials.method == method][["trial_id", "batch_size", "seed", "optimizer", "outcome"]]
     t = t.sort_values("seed").groupby(["optimizer", "batch_size"]).head(1)
     return m.merge(t, on="trial_id")
 
 
+def _first_seeds(res: Results, method: str, optimizer: str | None) -> pd.DataFrame:
+    t = res.trials[res.trials.method == method]
+    if optimizer is not None:
+        t = t[t.optimizer == optimizer]
+    return t.sort_values("seed").groupby(["optimizer", "batch_size"]).head(1)
+
+
 def noise_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
-    """Every method that measured it, one panel each (four to a row)."""
-    methods = [(label, m) for label, o, m in series_order(res) if rule_of(m) != "tuned"]
-    curves = {}
-    for label, m in methods:
+    """Every method that measured it, one panel each (four to a row); a run that diverged is marked
+    x at its last measurement, and one that diverged before its first is named in the caption."""
+    several = len(set(res.trials.optimizer)) > 1
+    methods = [(label, o, m) for label, o, m in series_order(res) if rule_of(m) != "tuned"]
+    curves, unseen = {}, []
+    for label, o, m in methods:
         c = _trial_curves(res, m, "noise_scale")
-        if len(set(res.trials.optimizer)) > 1:
-            c = c[c.optimizer == label.split("/")[0]]
+        if several:
+            c = c[c.optimizer == o]
         if not c.empty:
             curves[label] = c
+            drawn = set(c.trial_id)
+            firsts = _first_seeds(res, m, o if several else None)
+            unseen += [f"{label} B={int(t.batch_size)}" for t in firsts.itertuples()
+                       if t.outcome == "diverged" and t.trial_id not in drawn]
     if not curves:
         return None
     batches = sorted(res.trials.batch_size.unique())
@@ -49,10 +62,16 @@ def noise_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     rows = math.ceil(len(curves) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows + 0.5), sharey=True, squeeze=False,
                              layout="constrained")
+    diverged = []
     for ax, (label, c) in zip(axes.flat, curves.items()):
         for b, g in c.groupby("batch_size"):
             color, ls = styles[int(b)]
+            g = g.sort_values("step")
             ax.plot(g.epoch, g.noise_scale, color=color, ls=ls, label=f"B={b}")
+            if (g.outcome == "diverged").any():  # where its measurement stops: it diverged after this
+                ax.scatter([g.epoch.iloc[-1]], [g.noise_scale.iloc[-1]], marker=DIVERGED_MARK, s=45, color=color,
+                           zorder=5)
+                diverged.append(f"{label} B={b}")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_yscale("log")
@@ -61,20 +80,30 @@ def noise_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
         ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel("B_simple (log)")
-    handles, _ = axes[0][0].get_legend_handles_labels()
+    by_label = {}  # every batch size drawn in any panel (a panel may lack one)
+    for ax in list(axes.flat)[:len(curves)]:
+        for h in ax.get_legend_handles_labels()[0]:
+            by_label.setdefault(h.get_label(), h)
+    handles = [by_label[k] for k in sorted(by_label, key=lambda k: int(k[2:]))]
+    if diverged:
+        handles.append(proxy(DIVERGED_MARK, "diverged after its last point"))
     fig.legend(handles=handles, loc="outside upper center", ncol=min(8, len(handles)), fontsize=7)
-    left_out = [label for label, _ in methods if label not in curves]
+    left_out = [label for label, _, _ in methods if label not in curves]
     p = Plot("noise_scale", "Gradient noise scale", "B_simple = tr(Sigma)/|G|^2 from the two-batch estimator "
              "(micro-batch vs step gradients), a moving average over examples, per batch size (first seed), for every "
              "method that measured it" + (f"; not measured: {', '.join(left_out)}" if left_out else "")
-             + "; tuned is left out (its trials are a search, not one run).")
+             + "; tuned is left out (its trials are a search, not one run). "
+             + (f"x: the run diverged after its last point drawn ({', '.join(diverged)}). " if diverged else
+                "No run drawn diverged. ")
+             + (f"Diverged before its first measurement, so not drawn: {', '.join(unseen)}." if unseen else ""))
     return finish(fig, folder, p)
 
 
 def critical_extra(res: Results, agg: pd.DataFrame):
     """Draws the fitted S(B) = S_min(1 + B_crit/B), solid over the batch sizes it was fitted on and
-    dotted beyond (extrapolation), and B_crit and the mean measured B_simple as vertical lines;
-    returns the legend handles."""
+    dotted beyond (extrapolation), B_crit as a vertical line, and the span of B_simple at the target
+    over batch sizes (each batch size's median; the table gives each) as a grey band; returns the
+    legend handles."""
     summary = critical_summary(res, agg)
 
     def draw(ax):
@@ -98,14 +127,20 @@ def critical_extra(res: Results, agg: pd.DataFrame):
                                           label=f"B_crit (fit) = {fit.b_crit:,.0f}"))
             else:
                 handles.append(Line2D([], [], color="none", label=f"B_crit (fit) = {fit.b_crit:,.0f}, off the axis"))
-        b_simple = summary["mean_noise_scale"]
-        if math.isfinite(b_simple):
-            if batches[0] <= b_simple <= batches[-1]:
-                handles.append(ax.axvline(b_simple, color=MEASURED, lw=1, ls=(0, (5, 2, 1, 2)),
-                                          label=f"mean measured B_simple = {b_simple:,.0f}"))
+        noise = summary["noise"]
+        if len(noise):  # B_simple at the target, per batch size: the span of the medians, never their mean
+            lo, hi = noise.loc[noise.noise_scale.idxmin()], noise.loc[noise.noise_scale.idxmax()]
+            text = (f"B_simple at the target: {lo.noise_scale:,.0f} (B={int(lo.batch_size)})" +
+                    ("" if len(noise) == 1 else f" to {hi.noise_scale:,.0f} (B={int(hi.batch_size)})"))
+            left, right = ax.get_xlim()
+            if hi.noise_scale < left or lo.noise_scale > right:
+                handles.append(Line2D([], [], color="none", label=f"{text}, off the axis"))
+            elif len(noise) == 1 or hi.noise_scale <= lo.noise_scale * 1.02:
+                handles.append(ax.axvline(lo.noise_scale, color=MEASURED, lw=1, ls=(0, (5, 2, 1, 2)), label=text))
             else:
-                handles.append(Line2D([], [], color="none",
-                                      label=f"mean measured B_simple = {b_simple:,.0f}, off the axis"))
+                handles.append(ax.axvspan(lo.noise_scale, hi.noise_scale, color=MEASURED, alpha=0.15, lw=0,
+                                          label=text))
+                ax.set_xlim(left, right)
         return handles
 
     return draw, summary
@@ -123,19 +158,24 @@ def critical_table(res: Results, summary: dict) -> Table | None:
         f"{e.loc[b, 'steps_to_target']:.0f} ({e.loc[b, 'method']})" if b in e.index else "not reached" for b in batches]
     display["examples to target"] = [f"{e.loc[b, 'steps_to_target'] * b:,.0f}" if b in e.index else "" for b in batches]
     display["fit S_min(1+B_crit/B)"] = [f"{fit.steps(b):.0f}" if fit else "" for b in batches]
-    display["measured B_simple"] = [f"{n.loc[b, 'noise_scale']:,.0f}" if b in n.index else "not measured" for b in batches]
+    display["B_simple at the target (median over trials)"] = [
+        f"{n.loc[b, 'noise_scale']:,.0f} ({int(n.loc[b, 'trials'])} trial{'s' if n.loc[b, 'trials'] > 1 else ''}"
+        + (f", {n.loc[b, 'low']:,.0f}-{n.loc[b, 'high']:,.0f}" if n.loc[b, "low"] < n.loc[b, "high"] else "") + ")"
+        if b in n.index else "not measured" for b in batches]
     numbers = display.copy()
-    noise = summary["mean_noise_scale"]
-    noise = f"{noise:,.0f}" if math.isfinite(noise) else "not measured"
+    numbers["B_simple at the target (median over trials)"] = [n.loc[b, "noise_scale"] if b in n.index else math.nan
+                                                              for b in batches]
     if fit:
         title = (f"Critical batch: S_min = {fit.s_min:.0f} steps, E_min = {fit.e_min:,.0f} examples, "
-                 f"B_crit = E_min/S_min = {fit.b_crit:,.0f} (fit on {fit.points} batch sizes); "
-                 f"mean measured B_simple = {noise}")
+                 f"B_crit = E_min/S_min = {fit.b_crit:,.0f} (fit on {fit.points} batch sizes)")
     else:
-        title = (f"Critical batch: too few batch sizes reached the target to fit S_min(1+B_crit/B) (3 needed); "
-                 f"mean measured B_simple = {noise}")
+        title = "Critical batch: too few batch sizes reached the target to fit S_min(1+B_crit/B) (3 needed)"
+    note = ("B_simple at the target: each trial's gradient noise scale at the evaluation where it first reached the "
+            "target, the median over the trials of the batch size that reached it (in brackets: how many, and their "
+            "range). It grows with the batch size, so it is given per batch size, not averaged over them; "
+            "McCandlish et al. find B_crit ~ B_simple.") if len(noise) else ""
     return Table("critical_batch", title, display, numbers, pd.DataFrame(False, index=display.index,
-                                                                          columns=display.columns))
+                                                                          columns=display.columns), note)
 
 
 def adascale_gain(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
@@ -212,78 +252,4 @@ def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     return finish(fig, folder, p)
 
 
-def projection(res: Results, agg: pd.DataFrame, folder: Path) -> tuple[Table | None, Plot | None, dict]:
-    if not res.target:
-        return None, None, {}
-    try:
-        proj, info = project(res, agg)
-    except BatchscaleError as e:
-        return None, None, {"projection not made": str(e)}
-    if proj.empty or not np.isfinite(proj.seconds).any():
-        return None, None, {**info, "projection not made": "no method reached the target"}
-    devices = sorted(proj.devices.unique())
-    display = pd.DataFrame(index=pd.Index(devices, name="devices"))
-    numbers = pd.DataFrame(index=display.index)
-    status = pd.DataFrame(index=display.index)
-    styles = series_styles(res)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
-    starved_any = False
-    for label, o, m in series_order(res):
-        g = proj[(proj.optimizer == o) & (proj.method == m)].set_index("devices")
-        if g.empty:
-            continue
-        display[label] = [_fmt_time(g.loc[n]) for n in devices]
-        numbers[label] = [g.loc[n, "seconds"] for n in devices]
-        numbers[f"{label} batch"] = [g.loc[n, "best_batch"] for n in devices]
-        numbers[f"{label} per-device batch"] = [g.loc[n, "per_device_batch"] for n in devices]
-        status[label] = ["not reached" if not math.isfinite(g.loc[n, "seconds"]) else
-                         "below efficient batch" if g.loc[n, "below_efficient"] else "projected" for n in devices]
-        ok = g[np.isfinite(g.seconds)]
-        if len(ok):
-            ax.plot(ok.index, ok.seconds, ms=4, label=label, **styles[label].kw())
-            starved = ok[ok.below_efficient.astype(bool)]
-            if len(starved):
-                starved_any = True
-                ax.scatter(starved.index, starved.seconds, s=110, facecolors="none", edgecolors="black", lw=0.8,
-                           zorder=5)
-    handles, _ = ax.get_legend_handles_labels()
-    if starved_any:
-        handles.append(Line2D([], [], ls="none", marker="o", mfc="none", mec="black", ms=10,
-                              label=f"fewer than {info['efficient batch per device']} examples per device"))
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("devices N (data parallel)")
-    ax.set_ylabel("projected time to target (s)")
-    ax.set_title("Projected time to solution vs devices (best batch size per N)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(handles=handles, fontsize=7, ncol=2)
-    plot = Plot("projected_time", "Projected time to solution",
-                f"Measured steps to the target at each batch size times the cost model's step time on N devices "
-                f"(per-device throughput: {info['throughput source']}); each point uses the batch size that is fastest "
-                f"there. A projection, not a measurement: ringed points would put fewer examples on a device than "
-                f"its efficient batch, where the throughput assumed is not reached.")
-    plot = finish(fig, folder, plot)
-    best = pd.DataFrame(False, index=display.index, columns=display.columns)
-    for n in numbers.index:
-        vals = numbers.loc[n, list(display.columns)].astype(float)
-        vals = vals[np.isfinite(vals)]
-        if len(vals):
-            best.loc[n, vals.idxmin()] = True
-    note = (f"Per-device throughput: {info['throughput source']}. * marks a projection whose batch would put fewer "
-            f"examples on each device than the efficient batch ({info['efficient batch per device']}): the assumed "
-            f"throughput is not reached there, so its time is optimistic. The cost model is below the table.")
-    table = Table("projected_time", f"Projected time to target on N devices (batch size used; speedup over "
-                  f"B={res.base_batch_size} of the same method on the same N devices)", display, numbers, best,
-                  note, status)
-    return table, plot, info
-
-
-def _fmt_time(row) -> str:
-    s = row.seconds
-    if not math.isfinite(s):
-        return "not reached"
-    text = f"{s:.3g} s" if s < 120 else (f"{s / 60:.3g} min" if s < 7200 else f"{s / 3600:.3g} h")
-    text += f" (B={int(row.best_batch)}"
-    if math.isfinite(row.speedup_vs_base):
-        text += f", {row.speedup_vs_base:.1f}x"
-    return text + ")" + (" *" if row.below_efficient else "")
+from analysis.projection import projection  # noqa: E402,F401 (the report's section, kept importable here)

@@ -6,6 +6,9 @@ batch nearly halves the steps, above it the steps stop falling. We fit S_min and
 squares on log S over the batch sizes that reached the target, on the envelope of the sweep (the
 fewest steps any method needed at each batch size), and compare B_crit with the noise scale
 B_simple measured when the trials reached the target: McCandlish et al. find B_crit ~ B_simple.
+B_simple is reported per batch size (the median over that batch size's trials), never averaged
+over batch sizes: it grows with B (20x from 256 to 32K in the default study), so a mean over batch
+sizes is a number no batch size measured.
 """
 
 from __future__ import annotations
@@ -61,21 +64,24 @@ def envelope(agg: pd.DataFrame) -> pd.DataFrame:
 
 
 def noise_by_batch(res: Results) -> pd.DataFrame:
-    """B_simple per batch size, read where it matters for B_crit: at the evaluation where each trial
-    first reached the target (B_simple grows as training goes on), averaged over those trials."""
+    """B_simple at the target per batch size: for each trial that reached the target, its
+    ``noise_scale`` at the evaluation where it first did (B_simple grows as training goes on), and
+    per batch size the median over those trials (``noise_scale``), with their count (``trials``) and
+    range (``low``, ``high``)."""
+    cols = ["batch_size", "noise_scale", "trials", "low", "high"]
     m = res.measurements.dropna(subset=["noise_scale"])
     hits = res.trials[res.trials.target_reached.fillna(False).astype(bool)][["trial_id", "batch_size", "steps_to_target"]]
     if m.empty or hits.empty:
-        return pd.DataFrame(columns=["batch_size", "noise_scale", "trials"])
+        return pd.DataFrame(columns=cols)
     m = m.merge(hits, on="trial_id")
     at = m[m.step >= m.steps_to_target].sort_values("step").groupby("trial_id").head(1)
-    out = at.groupby("batch_size").noise_scale.agg(["mean", "count"]).reset_index()
-    return out.rename(columns={"mean": "noise_scale", "count": "trials"})
+    if at.empty:
+        return pd.DataFrame(columns=cols)
+    out = at.groupby("batch_size").noise_scale.agg(["median", "count", "min", "max"]).reset_index()
+    return out.rename(columns={"median": "noise_scale", "count": "trials", "min": "low", "max": "high"})[cols]
 
 
 def critical_summary(res: Results, agg: pd.DataFrame) -> dict:
     env = envelope(agg)
     fit = fit_critical_batch(env.batch_size, env.steps_to_target) if len(env) else None
-    noise = noise_by_batch(res)
-    mean_noise = float(noise.noise_scale.mean()) if len(noise) else math.nan
-    return {"fit": fit, "envelope": env, "noise": noise, "mean_noise_scale": mean_noise}
+    return {"fit": fit, "envelope": env, "noise": noise_by_batch(res)}

@@ -5,8 +5,10 @@ and SVG through analysis.figure.
 Every plot function takes the loaded results and the aggregate and returns a ``Plot`` record (title,
 file stem, a caption that says what was measured, how often and what is left out); ``finish``
 reads the legend's colours and any overlapping titles back from the figure (tests/test_report.py
-checks both) and writes the files. Colours and markers come from analysis.style: one per series
-for the whole report, in the spec's order; reference lines are grey or black.
+checks both) and writes the files. Colours, markers and line styles come from analysis.style: a
+method's colour is the same in every report (a fixed table, not the spec's order), an arm keeps its
+method's colour on another line style, and no two series of a plot share all three; reference
+lines are grey or black.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from analysis.aggregate import Results, aggregate, is_tuned, load_results, timin
 from analysis.outcome import CHANCE_FRACTION, chance_metric
 from analysis.plots import Plot, all_plots, range_edge
 from analysis.reproduce import judge_all, verdict_table
+from analysis.tuning import bracket_frame, bracket_sentence
 from analysis.tables import Table, all_tables, cell_status, to_csv, to_html, to_markdown, write_table
 
 _HTML = """<!doctype html>
@@ -35,9 +37,11 @@ _HTML = """<!doctype html>
  th { background: #f3f3f3; } td.best { font-weight: bold; background: #eef7ee; }
  td.bad { color: #a00; font-style: italic; } table.table td:first-child { font-weight: bold; background: #f3f3f3; } figure { margin: 1.2em 0; } img { max-width: 100%; }
  figcaption { font-size: 0.85em; color: #555; } pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.8em; }
+ .ran { background: #f3f6fa; padding: 0.4em 0.7em; border-left: 3px solid #0072B2; }
  .small { font-size: 0.85em; color: #444; } .holds { color: #070; font-weight: bold; } .fails { color: #a00; font-weight: bold; } .na { color: #777; }
 </style></head><body>
 <h1>batchscale report: {{ name }}</h1>
+<p class="ran"><b>Ran with</b>: {{ ran_with }}</p>
 <p>{{ description }}</p>
 <p><b>Workload</b> {{ workload }} ({{ metric }}, {{ direction }} is better), {{ dataset_size }} training examples;
 status <b>{{ status }}</b>; trials: {{ counts }}; base batch B0 = {{ base }}.</p>
@@ -93,8 +97,14 @@ def _meta_frame(res: Results) -> pd.DataFrame:
     return pd.DataFrame({"value": rows})
 
 
+def _lattice_step(res: Results) -> float:
+    return float((res.meta["spec_resolved"].get("tuning") or {}).get("lattice_step", 2**0.5))
+
+
 def studies_frame(res: Results) -> pd.DataFrame:
-    studies = res.meta.get("studies", {})
+    """The per-seed TPE studies (tuning.search tpe, and older stores); bracketing studies are
+    analysis.tuning.bracket_frame's."""
+    studies = {k: v for k, v in res.meta.get("studies", {}).items() if v.get("search") != "bracket"}
     if not studies:
         return pd.DataFrame()
     t = res.trials[is_tuned(res.trials.method)]
@@ -113,11 +123,70 @@ def studies_frame(res: Results) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("study")
 
 
+def _relative(path: str | Path, folder: Path) -> str:
+    """``path`` as the report folder's reader reaches it: relative to ``folder`` (the report is
+    moved or committed with its sweep, never with the machine it ran on)."""
+    return Path(os.path.relpath(Path(path).resolve(), folder.resolve())).as_posix()
+
+
+def _given(spec: dict, key: str):
+    """The value at a dotted key of the spec file (``budget.epochs``), or ``_UNSET``."""
+    node = spec
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _UNSET
+        node = node[part]
+    return node
+
+
+_UNSET = object()
+
+
+def _budget_that_ran(res: Results) -> str:
+    """The budget the trials ran under, from the resolved spec (and the protocol's budget table)."""
+    budget = res.meta["spec_resolved"].get("budget") or {}
+    kind = res.protocol["kind"]
+    if budget.get("epochs"):
+        text = f"{budget['epochs']:g} epochs at every batch size"
+    elif budget.get("examples"):
+        text = f"{budget['examples']:,} examples at every batch size"
+    else:
+        text = "the workload's base recipe's epochs"
+    steps = [r.get("budget_steps") for r in res.protocol.get("budgets") or [] if r.get("budget_steps")]
+    if kind == "steps_to_result":
+        text = "a step budget per batch size (the protocol table)" + (
+            f", {min(steps):,}-{max(steps):,} steps" if steps else "")
+    return f"{text} ({kind.replace('_', ' ')} protocol)"
+
+
+def ran_with(res: Results) -> str:
+    """What actually ran, before the spec file's words: the overrides given on the command line (with
+    the spec file's own values beside them) and the budget from the resolved spec."""
+    given = res.meta.get("spec_given") or {}
+    overrides = [o for o in given.get("overrides") or [] if not o.startswith("data_dir=")]
+    spec_file = given.get("spec") or {}
+    budget = f"budget {_budget_that_ran(res)}"
+    if not overrides:  # the file's name only: an absolute path names the machine it ran on
+        name = Path(given["file"]).name if given.get("file") else ""
+        return f"the spec as written{' (' + name + ')' if name else ''}, no overrides; {budget}."
+    defaults = []
+    for o in overrides:
+        key = o.partition("=")[0].strip()
+        value = _given(spec_file, key)
+        shown = json.dumps(value) if isinstance(value, bool) else value  # true/false, as --set writes them
+        defaults.append(f"{key} not set" if value is _UNSET else f"{key}={shown}")
+    return (f"{', '.join(overrides)} (the spec file's: {', '.join(defaults)}); {budget}. The spec's description "
+            f"below is the spec file's, written for its own settings.")
+
+
 def _tracking_line(res: Results) -> str:
     """Where else the trials were sent (the spec's tracking section), as a sentence, or ''."""
     t = res.meta["spec_resolved"].get("tracking") or {}
-    where = {"tensorboard": f"TensorBoard (tensorboard --logdir {res.root / 'tensorboard'})",
-             "mlflow": f"MLflow ({t.get('mlflow_tracking_uri') or 'sqlite:///' + str((res.root / 'mlflow.db').resolve())}"
+    report = res.root / "report"
+    mlflow_db = f"sqlite:///mlflow.db, run in the sweep folder ({_relative(res.root, report)} from this report)"
+    where = {"tensorboard": f"TensorBoard (tensorboard --logdir {_relative(res.root / 'tensorboard', report)}, "
+                            f"relative to this report)",
+             "mlflow": f"MLflow ({t.get('mlflow_tracking_uri') or mlflow_db}"
                        f", experiment {t.get('mlflow_experiment') or res.meta.get('name')})",
              "wandb": f"Weights & Biases (project {t.get('wandb_project') or res.meta.get('name')})"}
     on = [text for key, text in where.items() if t.get(key)]
@@ -185,7 +254,6 @@ def summary(res: Results, agg: pd.DataFrame, tables: list[Table], critical: dict
             "fit": None if fit is None else {"s_min": fit.s_min, "e_min": fit.e_min, "b_crit": fit.b_crit,
                                              "points": fit.points,
                                              "fitted_batch_sizes": [int(b) for b in env.batch_size]},
-            "mean_measured_b_simple": critical.get("mean_noise_scale"),
             "envelope": [] if env is None else env.to_dict("records"),
             "b_simple_by_batch": critical["noise"].to_dict("records") if len(critical.get("noise", [])) else []},
         "studies": {} if studies.empty else studies.reset_index().to_dict("records"),
@@ -226,10 +294,7 @@ def build_report(root: str | Path) -> dict:
                                sort_keys=False)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(res.trials.outcome.value_counts().items()))
     description = res.meta["spec_resolved"].get("description", "")
-    overrides = [o for o in (res.meta.get("spec_given") or {}).get("overrides") or [] if not o.startswith("data_dir=")]
-    if overrides:  # the description is the spec file's; say what this run changed
-        description += f" This run overrode the spec with: {', '.join(overrides)}."
-    common = dict(name=res.meta.get("name"), description=description,
+    common = dict(name=res.meta.get("name"), ran_with=ran_with(res), description=description,
                   workload=res.meta["workload"]["name"], metric=res.metric,
                   direction="higher" if res.higher_is_better else "lower",
                   dataset_size=res.meta["workload"]["dataset_size"], status=res.meta.get("status"),
@@ -240,10 +305,17 @@ def build_report(root: str | Path) -> dict:
     if not claims.empty:
         sections.append(Section("Paper claims", _verdict_html(claims), claims.to_markdown()))
     if not studies.empty:
-        db = (res.root / "optuna.db").resolve()
-        note = (f"Every trial of every study is in {db} for optuna-dashboard: optuna-dashboard sqlite:///{db} "
+        db = _relative(res.root / "optuna.db", out)
+        note = (f"Every trial of every study is in {db} (relative to this report: the sweep's folder) for "
+                "optuna-dashboard: in the sweep's folder, optuna-dashboard sqlite:///optuna.db "
                 "(pip install 'batchscale[dashboard]').")
         sections.append(Section("Tuned studies", _frame_html(studies), f"{note}\n\n{studies.to_markdown()}", note))
+    brackets = bracket_frame(res)
+    if not brackets.empty:
+        note = (f"{bracket_sentence(res)} LRs on a lattice of factor {_lattice_step(res):.3g}; bracketed: both "
+                "lattice neighbours of the tuned LR were tried and were not better. In parentheses: LRs whose "
+                "median over seeds missed the target or diverged.")
+        sections.append(Section("Tuned LR search", _frame_html(brackets), f"{note}\n\n{brackets.to_markdown()}", note))
     if proj_info:
         frame = pd.DataFrame({"value": proj_info})
         sections.append(Section("Cost model of the projection", _frame_html(frame), frame.to_markdown()))
@@ -256,7 +328,8 @@ def build_report(root: str | Path) -> dict:
                 "data": base64.b64encode(p.files[0].read_bytes()).decode()} for p in plots])
     (out / "report.html").write_text(page)
 
-    md = [f"# batchscale report: {common['name']}", "", common["description"], "",
+    md = [f"# batchscale report: {common['name']}", "", f"**Ran with**: {common['ran_with']}", "",
+          common["description"], "",
           f"Workload **{common['workload']}** ({res.metric}, {common['direction']} is better), "
           f"{common['dataset_size']} training examples; status **{common['status']}**; {counts}; "
           f"base batch B0 = {res.base_batch_size}.", "", f"{common['outcome_rule']} Timing: {common['timing']}.", ""]

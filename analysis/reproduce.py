@@ -1,54 +1,58 @@
 """Judging a paper's claims against a finished sweep.
 
-A paper spec (``experiments/paper/*.yaml``) carries ``claims``: each a kind, parameters, the
-claim's words and, where known, the published number. Each is judged on the aggregate and comes
-back as ``holds``, ``does not hold`` or ``not measurable``, always with the measured numbers, so
-that a claim that fails at our scale is reported as failing, and one that our protocol cannot test
-is never reported as failing:
+A paper spec (``experiments/paper/*.yaml``) carries ``claims`` (kind, params, words, published number).
+Each comes back ``holds``, ``does not hold`` or ``not measurable`` with the measured numbers and the
+interval behind it: what the protocol or the seeds' noise cannot settle never holds or fails.
 
-* a batch size whose budget cannot reach the target for any rule (the protocol's pilot says so,
-  harness.protocol) is not evidence: a claim that needs it is ``not measurable`` unless it already
-  fails at a batch size that could be judged;
-* a cell is a clean success only when every seed completed: one diverged seed of three fails it;
-* with several seeds, a difference no larger than the seeds' spread (the larger standard deviation
-  of the two cells) is not a win;
-* a speedup in wall time is only judged where a larger batch can run faster per example (GPUs,
-  data-parallel workers); on one CPU core per trial examples/s is flat in B, so it is ``not
-  measurable`` there, and claims are judged on steps (``kind: steps``) or on the cost model's
-  projection (``kind: projected``).
+Seeds. Every comparison but ``speedup`` uses all seeds: A's advantage over B (positive = A better;
+points for accuracy-like metrics) is the difference of the means with a 90% two-sided Student-t
+interval, t.ppf(0.95, df): paired (per-seed differences, n - 1 df: 2.92 for 3 seeds) when both
+cells ran the same seeds, since a seed fixes initialisation and data order for both arms, else
+Welch's; one seed gives none. Per-seed values: analysis.aggregate.representative_trials (``tuned``:
+the trials the aggregate selected). A claim is decided only when the whole interval lies on one side
+of its threshold, else ``not measurable`` ("within seed noise"). "A better than B by m"
+(``better_than``; ``smaller_drop`` on the drops base(seed) - largest(seed)) holds when the lower end
+is above m, does not hold when the upper end is at or below m (m = 0: the interval excludes 0 on A's
+/ B's side). "A within x of B" (``within_base``, ``matches``) is one-sided, a better A meets it:
+holds when the interval lies at or above -x, does not hold when it lies below -x. Its negation,
+``loses_or_diverges``, also holds when the method has no number in any seed.
 
-Kinds (``params``):
+Divergence. A seed that diverged or failed (or is unfinished) has no number. An arm lacking numbers
+in some or all seeds loses to one with a number in every seed (decided, and the measured text says
+so); two arms that both lack numbers are not measurable.
 
-* ``within_base``: ``method`` stays within ``tolerance`` of its own base-batch result at every batch
-  up to ``max_scale`` x B0 (``relative: true`` for a relative tolerance, e.g. perplexity).
-* ``loses_or_diverges``: ``method`` loses more than ``tolerance`` against its base-batch result, or
-  diverges, at the largest batch (``at: any`` for any batch of at least ``min_scale`` x B0).
-* ``better_than``: ``method`` beats ``other`` by more than ``margin`` at the largest batch (``at:
-  all`` for every batch from ``min_scale`` to ``max_scale`` x B0); a diverged run is worse than any
-  number, and a difference within the seeds' spread is no win.
-* ``smaller_drop``: ``method`` loses less against its own base-batch result than ``other`` loses
-  against its own, at the largest batch, by more than ``margin`` and the seeds' spread (ConAdv
-  "narrows the accuracy drop").
-* ``matches``: ``method`` stays within ``tolerance`` of ``other`` at every batch size the budget
-  lets reach the target (DecentLaM "stays with all-reduce").
-* ``speedup``: the largest batch reaching the target does so ``min`` times faster than B0
-  (``kind: steps``, ``time``, or ``projected``: the projected time on ``devices`` accelerators, the
-  batch size fastest there among those that put at least the throughput's efficient batch on each
-  device, against B0 on one; ``not measurable`` when no batch that reached the target fills the
-  devices that well, since the pace assumed is unknown there) with ``method``.
+Budgets. A batch size whose budget cannot reach the target for any rule (the aggregate's
+``feasible``, harness.protocol) is not evidence: a claim that needs it is ``not measurable`` unless it
+fails where it can be judged. base - tolerance (``within_base``, ``loses_or_diverges``) can be
+stricter than the target: such a claim is judged at a batch size only where the pilot said the
+budget feasible (``protocol.budgets``) or an arm of the optimizer (all seeds complete) reached that
+threshold in its mean. Wall-time speedups are not judged on one CPU core per trial (flat examples/s).
+
+Kinds (``params``): ``within_base`` (``method`` within ``tolerance`` of its B0 result up to ``max_scale``
+x B0; ``relative: true``), ``loses_or_diverges`` (loses more than ``tolerance``, or diverges, at the
+largest batch; ``at: any``: any from ``min_scale`` x B0), ``better_than`` (beats ``other`` by more than
+``margin`` at the largest batch; ``at: all``: all from ``min_scale`` to ``max_scale`` x B0),
+``smaller_drop`` (loses less from B0 to the largest batch than ``other``, by more than ``margin``),
+``matches`` (within ``tolerance`` of ``other``, or better, wherever the budget can reach the target),
+``speedup`` (``min`` times faster than B0, on medians of ``kind``: ``steps``, ``time``, ``projected``).
 """
 
 from __future__ import annotations
 
 import math
+from collections import namedtuple
 from dataclasses import dataclass
+from functools import partial
 
 import pandas as pd
+from scipy import stats
 
-from analysis.aggregate import Results
+from analysis.aggregate import Results, representative_trials
 
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable"
 EPS = 1e-9  # tolerances are inclusive: 0.89 - 0.87 is "2 points" although it is 0.0200000000000000018
+LEVEL = 0.90  # two-sided level of every interval
+Check = namedtuple("Check", "b d ok head")  # batch, Diff, verdict there, the cells compared in words
 
 
 @dataclass
@@ -58,6 +62,83 @@ class Verdict:
     measured: str
     published: str
     verdict: str
+    interval: str = ""  # the deciding comparison, e.g. "+0.68 ± 0.91 pt (90% t, paired, n=3)"; "" for none
+
+
+# A's advantage over B (positive = A better): mean, half-width of its t interval (NaN: none), "paired, n=3",
+# the winner ("A"/"B") when divergence decided it, and why (the divergence, or why there is no interval)
+Diff = namedtuple("Diff", "mean half how winner why", defaults=(math.nan, math.nan, "", "", ""))
+
+
+def seed_values(reps: pd.DataFrame, method: str, optimizer: str, batch: int) -> pd.Series:
+    """A cell's final metric by seed (NaN: diverged, failed or unfinished); ``reps``: representative_trials."""
+    t = reps[(reps.method == method) & (reps.optimizer == optimizer) & (reps.batch_size == batch)]
+    v = t.final_metric.astype(float).where(t.outcome == "complete")
+    return v.groupby(t.seed.to_numpy()).agg(lambda s: s.mean() if s.notna().all() else math.nan)
+
+
+def _diff(a: pd.Series, b: pd.Series, hib: bool, names: tuple[str, str], relative: bool = False) -> Diff:
+    """A's advantage over B: paired or Welch, or decided (or left open) by divergence."""
+    bad_a, bad_b = int(a.isna().sum()), int(b.isna().sum())
+    if bad_a and bad_b:
+        return Diff(why=f"both diverged or failed ({names[0]} in {bad_a}/{len(a)} seeds, {names[1]} in "
+                        f"{bad_b}/{len(b)}): not measurable")
+    if bad_a or bad_b:
+        (lose, n, bad), win = ((names[0], len(a), bad_a), names[1]) if bad_a else ((names[1], len(b), bad_b), names[0])
+        return Diff(winner="B" if bad_a else "A", why=f"{lose} diverged or failed in {bad}/{n} seeds, {win} in none: "
+                                                      f"{win} is better")
+    sign = (1.0 if hib else -1.0) / (abs(b.mean()) if relative else 1.0)
+    x, y = a * sign, b * sign
+    if set(x.index) == set(y.index) and len(x) > 1:
+        d = x - y.reindex(x.index)
+        mean, se, df, how = d.mean(), d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1, f"paired, n={len(d)}"
+    elif len(x) > 1 and len(y) > 1:
+        va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+        den = va**2 / (len(x) - 1) + vb**2 / (len(y) - 1)
+        df = (va + vb) ** 2 / den if den > 0 else len(x) + len(y) - 2
+        mean, se, how = x.mean() - y.mean(), math.sqrt(va + vb), f"Welch, n={len(x)} vs {len(y)}"
+    else:
+        return Diff(mean=x.mean() - y.mean(), why="one seed: no estimate of the seeds' noise, not measurable")
+    return Diff(float(mean), float(stats.t.ppf(0.5 + LEVEL / 2, df) * se), how)
+
+
+def _above(d: Diff, thr: float, inclusive: bool) -> bool | None:
+    """Is A's advantage above ``thr`` (or at it, ``inclusive``)? True/False: all/none of the interval is."""
+    if d.winner or math.isnan(d.half):
+        return (d.winner == "A") if d.winner else None
+    lo, hi = d.mean - d.half, d.mean + d.half
+    if inclusive:
+        return True if lo >= thr - EPS else False if hi < thr - EPS else None
+    return True if lo > thr + EPS else False if hi <= thr + EPS else None
+
+
+def _every(oks: list) -> bool | None:  # every one must hold
+    return False if False in oks else None if None in oks else True
+
+
+def _units(res: Results, rel: bool) -> tuple:  # scale, unit, format: points for accuracy-like metrics
+    return (100, " %", ".2f") if rel else (100, " pt", ".2f") if res.higher_is_better else (1, "", ".4g")
+
+
+def _said(res: Results, d: Diff, ok, rel: bool = False) -> str:
+    """The comparison in words: who diverged, or the difference with its half-width."""
+    k, unit, f = _units(res, rel)
+    if d.winner or math.isnan(d.mean):
+        return d.why
+    if math.isnan(d.half):
+        return f"{d.why} (difference {d.mean * k:+{f}}{unit})"
+    text = f"difference {d.mean * k:+{f}} ± {d.half * k:{f}}{unit}"
+    return text if ok is not None else f"within seed noise: {text}"
+
+
+def _interval(res: Results, checks: list, ok, rel: bool = False) -> str:
+    """The interval behind the verdict: the lowest of those that agree with it (and have one)."""
+    pool = [c for c in ([c for c in checks if c.ok is ok] or checks) if not c.d.winner and c.d.half == c.d.half]
+    if not pool:
+        return ""
+    c = min(pool, key=lambda c: c.d.mean - c.d.half)
+    k, unit, f = _units(res, rel)
+    return f"{c.d.mean * k:+{f}} ± {c.d.half * k:{f}}{unit} ({LEVEL:.0%} t, {c.d.how})"
 
 
 def _cells(agg: pd.DataFrame, method: str, optimizer: str | None) -> pd.DataFrame:
@@ -66,215 +147,143 @@ def _cells(agg: pd.DataFrame, method: str, optimizer: str | None) -> pd.DataFram
         sub = sub[sub.optimizer == optimizer]
     elif sub.optimizer.nunique() > 1:
         sub = sub[sub.optimizer == sub.optimizer.iloc[0]]
+    if sub.empty:
+        raise LookupError(f"method {method!r} is not in this sweep")
     return sub.sort_values("batch_size").set_index("batch_size")
 
 
-def _value(row) -> float:
-    """The cell's mean metric, or NaN when a seed diverged or failed (or none finished): a cell is a
-    clean success only when all its seeds completed."""
-    return row.final_mean if row.complete > 0 and row.complete == row.seeds else math.nan
-
-
-def _seeds_note(row) -> str:
-    bad = int(row.seeds - row.complete)
-    return f" ({bad}/{int(row.seeds)} seeds diverged or failed)" if bad and row.complete else ""
-
-
-def _feasible(row) -> bool:
-    """False only when the protocol's check says the budget cannot reach the target there."""
+def _feasible(row) -> bool:  # False only when the protocol's check says the budget cannot reach the target
     v = row.get("feasible")
     return v is None or v != v or bool(v)  # None / NaN: not checked
 
 
-def _loss(res: Results, base: float, value: float, relative: bool) -> float:
-    """How much worse ``value`` is than ``base`` (positive = worse), in the claim's units."""
-    diff = (base - value) if res.higher_is_better else (value - base)
-    return diff / abs(base) if relative else diff
+def _fmt(res: Results, s: pd.Series) -> str:
+    v, bad = s.mean(), int(s.isna().sum())
+    note = f" ({bad}/{len(s)} seeds diverged or failed)" if 0 < bad < len(s) else ""
+    return "diverged" if math.isnan(v) else (f"{v:.4f}" if res.higher_is_better else f"{v:.2f}") + note
 
 
-def _fmt(res: Results, v: float) -> str:
-    return "diverged" if math.isnan(v) else (f"{v:.4f}" if res.higher_is_better else f"{v:.2f}")
+def _skips(res: Results, agg: pd.DataFrame, cells: list, batches: list, thr: float | None = None) -> dict:
+    """The batch sizes the claim cannot be judged at, with the reason (module docstring: Budgets)."""
+    pilot = {(r["optimizer"], r["batch_size"]): r.get("feasible") for r in res.protocol.get("budgets", [])}
+    opt, out = cells[0].optimizer.iloc[0], {}
+    for b in batches:
+        if not all(_feasible(c.loc[b]) for c in cells):
+            out[b] = "the budget cannot reach the target there for any rule"
+        elif thr is not None and pilot.get((opt, b)) is False:
+            means = agg[(agg.optimizer == opt) & (agg.batch_size == b) & (agg.complete == agg.seeds)].final_mean
+            if not ((means >= thr - EPS) if res.higher_is_better else (means <= thr + EPS)).any():
+                out[b] = (f"the pilot said the budget cannot reach the target there, and no arm reached the "
+                          f"claim's threshold {thr:.4g}, stricter than the target")
+    return out
 
 
-def judge(res: Results, agg: pd.DataFrame, claim: dict) -> Verdict:
-    p = claim.get("params", {})
-    kind = claim["kind"]
-    fn = {"within_base": _within_base, "loses_or_diverges": _loses_or_diverges, "better_than": _better_than,
-          "smaller_drop": _smaller_drop, "matches": _matches, "speedup": _speedup}.get(kind)
+def _skipped(skips: dict) -> str:
+    return "".join(f"; not measurable at B={', '.join(str(b) for b in skips if skips[b] == why)} ({why})"
+                   for why in dict.fromkeys(skips.values()))
+
+
+def judge(res: Results, agg: pd.DataFrame, claim: dict, reps: pd.DataFrame | None = None) -> Verdict:
+    p, kind = claim.get("params", {}), claim["kind"]
+    fn = {"within_base": _against_base, "loses_or_diverges": partial(_against_base, loses=True), "speedup": _speedup,
+          "better_than": _better_than, "smaller_drop": _smaller_drop, "matches": _matches}.get(kind)
     published = claim.get("published") or ""
     if fn is None:
         return Verdict(claim["id"], claim["text"], f"unknown claim kind {kind!r}", published, UNMEASURABLE)
     try:
-        measured, ok = fn(res, agg, p)
+        measured, ok, *interval = fn(res, agg, p) if fn is _speedup else fn(
+            res, agg, p, representative_trials(res) if reps is None else reps)
     except LookupError as e:
         return Verdict(claim["id"], claim["text"], str(e), published, UNMEASURABLE)
     if not res.protocol.get("checked") and res.target:
         measured += "; budgets not checked against the target (no pilot: protocol.pilot false, or an older sweep)"
     verdict = UNMEASURABLE if ok is None else HOLDS if ok else FAILS
-    return Verdict(claim["id"], claim["text"], measured, published, verdict)
+    return Verdict(claim["id"], claim["text"], measured, published, verdict, (interval or [""])[0])
 
 
-def _base_row(cells: pd.DataFrame, res: Results, method: str):
-    if res.base_batch_size not in cells.index:
-        raise LookupError(f"{method} has no result at the base batch {res.base_batch_size}")
-    return cells.loc[res.base_batch_size]
-
-
-def _need(cells: pd.DataFrame, method: str):
-    if cells.empty:
-        raise LookupError(f"method {method!r} is not in this sweep")
-
-
-def _unit(res: Results, relative: bool) -> str:
-    return "relative" if relative else ("pt" if res.higher_is_better else "")
-
-
-def _within_base(res, agg, p):
+def _against_base(res, agg, p, reps, loses: bool = False):
+    """``within_base`` (every batch up to max_scale x B0 must hold) or ``loses_or_diverges`` (at the
+    largest, or at any from min_scale x B0): ``method`` against its own base-batch result, seed by seed."""
     method, tol, rel = p["method"], float(p.get("tolerance", 0.01)), bool(p.get("relative", False))
-    cells = _cells(agg, method, p.get("optimizer"))
-    _need(cells, method)
-    base = _value(_base_row(cells, res, method))
-    scope = cells[(cells.index / res.base_batch_size) <= float(p.get("max_scale", math.inf))]
-    unmeasurable = [b for b, row in scope.iterrows() if not _feasible(row)]
-    judged = scope.drop(index=unmeasurable)
-    if judged.empty:
-        raise LookupError(f"no batch size up to {scope.index.max()} can reach the target within its budget")
-    worst, worst_b, ok = -math.inf, None, True
-    for b, row in judged.iterrows():
-        v = _value(row)
-        loss = math.inf if math.isnan(v) else _loss(res, base, v, rel)
-        ok = ok and bool(loss <= tol + EPS)
-        if loss > worst:
-            worst, worst_b = loss, b
-    v_worst = _value(judged.loc[worst_b])
-    k = worst_b / res.base_batch_size
-    scale = 100 if (res.higher_is_better and not rel) or rel else 1
-    measured = (f"base B={res.base_batch_size}: {_fmt(res, base)}; worst up to {judged.index.max()} "
-                f"({judged.index.max() / res.base_batch_size:g}x): B={worst_b} ({k:g}x) {_fmt(res, v_worst)}"
-                + ("" if math.isinf(worst) else f" ({-worst * scale:+.2f} {'%' if rel else 'pt'})")
-                + _seeds_note(judged.loc[worst_b]))
-    if unmeasurable:
-        measured += (f"; not measurable at B={', '.join(map(str, unmeasurable))} (the budget cannot reach the "
-                     f"target there for any rule)")
-        if ok:  # it holds where it can be judged, but the claim's range is not covered
-            return measured, None
-    return measured, ok
+    cells, b0 = _cells(agg, method, p.get("optimizer")), res.base_batch_size
+    low, top = (float(p.get("min_scale", 1)), math.inf) if loses else (1, float(p.get("max_scale", math.inf)))
+    picked = [b for b in cells.index if b0 < b and low * b0 <= b <= top * b0]
+    picked = picked[-1:] if loses and p.get("at", "largest") == "largest" else picked
+    if b0 not in cells.index or not picked:
+        raise LookupError(f"{method} has no result at the base batch {b0} or none above it in the claim's range")
+    base = seed_values(reps, method, opt := cells.optimizer.iloc[0], b0)
+    if base.isna().any():  # no base to measure a loss against
+        raise LookupError(f"{method} diverged or failed at the base batch {b0} in {base.isna().sum()}/{len(base)}")
+    thr = base.mean() - (1 if res.higher_is_better else -1) * tol * (abs(base.mean()) if rel else 1)
+    skips, checks = _skips(res, agg, [cells], picked, thr), []
+    for b in (b for b in picked if b not in skips):
+        s = seed_values(reps, method, opt, b)
+        d = _diff(s, base, res.higher_is_better, (f"B={b}", f"B0={b0}"), rel)
+        ok = _above(d, -tol, inclusive=True)
+        checks.append(Check(b, d, (True if s.isna().all() else None if ok is None else not ok) if loses else ok,
+                            f"B={b} ({b / b0:g}x) {_fmt(res, s)}"))
+    oks = [c.ok for c in checks] + [None] * len(skips)
+    ok = (True if True in oks else None if None in oks else False) if loses else _every(oks)
+    measured = "; ".join([f"base B={b0}: {_fmt(res, base)}"] + [f"{c.head}: {_said(res, c.d, c.ok, rel)}"
+                                                               for c in checks]) + _skipped(skips)
+    return measured, ok, _interval(res, checks, ok, rel)
 
 
-def _loses_or_diverges(res, agg, p):
-    method, tol, rel = p["method"], float(p.get("tolerance", 0.01)), bool(p.get("relative", False))
-    cells = _cells(agg, method, p.get("optimizer"))
-    _need(cells, method)
-    base = _value(_base_row(cells, res, method))
-    big = cells[(cells.index / res.base_batch_size) >= float(p.get("min_scale", 1))]
-    if p.get("at", "largest") == "largest":
-        big = big.iloc[[-1]]
-    parts, hits, unmeasurable = [], [], []
-    for b, row in big.iterrows():
-        v = _value(row)
-        parts.append(f"B={b} ({b / res.base_batch_size:g}x): {_fmt(res, v)}{_seeds_note(row)}")
-        if not _feasible(row):  # losing where no rule could reach the target says nothing
-            unmeasurable.append(b)
-            parts[-1] += " [budget cannot reach the target: not measurable]"
-            continue
-        hits.append(bool(math.isnan(v) or _loss(res, base, v, rel) > tol + EPS))
-    measured = f"base {_fmt(res, base)}; " + "; ".join(parts)
-    if any(hits):
-        return measured, True
-    return measured, None if unmeasurable else False
-
-
-def _better_than(res, agg, p):
-    a, b_method, margin = p["method"], p["other"], float(p.get("margin", 0.0))
-    ca, cb = _cells(agg, a, p.get("optimizer")), _cells(agg, b_method, p.get("optimizer"))
-    _need(ca, a)
-    _need(cb, b_method)
-    common = sorted(set(ca.index) & set(cb.index))
-    common = [b for b in common if float(p.get("min_scale", 1)) <= b / res.base_batch_size
-              <= float(p.get("max_scale", math.inf))]
-    if not common:
-        raise LookupError(f"{a} and {b_method} share no batch size of at least {p.get('min_scale', 1)}x B0")
-    if p.get("at", "largest") == "largest":
-        common = common[-1:]
-    verdicts, parts = [], []
-    for b in common:
-        ra, rb = ca.loc[b], cb.loc[b]
-        va, vb = _value(ra), _value(rb)
-        part = f"B={b}: {a} {_fmt(res, va)}{_seeds_note(ra)} vs {b_method} {_fmt(res, vb)}{_seeds_note(rb)}"
-        if not (_feasible(ra) and _feasible(rb)):
-            verdicts.append(None)
-            parts.append(part + " [budget cannot reach the target: not measurable]")
-            continue
-        spread = max((x for x in (ra.final_std, rb.final_std) if x == x), default=0.0)
-        if math.isnan(va):
-            better = False
-        elif math.isnan(vb):
-            better = True
-        else:
-            gain = -_loss(res, vb, va, False)
-            better = bool(gain > margin + EPS and gain > spread + EPS)
-            if margin + EPS < gain <= spread + EPS:
-                part += f" (difference {abs(gain):.4g} within the seeds' spread {spread:.4g}: not a win)"
-        verdicts.append(better)
-        parts.append(part)
-    measured = "; ".join(parts)
-    if any(v is False for v in verdicts):
-        return measured, False
-    return measured, None if any(v is None for v in verdicts) else True
-
-
-def _pair(res, agg, p):
+def _pair(res, agg, p, reps):
     a, other = p["method"], p["other"]
     ca, cb = _cells(agg, a, p.get("optimizer")), _cells(agg, other, p.get("optimizer"))
-    _need(ca, a)
-    _need(cb, other)
-    return a, other, ca, cb, sorted(set(ca.index) & set(cb.index))
+    oa, ob = ca.optimizer.iloc[0], cb.optimizer.iloc[0]
+    return (a, other, ca, cb, sorted(set(ca.index) & set(cb.index)),
+            lambda b: (seed_values(reps, a, oa, b), seed_values(reps, other, ob, b)))
 
 
-def _smaller_drop(res, agg, p):
-    a, other, ca, cb, common = _pair(res, agg, p)
-    b = common[-1] if common else None
-    if b is None or b == res.base_batch_size:
-        raise LookupError(f"{a} and {other} share no batch size above B0")
-    drops, parts = [], []
-    for name, cells in ((a, ca), (other, cb)):
-        base, big = _value(_base_row(cells, res, name)), _value(cells.loc[b])
-        drops.append(math.inf if math.isnan(big) else _loss(res, base, big, False))
-        parts.append(f"{name} {_fmt(res, base)} -> {_fmt(res, big)}{_seeds_note(cells.loc[b])}")
-    scale = 100 if res.higher_is_better else 1
-    measured = (f"B0={res.base_batch_size} -> B={b}: " + "; ".join(parts)
-                + "; drops " + " vs ".join("diverged" if math.isinf(d) else f"{d * scale:.2f}" for d in drops))
-    if not (_feasible(ca.loc[b]) and _feasible(cb.loc[b])):
-        return measured + " [budget cannot reach the target: not measurable]", None
-    spread = max((x for x in (ca.loc[b].final_std, cb.loc[b].final_std) if x == x), default=0.0)
-    narrower = drops[1] - drops[0]
-    ok = bool(narrower > float(p.get("margin", 0.0)) + EPS and (math.isinf(narrower) or narrower > spread + EPS))
-    if not ok and narrower > 0:
-        measured += f" (narrower by {narrower * scale:.2f}, within the margin or the seeds' spread {spread:.4g})"
-    return measured, ok
+def _between(res, agg, pair, batches, thr, inclusive):
+    """A against B at each of ``batches``, every one of which must hold."""
+    a, other, ca, cb, _, seeds = pair
+    skips, checks = _skips(res, agg, [ca, cb], batches), []
+    for b in batches:
+        sa, sb = seeds(b)
+        d = _diff(sa, sb, res.higher_is_better, (a, other))
+        checks.append(Check(b, d, None if b in skips else _above(d, thr, inclusive),
+                            f"B={b}: {a} {_fmt(res, sa)} vs {other} {_fmt(res, sb)}"))
+    ok = _every([c.ok for c in checks])
+    measured = "; ".join(c.head + ("" if c.b in skips else f": {_said(res, c.d, c.ok)}") for c in checks)
+    return measured + _skipped(skips), ok, _interval(res, [c for c in checks if c.b not in skips], ok)
 
 
-def _matches(res, agg, p):
-    a, other, ca, cb, common = _pair(res, agg, p)
-    tol = float(p.get("tolerance", 0.01))
-    judged = [b for b in common if _feasible(ca.loc[b]) and _feasible(cb.loc[b])]
-    if not judged:
-        raise LookupError(f"no batch size where the budget lets {a} and {other} reach the target")
-    worst, worst_b = -math.inf, None
-    for b in judged:
-        va, vb = _value(ca.loc[b]), _value(cb.loc[b])
-        gap = math.inf if math.isnan(va) or math.isnan(vb) else abs(va - vb)
-        if gap > worst:
-            worst, worst_b = gap, b
-    scale = 100 if res.higher_is_better else 1
-    measured = (f"largest gap at B={worst_b}: {a} {_fmt(res, _value(ca.loc[worst_b]))} vs {other} "
-                f"{_fmt(res, _value(cb.loc[worst_b]))}" + ("" if math.isinf(worst) else f" ({worst * scale:.2f})")
-                + f" over B={judged[0]}..{judged[-1]}")
-    skipped = [b for b in common if b not in judged]
-    if skipped:
-        measured += f"; not measurable at B={', '.join(map(str, skipped))}"
-    ok = bool(worst <= tol + EPS)
-    return measured, (None if ok and skipped else ok)
+def _better_than(res, agg, p, reps):
+    pair = _pair(res, agg, p, reps)
+    lo, hi = (float(p.get(k, d)) * res.base_batch_size for k, d in (("min_scale", 1), ("max_scale", math.inf)))
+    common = [b for b in pair[4] if lo <= b <= hi]
+    if not common:
+        raise LookupError(f"{pair[0]} and {pair[1]} share no batch size of at least {p.get('min_scale', 1)}x B0")
+    return _between(res, agg, pair, common[-1:] if p.get("at", "largest") == "largest" else common,
+                    float(p.get("margin", 0.0)), False)
+
+
+def _matches(res, agg, p, reps):  # no stricter threshold: ``other`` itself shows the budget reaches it
+    pair = _pair(res, agg, p, reps)
+    if len(_skips(res, agg, list(pair[2:4]), pair[4])) == len(pair[4]):  # none in common, or none judged
+        raise LookupError(f"no batch size where the budget lets {pair[0]} and {pair[1]} reach the target")
+    return _between(res, agg, pair, pair[4], -float(p.get("tolerance", 0.01)), True)
+
+
+def _smaller_drop(res, agg, p, reps):
+    a, other, ca, cb, common, seeds = _pair(res, agg, p, reps)
+    b, b0 = (common[-1] if common else None), res.base_batch_size
+    if b is None or b == b0 or b0 not in common:
+        raise LookupError(f"{a} and {other} share no batch size above B0={b0} (and B0)")
+    (a0, o0), (a1, o1) = seeds(b0), seeds(b)
+    changes = [(s1 - s0).loc[s0.index.intersection(s1.index)] for s0, s1 in ((a0, a1), (o0, o1))]  # per seed
+    drops = ["diverged" if c.isna().any() else f"{-c.mean() * (100 if res.higher_is_better else -1):.2f}"
+             for c in changes]
+    measured = (f"B0={b0} -> B={b}: {a} {_fmt(res, a0)} -> {_fmt(res, a1)}; {other} {_fmt(res, o0)} -> "
+                f"{_fmt(res, o1)}; drops {drops[0]} vs {drops[1]}")
+    if b in _skips(res, agg, [ca, cb], [b]):
+        return measured + " [budget cannot reach the target: not measurable]", None, ""
+    d = _diff(*changes, res.higher_is_better, (a, other))
+    ok = _above(d, float(p.get("margin", 0.0)), inclusive=False)
+    return measured + f"; {other}'s drop - {a}'s: {_said(res, d, ok)}", ok, _interval(res, [Check(b, d, ok, "")], ok)
 
 
 def _speedup(res, agg, p):
@@ -284,7 +293,6 @@ def _speedup(res, agg, p):
     if kind not in ("steps", "time", "projected"):
         raise LookupError(f"speedup kind {kind!r}; allowed: steps, time, projected")
     cells = _cells(agg, method, p.get("optimizer"))
-    _need(cells, method)
     if kind == "time" and _one_cpu_core_per_trial(res):
         raise LookupError("wall time on one CPU core per trial: examples/s is flat in the batch size, so a time "
                           "speedup cannot appear by construction; judge it on steps or on the projected time")
@@ -308,13 +316,10 @@ def _speedup(res, agg, p):
 
 
 def _one_cpu_core_per_trial(res) -> bool:
-    t = res.trials
-
-    def column(name, default):  # older stores lack some columns
-        return t[name] if name in t else pd.Series(default, index=t.index)
-
-    on_cpu = not column("device", "cpu").astype(str).str.startswith("cuda").any()
-    return bool(on_cpu and (column("workers", 1).fillna(1) <= 1).all() and (column("threads", 1).fillna(1) <= 1).all())
+    t, ones = res.trials, pd.Series(1, index=res.trials.index)  # (older stores lack some columns)
+    on_cpu = not t.get("device", pd.Series("cpu", index=t.index)).astype(str).str.startswith("cuda").any()
+    return bool(on_cpu and (t.get("workers", ones).fillna(1) <= 1).all()
+                and (t.get("threads", ones).fillna(1) <= 1).all())
 
 
 def _projected_speedup(res, agg, method, need, p):
@@ -345,9 +350,11 @@ def _projected_speedup(res, agg, method, need, p):
 
 
 def judge_all(res: Results, agg: pd.DataFrame) -> list[Verdict]:
-    return [judge(res, agg, c) for c in res.meta["spec_resolved"].get("claims", [])]
+    reps = representative_trials(res)
+    return [judge(res, agg, c, reps) for c in res.meta["spec_resolved"].get("claims", [])]
 
 
 def verdict_table(verdicts: list[Verdict]) -> pd.DataFrame:
-    return pd.DataFrame([{"claim": v.text, "measured": v.measured, "published": v.published or "—",
-                          "verdict": v.verdict} for v in verdicts], index=[v.id for v in verdicts])
+    return pd.DataFrame([{"claim": v.text, "measured": v.measured, "interval": v.interval or "—",
+                          "published": v.published or "—", "verdict": v.verdict} for v in verdicts],
+                        index=[v.id for v in verdicts])

@@ -1,10 +1,11 @@
 """Tables in the LEGW paper's shape: rows = batch sizes, columns = methods (x optimizers).
 
 Each table is written as Markdown, LaTeX and HTML through pandas' Styler (one header row: the
-batch size is the first column; the best cell of each row bold; diverged, failed and never-reached
-cells italic and saying so in words), and as CSV: the numbers, and beside each series a status
-column (complete, diverged, failed, not reached, reached by k/n, mixed: ...), so that a script never
-has to guess what an empty cell means.
+batch size is the first column; the best clean cell of each row bold, never one where a seed
+diverged, failed, errored or is unfinished; diverged, failed and never-reached cells italic and
+saying so in words), and as CSV: the numbers, and beside each series a status column (complete,
+diverged, failed, not reached, reached by k/n, mixed: ...), so that a script never has to guess
+what an empty cell means.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def _columns(res: Results, agg: pd.DataFrame):
     batches = sorted(agg.batch_size.unique())
     return batches, [(label, agg[(agg.optimizer == o) & (agg.method == m)].set_index("batch_size"))
                      for label, o, m in series_order(res) if ((agg.optimizer == o) & (agg.method == m)).any()]
+
+
+def clean_cell(row) -> bool:
+    """Every seed of the cell completed cleanly: none diverged, failed, errored or is unfinished. Only
+    such a cell can be bolded as the best of its row."""
+    seeds = int(row.get("seeds", 0) or 0)
+    return seeds > 0 and int(row.get("complete", 0) or 0) == seeds
+
+
+def _clean_mask(res: Results, agg: pd.DataFrame, index) -> pd.DataFrame:
+    """Per (batch size, series label): whether the cell is clean (``clean_cell``)."""
+    _, columns = _columns(res, agg)
+    return pd.DataFrame({label: [b in sub.index and clean_cell(sub.loc[b]) for b in index] for label, sub in columns},
+                        index=index)
 
 
 def _seed_counts(row) -> str:
@@ -99,10 +114,12 @@ def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
                           for b in batches]
         numbers[f"{label} std"] = [sub.loc[b, "final_std"] if b in sub.index and sub.loc[b, "complete"] else math.nan
                                    for b in batches]
-    best = _best_mask(numbers[[c for c in numbers.columns if not c.endswith(" std")]], res.higher_is_better)
+    best = _best_mask(numbers[[c for c in numbers.columns if not c.endswith(" std")]], res.higher_is_better,
+                      _clean_mask(res, agg, display.index))
     title = f"Final {res.metric} ({'higher' if res.higher_is_better else 'lower'} is better), mean ± std over seeds"
     note = ("A failed seed (it ended at chance or above its starting loss, docs/reports.md) or a diverged one is "
-            "counted in brackets; a cell is a clean result only when every seed completed cleanly. ")
+            "counted in brackets; a cell is a clean result only when every seed completed cleanly, and only a clean "
+            "cell is bolded as its row's best. ")
     if res.protocol["kind"] == "steps_to_result":
         note += ("Under the steps-to-result protocol trials stop at the target, so a complete cell's final value is "
                  "where it stopped (at or past the target): read the steps to the target, not this table, to compare "
@@ -110,10 +127,14 @@ def accuracy_table(res: Results, agg: pd.DataFrame) -> Table:
     return Table("accuracy", title, display, numbers, best, (note.strip() + _unmeasurable_note(agg)).strip(), status)
 
 
-def _best_mask(numbers: pd.DataFrame, higher: bool) -> pd.DataFrame:
+def _best_mask(numbers: pd.DataFrame, higher: bool, clean: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The best value of each row; with ``clean``, only among the clean cells (``clean_cell``): a cell
+    where a seed diverged or failed is never a row's best."""
     mask = pd.DataFrame(False, index=numbers.index, columns=numbers.columns)
     for b, row in numbers.iterrows():
         vals = row.dropna()
+        if clean is not None:
+            vals = vals[[bool(clean.loc[b, c]) if c in clean.columns else False for c in vals.index]]
         if len(vals):
             top = vals.max() if higher else vals.min()
             mask.loc[b, vals[vals == top].index] = True
@@ -162,7 +183,8 @@ def time_to_target_table(res: Results, agg: pd.DataFrame) -> Table | None:
         numbers[f"{label} steps"] = steps
         numbers[f"{label} seconds"] = secs
     step_cols = numbers[[c for c in numbers.columns if c.endswith(" steps")]]
-    best = _best_mask(step_cols.rename(columns=lambda c: c[: -len(" steps")]), higher=False)
+    best = _best_mask(step_cols.rename(columns=lambda c: c[: -len(" steps")]), higher=False,
+                      clean=_clean_mask(res, agg, display.index))
     title = (f"Time to {res.metric} {'>=' if res.higher_is_better else '<='} {target['value']}: optimizer steps "
              f"and training seconds (median over seeds), speedup over B={res.base_batch_size} of the same method")
     every = [r.get("eval_every_steps") for r in res.protocol.get("budgets") or []]
@@ -170,6 +192,7 @@ def time_to_target_table(res: Results, agg: pd.DataFrame) -> Table | None:
             f"size's interval and resolution); " if every else
             f"Steps are read at the sweep's evaluations ({eval_grid(res)}), so they are late by up to one interval; ")
     note = (grid + "a miss counts as infinitely late in the median, so a cell most seeds missed reads 'not reached'. "
+            "Bold: the fewest steps of the row among the cells where no seed diverged or failed. "
             f"Seconds: {timing_source(res)}." + _unmeasurable_note(agg))
     return Table("time_to_target", title, display, numbers, best, note, status)
 

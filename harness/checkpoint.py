@@ -29,7 +29,8 @@ def trial_state(trial: "Trial") -> dict[str, Any]:
         "counters": {
             "step": trial.step, "position": trial.stream.position, "train_seconds": trial.train_seconds,
             "wall_seconds": trial.wall_seconds, "status": trial.status, "initial_loss": trial.initial_loss,
-            "diverged_step": trial.diverged_step, "target_hit": trial.target_hit, "next_eval": trial.next_eval,
+            "diverged_step": trial.diverged_step, "target_hit": trial.target_hit,
+            "valid_hit": trial.valid_hit, "next_eval": trial.next_eval,
             "loss_sum": trial._loss_sum, "loss_steps": trial._loss_steps,
             "clean_seconds": trial.clean_seconds, "clean_steps": trial.clean_steps, "noise_step": trial.noise_step,
         },
@@ -57,6 +58,7 @@ def load_trial_state(trial: "Trial", state: dict[str, Any]) -> None:
     trial.resumed_from_step = trial.step
     trial.train_seconds, trial.wall_seconds, trial.status = c["train_seconds"], c["wall_seconds"], c["status"]
     trial.initial_loss, trial.diverged_step, trial.target_hit = c["initial_loss"], c["diverged_step"], c["target_hit"]
+    trial.valid_hit = c.get("valid_hit")
     trial.next_eval, trial._loss_sum, trial._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]
     trial.clean_seconds, trial.clean_steps = c.get("clean_seconds", 0.0), c.get("clean_steps", 0)
     trial.noise_step = c.get("noise_step", trial.step)

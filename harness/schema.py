@@ -74,6 +74,7 @@ class Measurement:
     train_loss: float | None = None
     eval_loss: float | None = None
     metric: float | None = None
+    valid_metric: float | None = None  # on the validation split (tuned trials; harness.spec.trial.Validation)
     lr: float | None = None
     train_seconds: float | None = None
     noise_scale: float | None = None

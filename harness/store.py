@@ -275,10 +275,10 @@ class ResultsStore:
                 if attempt == 4:
                     raise
                 continue
-            trials = read_table(self.trials_path, TRIAL_SCHEMA)
-            measurements = read_table(self.measurements_path, MEASUREMENT_SCHEMA)
+            # conformed to today's schemas: a store written before a column existed reads it as null
+            trials = _conform(read_table(self.trials_path, TRIAL_SCHEMA), TRIAL_SCHEMA)
+            measurements = _conform(read_table(self.measurements_path, MEASUREMENT_SCHEMA), MEASUREMENT_SCHEMA)
             if paths:
-                trials, measurements = _conform(trials, TRIAL_SCHEMA), _conform(measurements, MEASUREMENT_SCHEMA)
                 newer = pa.array([t["trial_id"][0].as_py() for t in record_trials], pa.string())
                 trials = trials.filter(pc.invert(pc.is_in(trials["trial_id"], value_set=newer)))
                 measurements = measurements.filter(pc.invert(pc.is_in(measurements["trial_id"], value_set=newer)))

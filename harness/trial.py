@@ -113,6 +113,8 @@ class Trial:
         self.initial_loss: float | None = None
         self.diverged_step: int | None = None
         self.target_hit: dict[str, Any] | None = None
+        self.valid_hit: dict[str, Any] | None = None  # the target on the validation split
+        self.validate = spec.validation.evaluate and data.valid is not None
         self.next_eval = self.eval_every
         self.last_lr = float("nan")
         self._loss_sum, self._loss_steps = 0.0, 0
@@ -170,9 +172,10 @@ class Trial:
 
     # -- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
+    def evaluate(self, split: str = "eval") -> tuple[float, float]:
+        """(loss, metric) on the test split (``eval``) or the validation split (``valid``)."""
         self.model.eval()
-        ev = self.data.eval
+        ev = getattr(self.data, split)
         n = min(len(ev[0]), self.spec.eval.max_examples or len(ev[0]))
         bs = self.workload.eval_batch_size
         sums = np.zeros(3)
@@ -189,6 +192,7 @@ class Trial:
     def _record(self, evaluate: bool = True) -> dict[str, Any]:
         with self.workers.averaged() if self.workers is not None else contextlib.nullcontext():
             eval_loss, metric = self.evaluate() if evaluate else (math.nan, math.nan)
+            valid = self.evaluate("valid")[1] if evaluate and self.validate else math.nan
         r = self.recipe
         row = {
             "step": self.step,
@@ -197,6 +201,7 @@ class Trial:
             "train_loss": self._loss_sum / max(1, self._loss_steps),
             "eval_loss": eval_loss,
             "metric": metric,
+            "valid_metric": valid,
             "lr": self.last_lr,
             "train_seconds": self.train_seconds,
             "noise_scale": self.noise.value() if self.noise is not None else math.nan,
@@ -206,10 +211,13 @@ class Trial:
         self._loss_sum, self._loss_steps = 0.0, 0
         self.measurements.append(row)
         target = self.spec.target
+        hit = {"step": self.step, "examples": self.stream.position, "train_seconds": self.train_seconds}
         if target and self.target_hit is None and evaluate and self._reached(metric, target.value):
-            self.target_hit = {"step": self.step, "examples": self.stream.position, "train_seconds": self.train_seconds}
-            if target.stop:
-                self.status = Status.COMPLETE
+            self.target_hit = hit
+        if target and self.validate and self.valid_hit is None and evaluate and self._reached(valid, target.value):
+            self.valid_hit = hit
+        if target and target.stop and self.target_hit and (self.valid_hit or not self.validate):
+            self.status = Status.COMPLETE  # a tuned trial runs on until both splits reached it
         return row
 
     def _reached(self, metric: float, value: float) -> bool:
@@ -264,6 +272,7 @@ class Trial:
         r, wl = self.recipe, self.workload
         metrics = [row["metric"] for row in self.measurements if not math.isnan(row["metric"])]
         best = (max if wl.higher_is_better else min)(metrics) if metrics else None
+        valid = [row["valid_metric"] for row in self.measurements if not math.isnan(row.get("valid_metric", math.nan))]
         hit = self.target_hit or {}
         return {
             "status": self.status,
@@ -271,6 +280,10 @@ class Trial:
             "higher_is_better": wl.higher_is_better,
             "final_metric": metrics[-1] if metrics and self.status != Status.DIVERGED else None,
             "best_metric": best,
+            # the validation split (spec.validation.evaluate: tuned trials select on it)
+            "valid_final_metric": (valid[-1] if valid and self.status != Status.DIVERGED else None) if self.validate else None,
+            "valid_target_reached": (self.valid_hit is not None) if self.validate else None,
+            "valid_steps_to_target": (self.valid_hit or {}).get("step") if self.validate else None,
             "steps": self.step,
             "examples_seen": self.stream.position,
             "train_seconds": self.train_seconds,

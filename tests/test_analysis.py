@@ -84,9 +84,9 @@ def test_time_to_target_table_shows_misses_and_speedups(store):
 def test_claims_are_judged_both_ways(store):
     res = load_results(store.root)
     verdicts = {v.id: v for v in judge_all(res, aggregate(res))}
-    assert verdicts["legw-flat"].verdict == HOLDS  # worst loss 2 points at 16x, tolerance 2
-    assert verdicts["legw-flat-strict"].verdict == FAILS
-    assert "B=2048 (16x) 0.8700" in verdicts["legw-flat-strict"].measured
+    # a 2-point loss at 16x with 3 seeds: its interval straddles both tolerances (within seed noise)
+    assert verdicts["legw-flat"].verdict == UNMEASURABLE and verdicts["legw-flat-strict"].verdict == UNMEASURABLE
+    assert "B=2048 (16x) 0.8700: within seed noise: difference -2.00 ± 3.37 pt" in verdicts["legw-flat-strict"].measured
     assert verdicts["goyal-breaks"].verdict == HOLDS and "diverged" in verdicts["goyal-breaks"].measured
     assert verdicts["legw-beats-goyal"].verdict == HOLDS
     assert verdicts["goyal-beats-legw"].verdict == FAILS
@@ -108,7 +108,8 @@ def test_report_writes_every_table_and_plot(store):
     md = out["markdown"].read_text()
     assert "## Paper claims" in md and "does not hold" in md and "(plots/metric_vs_batch.png)" in md
     assert "## Cost model of the projection" in md and "ring: 2(n-1)/n" in md
-    assert "mean measured B_simple = 700" in md  # (100 + 400 + 1600) / 3 batch sizes
+    # B_simple at the target per batch size (it grows with B), never a mean over batch sizes
+    assert "100 (3 trials" in md and "mean measured" not in md
     page = out["html"].read_text()
     assert page.count("data:image/png;base64,") == len(out["plots"]) and "http" not in page.split("<body>")[1]
 
@@ -217,6 +218,6 @@ def test_smaller_drop_and_matches_claims(store):
     assert v.verdict == HOLDS and "drops 2.00 vs diverged" in v.measured
     assert verdict("smaller_drop", method="goyal", other="legw").verdict == FAILS
     v = verdict("matches", method="legw", other="goyal", tolerance=0.01)
-    assert v.verdict == FAILS and "largest gap at B=512" in v.measured  # goyal's diverged seed spoils 512
+    assert v.verdict == UNMEASURABLE and "goyal diverged or failed in 1/3 seeds, legw in none" in v.measured
     assert verdict("matches", method="legw", other="legw").verdict == HOLDS
     assert verdict("matches", method="legw", other="sqrt").verdict == UNMEASURABLE  # not in the sweep

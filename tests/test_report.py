@@ -17,7 +17,7 @@ import pytest
 from analysis.aggregate import aggregate, load_results, timing_source
 from analysis.outcome import CHANCE_FRACTION
 from analysis.report import build_report, studies_frame
-from analysis.style import OKABE_ITO, series_styles
+from analysis.style import METHOD_STYLES, OKABE_ITO, series_styles
 from tests.handmade import write_handmade_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -88,7 +88,9 @@ def test_each_method_keeps_one_colour_in_every_plot_and_no_titles_overlap(built,
     out = built
     res = load_results(failing.root)
     styles = series_styles(res)
-    assert [s.color for s in styles.values()] == OKABE_ITO[:4]  # the spec's order: goyal, legw, tuned, none
+    # each method's own colour (analysis.style.METHOD_STYLES), whatever the spec's order: goyal, legw, tuned, none
+    assert [s.color for s in styles.values()] == [METHOD_STYLES[m][0] for m in ("goyal", "legw", "tuned", "none")]
+    assert set(METHOD_STYLES[m][0] for m in METHOD_STYLES) <= set(OKABE_ITO)
     seen: dict[str, set[str]] = {}
     for p in out["plots"]:
         assert p.overlaps == [], f"{p.stem}: {p.overlaps}"
@@ -136,7 +138,9 @@ def test_the_critical_batch_fit_is_solid_only_over_the_batch_sizes_it_was_fitted
     assert dotted and max(dotted[0].get_xdata()) == pytest.approx(8192)
     labels = [h.get_label() for h in handles]
     assert any(lbl.startswith("B_crit (fit) = ") for lbl in labels)
-    assert any(lbl.startswith("mean measured B_simple = ") for lbl in labels)
+    # B_simple at the target per batch size (a band over their medians), never a mean over batch sizes
+    assert any(lbl == "B_simple at the target: 100 (B=128) to 1,600 (B=2048)" for lbl in labels)
+    assert not any("mean" in lbl for lbl in labels)
 
 
 def test_every_tuned_trial_is_drawn_and_a_best_lr_at_the_range_edge_is_flagged(tmp_path):
@@ -332,8 +336,12 @@ def test_the_throughput_can_come_from_another_sweep_of_the_workload(tmp_path):
     meta["spec_resolved"]["projection"] = {"accelerator": "measured", "throughput_from": str(gpu.root)}
     (store.root / "sweep.json").write_text(json.dumps(meta))
     model, info = build_model(load_results(store.root))
-    assert model.curve == {128: 128_000.0, 512: 512_000.0, 2048: 2_048_000.0}  # B / 1 ms at each batch
-    assert info["throughput source"].startswith(f"measured: the sweep {gpu.root}'s trials")
+    for method in ("goyal", "legw"):  # each series its own pace: B / 1 ms at each batch it ran
+        assert model.for_series("momentum", method).curve == {128: 128_000.0, 512: 512_000.0, 2048: 2_048_000.0}
+    assert model.for_series("momentum", "tuned").curve == {128: 128_000.0, 2048: 2_048_000.0}  # its studies' sizes
+    # the other sweep is named by a path relative to the report folder, never an absolute one
+    assert info["throughput source"].startswith("measured: the trials of the sweep ../../gpu (a path relative to "
+                                                "this report)")
     other = json.loads((gpu.root / "sweep.json").read_text())
     other["workload"]["name"] = "mnist1d_mlp"
     (gpu.root / "sweep.json").write_text(json.dumps(other))

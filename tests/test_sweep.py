@@ -40,7 +40,7 @@ SPEC = {
     "target": {"metric": "accuracy", "value": 0.55},
     "eval": {"per_epoch": 2},
     "axes": {"batch_sizes": [128, 512], "methods": ["legw", "goyal", "tuned"]},
-    "tuning": {"trials": 4},
+    "tuning": {"max_extensions": 1},
     "protocol": {"pilot": False},  # these tests are about the machinery; tests/test_protocol.py has the protocols
 }
 
@@ -82,7 +82,7 @@ def load(results: Path):
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
-    """One finished sweep (2 batch sizes x 2 methods + two 4-trial tuned studies), run once."""
+    """One finished sweep (2 batch sizes x 2 methods + a bracketing tuned study per batch size), run once."""
     tmp = tmp_path_factory.mktemp("sweep")
     folder = tempfile.mkdtemp(prefix="bst", dir="/tmp")
     try:
@@ -107,8 +107,10 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
     grid = trials[trials.method != "tuned"].set_index("trial_id")
     assert sorted(grid.index) == ["momentum-goyal-b128-s0", "momentum-goyal-b512-s0",
                                   "momentum-legw-b128-s0", "momentum-legw-b512-s0"]
-    assert (trials.status == "complete").all(), trials[["trial_id", "status", "error"]]
-    n, b0 = 20000, 256  # the workload's base recipe has B0 = 256
+    assert (grid.status == "complete").all(), grid[["status", "error"]]
+    # the search tries LRs up to twice the linear rule's: some diverge, which is a result
+    assert set(trials.status) <= {"complete", "diverged"}, trials[["trial_id", "status", "error"]]
+    n, b0 = 18000, 256  # 10% of 20000 held out for the tuned arm's validation; the base recipe has B0 = 256
     base_lr = meta["workload"]["base_recipes"]["momentum"]["peak_lr"]
     for tid, row in grid.iterrows():
         k = row.batch_size / b0
@@ -177,26 +179,37 @@ def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_
     assert tuned.caption.startswith(f"Every one of the {int(counts.sum())} searched trials")
 
 
-def test_tuned_studies_search_the_lr_and_record_the_best(finished_sweep):
+def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(finished_sweep):
     _, _, results, _ = finished_sweep
-    meta, trials, _ = load(results)
+    meta, trials, measurements = load(results)
     tuned = trials[trials.method == "tuned"]
-    assert tuned.groupby("batch_size").size().to_dict() == {128: 4, 512: 4}
     for batch, rows in tuned.groupby("batch_size"):
-        study = meta["studies"][f"momentum-tuned-b{batch}-s0"]
-        lo, hi = study["lr_range"]
-        assert ((rows.peak_lr >= lo) & (rows.peak_lr <= hi)).all()
-        assert rows.peak_lr.nunique() == 4
-        # the first three trials are the none, sqrt and linear predictions from B0 = 256 (eta0 = 0.4)
+        study = meta["studies"][f"momentum-tuned-b{batch}"]
+        # the coarse stage spans none/2 .. linear*2 from B0 = 256 (eta0 = 0.4) on the sqrt(2) lattice
         k = batch / 256
-        for lr in (0.4, 0.4 * k ** 0.5, 0.4 * k):
-            assert (abs(rows.peak_lr - lr) < 1e-9 * lr).any(), (batch, lr, sorted(rows.peak_lr))
-        best = rows.loc[rows.final_metric.idxmax()]
-        assert study["best_peak_lr"] == pytest.approx(best.peak_lr) and study["best_metric"] == best.final_metric
+        lrs = sorted(rows.peak_lr)
+        assert lrs[0] <= min(0.4, 0.4 * k) / 2 * 1.0001 and lrs[-1] >= max(0.4, 0.4 * k) * 2 * 0.9999
+        steps = [math.log(lr / 0.2) / math.log(2 ** 0.5) for lr in lrs]
+        assert all(abs(x - round(x)) < 1e-6 for x in steps), steps  # every LR on the lattice
+        assert len(rows) == study["trials"] == len(study["candidates"]) == rows.peak_lr.nunique()  # 1 seed
+        # selected on the validation split, reported on the test split
+        extra = [json.loads(e) for e in rows.extra]
+        valid = pd.Series([e["valid_final_metric"] for e in extra], index=rows.index)
+        best = rows.loc[valid.idxmax()]
+        assert study["best_peak_lr"] == pytest.approx(best.peak_lr)
+        assert study["selects_on"].startswith("validation final_metric")
+        b = study["bracket"]
+        if b["bracketed"]:
+            assert b["spacing_below"] == b["spacing_above"] == pytest.approx(2 ** 0.5)
+        else:
+            assert b["edge"] in ("low", "high")
         # the LEGW warmup rule for tuned trials: w0 * k epochs
         assert rows.warmup_epochs.iloc[0] == pytest.approx(0.02 * batch / 256)
-        saved = optuna.load_study(study_name=f"momentum-tuned-b{batch}-s0", storage=study["storage"])
-        assert len(saved.trials) == 4 and saved.best_value == best.final_metric
+        mine = measurements[measurements.trial_id.isin(rows.trial_id)]
+        assert (mine.valid_metric.notna() == mine.metric.notna()).all()  # every evaluation, on both splits
+        saved = optuna.load_study(study_name=f"momentum-tuned-b{batch}", storage=study["storage"])
+        assert len(saved.trials) == len(study["candidates"])
+        assert saved.best_value == pytest.approx(-valid.max())
 
 
 def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, ray_tmp):
@@ -275,7 +288,7 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
     running = before[before.status == "incomplete"]
     assert running.study.notna().any() and running.study.isna().any(), "grid and study trials must be running"
     finished = before[before.status == "complete"]
-    assert 1 <= len(finished) < 6, "the kill must land mid-sweep"
+    assert 1 <= len(finished) < 6, "the kill must land mid-sweep"  # of 2 grid trials and >= 6 of the study
     recorded = {p for p, _ in meta["sessions"][-1]["ray"]["processes"]}
     # a process that looks like a leftover agent but was not started by the killed driver's Ray
     bystander = subprocess.Popen(["bash", "-c", "exec -a ray::DashboardAgent sleep 300"])
@@ -292,8 +305,10 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
     meta, after, m_after = load(results)
     assert not [p for p, start in meta["sessions"][0]["ray"]["processes"] if leftovers.alive(p, start)]
     assert meta["status"] == "finished" and len(meta["sessions"]) == 2
-    assert len(after) == 6 and after.trial_id.is_unique and (after.status == "complete").all()
-    assert sorted(after[after.study.notna()].groupby("study").size()) == [4]
+    (study,) = meta["studies"].values()  # the bracketing study ran to its end, each LR once
+    assert study["bracket"]["candidates"] == len(study["candidates"]) == after.study.notna().sum()
+    assert len(after) == 2 + len(study["candidates"]) and after.trial_id.is_unique
+    assert (after[after.study.isna()].status == "complete").all() and set(after.status) <= {"complete", "diverged"}
     # finished trials were not rerun: their rows, timings included, are unchanged
     kept = after.set_index("trial_id").loc[finished.trial_id]
     assert list(kept.train_seconds) == list(finished.train_seconds)
@@ -537,7 +552,8 @@ def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
         "name": "asha", "workload": "mnist1d_mlp", "workload_options": {"n_train": 4000, "n_test": 500},
         "budget": {"epochs": 9}, "eval": {"per_epoch": 1}, "noise_scale": False,
         "axes": {"batch_sizes": [256], "methods": ["tuned"]},
-        "tuning": {"trials": 6, "lr_range_factor": 8, "asha": {"grace_epochs": 1, "reduction_factor": 3}}})
+        "tuning": {"search": "tpe", "trials": 6, "lr_range_factor": 8,
+                   "asha": {"grace_epochs": 1, "reduction_factor": 3}}})
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
     assert proc.returncode == 0, why(proc)
     _, trials, measurements = load(tmp_path / "results" / "asha")
@@ -559,7 +575,7 @@ def test_tuned_studies_start_from_the_rules_predictions():
 
     def studies(batch, **tuning):
         spec = load_spec(data={**SPEC, "axes": {"batch_sizes": [batch], "methods": ["tuned"]},
-                               "tuning": {"trials": 4, **tuning}}, kind="sweep")
+                               "tuning": {"search": "tpe", "trials": 4, **tuning}}, kind="sweep")
         return plan(spec, 20000).studies
 
     (s,) = studies(1024)
@@ -593,8 +609,8 @@ def test_the_searcher_issues_what_the_store_lacks_and_shares_the_slots():
     from harness.sweep import plan
     from harness.sweep.search import StudyRun, SweepSearcher
 
-    spec = load_spec(data={**SPEC, "axes": {"batch_sizes": [1024], "methods": ["tuned"]}, "tuning": {"trials": 5}},
-                     kind="sweep")
+    spec = load_spec(data={**SPEC, "axes": {"batch_sizes": [1024], "methods": ["tuned"]},
+                           "tuning": {"search": "tpe", "trials": 5}}, kind="sweep")
     (study,) = plan(spec, 20000).studies  # start points 0.4, 0.8, 1.6
     rows = _study_rows(study.name, [("complete", 0.4, {}),
                                     ("incomplete", 1.6, {"resume_from": "/ckpt/3", "carried": {"peak_lr": 1.6}})])
@@ -681,3 +697,28 @@ def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an
     line = proc.stderr.strip()
     assert "\n" not in line and "batch size 4096 needs" in line and "epochs" in line, line
     assert not (tmp_path / "results" / "fixed").exists()
+
+
+def test_a_trial_checkpoints_at_its_first_evaluation_then_every_checkpoint_seconds(monkeypatch):
+    """Without Ray: the trainable reports every evaluation but saves the trial's state only at the
+    first and then every BATCHSCALE_CHECKPOINT_SECONDS (a checkpoint per evaluation made short
+    trials' wall time a multiple of their training)."""
+    from ray import tune
+
+    from harness.spec import load_spec
+    from harness.sweep import plan
+    from harness.sweep.trainable import tune_trial
+
+    reports = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reports.append(checkpoint is not None))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
+    spec = load_spec(data={**SPEC, "budget": {"epochs": 2}, "eval": {"per_epoch": 4},
+                           "axes": {"batch_sizes": [512], "methods": ["legw"]}}, kind="sweep")
+    (fields,) = plan(spec, 20000).grid.values()
+    monkeypatch.setenv("BATCHSCALE_CHECKPOINT_SECONDS", "3600")
+    tune_trial({"trial_id": "t", "trial": fields})
+    assert len(reports) == 8 + 1 and reports[:-1] == [True] + [False] * 7 and reports[-1] is False
+    reports.clear()
+    monkeypatch.setenv("BATCHSCALE_CHECKPOINT_SECONDS", "0")
+    tune_trial({"trial_id": "t", "trial": fields})
+    assert reports == [True] * 8 + [False]  # every evaluation, and the final report

@@ -39,7 +39,13 @@ def sweep(spec_path: str, overrides: list[str], *, name: str | None = None, addr
         print(f"sweep '{out['name']}' {out['status']} in {out['wall_seconds'] / 60:.1f} min: {counts}")
         print(f"results in {out['path']} (sweep.json, trials.parquet, measurements.parquet)")
     for study, info in sorted(out["studies"].items()):
-        if info.get("best_peak_lr"):
+        if info.get("best_peak_lr") and info.get("search") == "bracket":
+            b = info.get("bracket") or {}
+            where = (f"bracketed at x{max(b['spacing_below'], b['spacing_above']):.3g}" if b.get("bracketed")
+                     else f"NOT bracketed: best at the {b.get('edge')} edge of the LRs tried")
+            print(f"  {study}: tuned peak LR {info['best_peak_lr']:.4g} ({b.get('candidates')} LRs x "
+                  f"{len(info['seeds'])} seeds; {where})")
+        elif info.get("best_peak_lr"):
             print(f"  {study}: best peak LR {info['best_peak_lr']:.4g} ({wl.metric} {info['best_metric']:.4f})")
     if report:
         return write_report(out["path"], quiet=quiet)
@@ -105,6 +111,8 @@ def _print_verdicts(verdicts) -> None:
     for v in verdicts:
         print(f"  [{v.verdict}] {v.text}")
         print(f"      measured: {v.measured}")
+        if getattr(v, "interval", ""):
+            print(f"      interval: {v.interval}")
         if v.published:
             print(f"      published: {v.published}")
     print()

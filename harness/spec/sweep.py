@@ -43,8 +43,21 @@ class Asha(Strict):
 
 
 class Tuning(Strict):
-    """The ``tuned`` method: one Optuna study per (batch size, optimizer, seed)."""
+    """The ``tuned`` method: a search of the peak LR per (optimizer, batch size, arm).
 
+    ``search: bracket`` (the default; harness.tuning): a deterministic bracketing search on a log
+    lattice of LRs, every candidate run on every seed and judged on the seeds' median on the
+    validation split; it ends when the best LR's neighbours one lattice step away were both tried.
+    ``search: tpe``: one Optuna TPE study of ``trials`` trials per seed (selects per seed)."""
+
+    search: Literal["bracket", "tpe"] = "bracket"
+    #: bracket: spacing of the LR lattice (the bracket's final spacing), as a factor
+    lattice_step: Annotated[float, Field(gt=1, le=4)] = 2**0.5
+    #: bracket: lattice steps between the coarse stage's LRs (a power of 2: 4 = a factor 4 at sqrt 2)
+    coarse_steps: Literal[1, 2, 4, 8] = 4
+    #: bracket: coarse steps added beyond either end of the range while the best is at that end
+    max_extensions: NonNegativeInt = 3
+    #: tpe: trials per study
     trials: PositiveInt = 8
     #: LR searched log-uniformly over [min/f, max*f] of what the none/linear/sqrt rules predict.
     lr_range_factor: Annotated[float, Field(ge=1)] = 2.0
@@ -53,9 +66,10 @@ class Tuning(Strict):
     #: ... unless the warmup is searched too, log-uniformly in epochs over this range.
     search_warmup: bool = False
     warmup_epochs_range: tuple[PositiveFloat, PositiveFloat] = (0.01, 2.0)
-    #: The first trials of each study try the none, sqrt and linear predictions (deduplicated,
-    #: with the warmup above), so the tuned curve is never worse than the best rule's LR; TPE
-    #: searches the range from there. False: TPE from its own random start-up trials.
+    #: bracket: the coarse stage also tries the none, sqrt and linear predictions (on the lattice);
+    #: tpe: the first trials of each study try them (deduplicated, with the warmup above), and TPE
+    #: searches the range from there. Either way the tuned curve is never worse than the best
+    #: rule's LR. False: the coarse grid alone (bracket), TPE's own random start-up trials (tpe).
     start_from_rules: bool = True
     asha: Asha | None = None
     sampler_seed: NonNegativeInt = 0
@@ -165,6 +179,13 @@ class SweepSpec(Common):
     claims: list[Claim] = []
     tracking: Tracking = Tracking()
 
+    @model_validator(mode="after")
+    def _validation_default(self):
+        """A sweep with a tuned arm holds out 10% of the training data for its selection."""
+        if self.validation.fraction is None and "tuned" in self.axes.methods:
+            self.validation = self.validation.model_copy(update={"fraction": 0.1})
+        return self
+
     def check(self) -> "SweepSpec":
         wl = self.workload_obj()
         self._check_protocol()
@@ -201,6 +222,13 @@ class SweepSpec(Common):
             if self.tuning.asha and "tuned" in self.axes.methods:
                 raise SpecError("tuning.asha", "...", "allowed only with protocol.kind fixed_epochs (steps_to_result "
                                 "trials stop at the target)")
+        if self.tuning.search == "bracket" and "tuned" in self.axes.methods:
+            if self.tuning.asha:
+                raise SpecError("tuning.asha", "...", "allowed only with tuning.search tpe (the bracketing search "
+                                "runs every candidate to the end, on every seed)")
+            if self.tuning.search_warmup:
+                raise SpecError("tuning.search_warmup", True, "allowed only with tuning.search tpe (the bracketing "
+                                "search is over the peak LR)")
         for b in p.step_budgets:
             if b not in self.axes.batch_sizes:
                 raise SpecError(f"protocol.step_budgets.{b}", b, f"allowed: a batch size of axes.batch_sizes "

@@ -48,6 +48,22 @@ class EvalSpec(Strict):
     max_examples: PositiveInt | None = None
 
 
+class Validation(Strict):
+    """A validation split held out of the training data (``Workload.load``), on which the tuned arm
+    selects its LR; the test split (``eval``) only reports. Workloads whose metric is exact (computed
+    from the weights, not from a sample: ``teacher_regression``) hold nothing out: their validation
+    metric is the same exact number."""
+
+    #: Share of the training set held out (a fixed, seeded subset, the same for every trial).
+    #: Default: 0.1 in a sweep with a ``tuned`` arm (every arm then trains on the same 90%), else 0.
+    fraction: Annotated[float, Field(ge=0, lt=1)] | None = None
+    #: Evaluate the validation split at every evaluation too (set for tuned trials by the sweep).
+    evaluate: bool = False
+
+    def resolved_fraction(self) -> float:
+        return self.fraction or 0.0
+
+
 class Divergence(Strict):
     """NaN/inf always diverges; so does a training loss above ``loss_factor`` x the first step's."""
 
@@ -152,6 +168,7 @@ class Common(Strict):
     budget: Budget = Budget()
     target: Target | None = None
     eval: EvalSpec = EvalSpec()
+    validation: Validation = Validation()
     divergence: Divergence = Divergence()
     micro_batch_size: PositiveInt | None = None
     #: BatchNorm statistics over groups of this many examples (ghost batch norm, Hoffer et al. 2017;
@@ -186,7 +203,8 @@ class Common(Strict):
     def workload_obj(self):
         from harness.workloads import get_workload
 
-        return get_workload(self.workload, self.workload_options, self.data_dir)
+        return get_workload(self.workload, self.workload_options, self.data_dir,
+                            validation_fraction=self.validation.resolved_fraction())
 
     def _check_arm(self, wl, bases: dict, methods: list[str], augment: str, algorithm: str, axes: bool = False) -> None:
         """An augmentation and a data-parallel algorithm the workload, optimizers and methods allow."""

@@ -26,12 +26,12 @@ from typing import Any
 from harness import protocol
 from harness.calibrate import sweep_cap
 from harness.errors import BatchscaleError, SweepConflict
-from harness.protocol import best_trial
 from harness.spec import SweepSpec
-from harness.store import FINAL, ResultsStore, Status, environment, now
+from harness.store import FINAL, ResultsStore, environment, now
 from harness.sweep import leftovers
 from harness.sweep.console import check_address, check_local_gpus, ray_output
-from harness.sweep.plan import REPORT_ONLY, RUN_ONLY, Plan, growth, plan, probe_b_noise, spec_hash
+from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, growth, plan, probe_b_noise,
+                                spec_hash)
 
 
 class Sweep:
@@ -96,7 +96,6 @@ class Sweep:
         wl = self.spec.workload_obj()
         wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
         dataset_size = wl.train_size()
-        b_noise = probe_b_noise(self.spec, meta)
         stored = (meta or {}).get("protocol", {}).get("estimates")
         if not stored and protocol.needs_estimate(self.spec) and self.spec.protocol.s_min is None:
             self._say(f"protocol {self.spec.protocol.kind}: pilot of the base recipe at B0 to the target ...")
@@ -106,6 +105,8 @@ class Sweep:
             for line in protocol.format_table(budgets, estimates, wl.metric):
                 self._say(line)
         protocol.refuse_infeasible(self.spec, budgets)  # before anything is written
+        b_noise = probe_b_noise(self.spec, meta, estimates)  # the noise-aware rule's: the pilot's at the target
+        b_noise_from = b_noise_source(self.spec, meta, estimates)
         from harness.sweep.tracking import sinks
 
         self.tracking = sinks(self.spec.tracking, self.store.root, self.name)  # a missing package fails here
@@ -129,7 +130,8 @@ class Sweep:
                                               for o in self.spec.optimizers()}},
                 "trials": the_plan.rows, "studies": {}, "environment": environment(),
                 "started_at": session["started_at"], "finished_at": None, "sessions": [],
-                "storage": self.storage, "noise_aware": b_noise, "protocol": protocol_meta,
+                "storage": self.storage, "noise_aware": b_noise, "noise_aware_source": b_noise_from,
+                "protocol": protocol_meta,
             }
             self.store.root.mkdir(parents=True, exist_ok=True)
             self.store.write_meta(meta)
@@ -137,7 +139,8 @@ class Sweep:
             session["grew"] = added
             self.store.update_meta(spec_resolved=self.spec.model_dump(mode="json"), spec_given=self.given,
                                    spec_hash=digest, trials=the_plan.rows,
-                                   protocol={**(meta.get("protocol") or {}), **protocol_meta}, finished_at=None)
+                                   protocol={**(meta.get("protocol") or {}), **protocol_meta}, finished_at=None,
+                                   **({"noise_aware": b_noise, "noise_aware_source": b_noise_from} if b_noise else {}))
         sessions = self.store.read_meta().get("sessions", [])
         self.store.update_meta(status="running", sessions=[*sessions, session])
 
@@ -156,7 +159,7 @@ class Sweep:
                 try:
                     self._init_ray(session, sessions)
                     if self.progress:
-                        self.progress.start(total=len(the_plan.grid) + len(the_plan.studies) * self.spec.tuning.trials,
+                        self.progress.start(total=len(the_plan.grid) + self._study_trials(the_plan),
                                             done=self.finished_ids())
                     self._run_trials(the_plan, callbacks)
                     status = "finished"
@@ -190,6 +193,13 @@ class Sweep:
             raise KeyboardInterrupt
         return out
 
+    def _study_trials(self, p: Plan) -> int:
+        """The studies' trials for the progress view: the TPE studies' budgets; a bracketing study's
+        trials so far and those its search will at least still ask for (it ends when bracketed)."""
+        searcher = self._searcher(p)
+        return sum(s.left() for s in searcher.studies) + sum(1 for r in self.store.trial_rows() if r.get("study")
+                                                             and r["status"] in FINAL)
+
     def outcome(self, meta) -> dict[str, Any]:
         counts: dict[str, int] = {}
         for t in self.store.trial_rows():
@@ -200,7 +210,7 @@ class Sweep:
     # -- the Tune run -----------------------------------------------------------------------------------
     def _searcher(self, p: Plan):
         """What the store lacks, as one searcher: unfinished grid cells and the studies' trials."""
-        from harness.sweep.search import StudyRun, SweepSearcher, resume_from
+        from harness.sweep.search import BracketStudyRun, StudyRun, SweepSearcher, resume_from
 
         rows = self.store.trial_rows()
         by_id = {r["trial_id"]: r for r in rows}
@@ -214,9 +224,15 @@ class Sweep:
         t = self.spec.tuning
         warmup_range = t.warmup_epochs_range if t.search_warmup else None
         runs = []
+        higher = self.spec.workload_obj().higher_is_better
         for s in p.studies:
             base = {"study": s.name, "trial": s.trial, **res,
                     **({"objective_steps_budget": s.budget_steps} if s.objective == "steps" else {})}
+            if s.search == "bracket":
+                runs.append(BracketStudyRun(s, [r for r in rows if r.get("study") == s.name], higher_is_better=higher,
+                                            base_configs={seed: {**base, "trial": fields}
+                                                          for seed, fields in s.trials_by_seed.items()}))
+                continue
             runs.append(StudyRun(s, [r for r in rows if r.get("study") == s.name], budget=t.trials,
                                  concurrent=t.concurrent_trials, higher_is_better=self.spec.workload_obj().higher_is_better,
                                  sampler_seed=t.sampler_seed, warmup_range=warmup_range, base_config=base))
@@ -288,33 +304,9 @@ class Sweep:
                              reduction_factor=spec.tuning.asha.reduction_factor)
 
     def _record_studies(self, p: Plan) -> None:
-        """Each study's trials to ``optuna.db`` (optuna-dashboard), and its summary to sweep.json."""
-        from harness.sweep.search import export_optuna_study
+        from harness.sweep.studies import record_studies
 
-        storage_url = f"sqlite:///{(self.store.root / 'optuna.db').resolve()}"  # optuna-dashboard <url>
-        rows, measurements = self.store.trial_rows(), None
-        higher = self.spec.workload_obj().higher_is_better
-        studies = dict(self.store.read_meta().get("studies", {}))
-        for study in p.studies:
-            ours = [t for t in rows if t.get("study") == study.name]
-            if studies.get(study.name, {}).get("trials") == len(ours):
-                continue  # recorded by an earlier run, unchanged
-            measurements = measurements if measurements is not None else self.store.measurement_rows()
-            t = self.spec.tuning
-            export_optuna_study(study, ours, [m for m in measurements if m["trial_id"].startswith(study.name)],
-                                self.mode, storage_url, t.search_warmup and t.warmup_epochs_range)
-            by_steps = study.objective == "steps"
-            scored = [t for t in ours if t["status"] == Status.COMPLETE and t["final_metric"] is not None]
-            best = best_trial(scored, higher, by_steps)
-            studies[study.name] = {
-                "status": "finished", "optimizer": study.optimizer, "batch_size": study.batch_size,
-                "seed": study.seed, "trials": len(ours), "lr_range": list(study.lr_range), "storage": storage_url,
-                "best_peak_lr": best["peak_lr"] if best else None, "best_metric": best["final_metric"] if best else None,
-                "best_trial_id": best["trial_id"] if best else None,
-                "selects_on": "steps_to_target" if by_steps else "final_metric",
-                "best_steps_to_target": best.get("steps_to_target") if best else None,
-            }
-        self.store.update_meta(studies=studies)
+        record_studies(self.store, self.spec, p, self.mode)
 
     # -- Ray ---------------------------------------------------------------------------------------------
     def _init_ray(self, session: dict[str, Any], earlier: list[dict]) -> None:

@@ -18,6 +18,7 @@ from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_
 from harness.spec import Budget, SweepSpec
 from harness.spec.sweep import arm_label
 from harness.placement import micro_batch_sizes
+from harness.tuning import BracketSearch, Lattice
 
 
 
@@ -38,6 +39,19 @@ class Study:
     #: (steps_to_result; a miss counts as ``steps_objective``'s penalty).
     objective: str = "metric"
     budget_steps: int | None = None
+    #: ``bracket`` (harness.tuning: one study for every seed, each candidate LR run on all of them)
+    #: or ``tpe`` (one study per seed)
+    search: str = "tpe"
+    seeds: list[int] = field(default_factory=list)
+    trials_by_seed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    bracket: Any = None  # harness.tuning.BracketSearch of a bracket study
+
+    @property
+    def max_trials(self) -> int:
+        """An upper bound on the study's trials (all seeds)."""
+        return self.bracket.max_candidates() * len(self.seeds) if self.bracket else self.trials_budget
+
+    trials_budget: int = 0
 
 
 @dataclass
@@ -75,6 +89,19 @@ def _with_defaults(resolved: dict[str, Any], defaults: dict[str, Any]) -> dict[s
         elif isinstance(v, dict) and isinstance(out[k], dict):
             out[k] = _with_defaults(out[k], v)
     return out
+
+
+def b_noise_source(spec: SweepSpec, meta: dict[str, Any] | None, estimates: dict[str, Any] | None) -> str | None:
+    """Where ``probe_b_noise`` took the noise-aware rule's B_noise from, in words."""
+    if "noise-aware" not in spec.axes.methods:
+        return None
+    if spec.noise_aware.b_noise:
+        return "given in the spec (noise_aware.b_noise)"
+    if (meta or {}).get("noise_aware_source"):
+        return meta["noise_aware_source"]
+    if estimates and all(o in estimates and estimates[o].source == "pilot" for o in spec.optimizers()):
+        return "the protocol's pilot: B_simple at the target at B0"
+    return f"a probe at B0 over the first {spec.noise_aware.probe_epochs:g} epoch(s) of the base recipe"
 
 
 def identity(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +172,8 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
 
     by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
     cells = [(*cell, *arm) for cell in spec.grid() for arm in spec.arms()]
+    bracket = spec.tuning.search == "bracket"
+    studies: dict[str, Study] = {}
     for optimizer, method, batch, seed, augment, algorithm in cells:
         base = spec.base_recipe(optimizer)
         arm = {"augment": spec.augment.model_copy(update={"kind": augment}).model_dump(),
@@ -167,8 +196,32 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
             f = spec.tuning.lr_range_factor
             w_rule = warmup_epochs_for(spec.tuning.warmup_rule, base, k, reference_epochs)
             w_epochs = None if spec.tuning.search_warmup else w_rule
+            trial = spec.trial_spec(optimizer, "tuned", batch, seed, **settings,
+                                    validation={**spec.validation.model_dump(), "evaluate": True}).model_dump(mode="json")
+            by_steps = spec.protocol.kind == "steps_to_result"
+            common = dict(objective="steps" if by_steps else "metric",
+                          budget_steps=budget_row["budget_steps"] if budget_row else None)
+            lr_range = (min(lrs) / f, max(lrs) * f)
+            if bracket:
+                name = f"{optimizer}-tuned{suffix}-b{batch}"
+                if name in studies:
+                    studies[name].seeds.append(seed)
+                    studies[name].trials_by_seed[seed] = trial
+                    continue
+                search = BracketSearch(Lattice(base.peak_lr / f, spec.tuning.lattice_step), *lr_range,
+                                       coarse=spec.tuning.coarse_steps, max_extensions=spec.tuning.max_extensions,
+                                       always=tuple(sorted(lrs)) if spec.tuning.start_from_rules else ())
+                study = studies[name] = Study(name, optimizer, batch, seed, lr_range, trial, w_epochs, search="bracket",
+                                              seeds=[seed], trials_by_seed={seed: trial}, bracket=search, **common)
+                p.studies.append(study)
+                p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch,
+                               "seeds": study.seeds, "search": "bracket", "trials": None,
+                               "lr_range": list(lr_range), "coarse_lrs": [search.lattice.lr(j) for j in search.coarse_indices()],
+                               "warmup_epochs": w_epochs, "micro_batch_size": micro,
+                               "selects_on": "validation " + ("steps_to_target" if by_steps else "final_metric")
+                               + " (median over seeds)", **arm_row, **protocol_info})
+                continue
             name = f"{optimizer}-tuned{suffix}-b{batch}-s{seed}"
-            trial = spec.trial_spec(optimizer, "tuned", batch, seed, **settings).model_dump(mode="json")
             starts = []
             if spec.tuning.start_from_rules:
                 w_start = w_rule
@@ -179,15 +232,13 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
                     if not starts or lr > starts[-1]["peak_lr"] * (1 + 1e-9):
                         starts.append({"peak_lr": lr} | ({"warmup_epochs": w_start} if spec.tuning.search_warmup else {}))
                 starts = starts[: spec.tuning.trials]
-            by_steps = spec.protocol.kind == "steps_to_result"
-            p.studies.append(Study(name, optimizer, batch, seed, (min(lrs) / f, max(lrs) * f), trial, w_epochs, starts,
-                                   objective="steps" if by_steps else "metric",
-                                   budget_steps=budget_row["budget_steps"] if budget_row else None))
+            p.studies.append(Study(name, optimizer, batch, seed, lr_range, trial, w_epochs, starts, **common,
+                                   seeds=[seed], trials_by_seed={seed: trial}, trials_budget=spec.tuning.trials))
             p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch, "seed": seed,
-                           "trials": spec.tuning.trials, "lr_range": [min(lrs) / f, max(lrs) * f],
+                           "trials": spec.tuning.trials, "lr_range": list(lr_range), "search": "tpe",
                            "warmup_epochs": w_epochs, "start_points": starts, "micro_batch_size": micro,
-                           "selects_on": "steps_to_target" if by_steps else "final_metric", **arm_row,
-                           **protocol_info})
+                           "selects_on": "validation " + ("steps_to_target" if by_steps else "final_metric"),
+                           **arm_row, **protocol_info})
             continue
         trial_id = f"{optimizer}-{method}{suffix}-b{batch}-s{seed}"
         trial = spec.trial_spec(optimizer, method, batch, seed, **settings)
@@ -208,8 +259,13 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
     return p
 
 
-def probe_b_noise(spec: SweepSpec, meta: dict[str, Any] | None) -> dict[str, float]:
-    """B_noise at B0 per optimizer for the noise-aware rule: given, stored by an earlier run, or probed."""
+def probe_b_noise(spec: SweepSpec, meta: dict[str, Any] | None,
+                  estimates: dict[str, Any] | None = None) -> dict[str, float]:
+    """B_noise per optimizer for the noise-aware rule: given in the spec; stored by an earlier run;
+    the protocol's pilot's at the target (``estimates``: B_simple where the base recipe reached the
+    target, the noise scale the rule needs: McCandlish's B_noise grows as the loss falls, and one
+    measured early in training is far below it); else probed at B0 early in training
+    (``noise_aware_source`` says which)."""
     if "noise-aware" not in spec.axes.methods:
         return {}
     from harness.protocol import probe_noise_scale
@@ -221,6 +277,8 @@ def probe_b_noise(spec: SweepSpec, meta: dict[str, Any] | None) -> dict[str, flo
             out[optimizer] = spec.noise_aware.b_noise
         elif optimizer in known:
             out[optimizer] = known[optimizer]
+        elif estimates and optimizer in estimates and estimates[optimizer].source == "pilot":
+            out[optimizer] = float(estimates[optimizer].b_crit)
         else:
             base = spec.base_recipe(optimizer)
             out[optimizer] = probe_noise_scale(spec.trial_spec(optimizer, "none", base.base_batch_size,

@@ -119,6 +119,7 @@ class StudyRun:
         return config, ot
 
     def tell(self, ot: optuna.trial.Trial, result: dict[str, Any] | None, error: bool) -> None:
+        """What a finished trial gives its study (ASHA-stopped trials tell their objective so far)."""
         self.pending -= 1
         self.used += 1
         value = (result or {}).get("objective")
@@ -128,6 +129,104 @@ class StudyRun:
             self.optuna.tell(ot, value)
 
 
+#: the candidates' LRs as one Optuna distribution (wide: the search may extend past the range)
+LR_DISTRIBUTION = FloatDistribution(1e-12, 1e6, log=True)
+
+
+class BracketStudyRun:
+    """One bracketing study during a run (harness.tuning): every seed of each candidate LR, the
+    next candidates decided once the current ones finished. Rebuilt from the store at every run:
+    finished trials are results, unfinished ones are issued again from their checkpoints."""
+
+    def __init__(self, study: Study, rows: list[dict[str, Any]], *, higher_is_better: bool,
+                 base_configs: dict[int, dict[str, Any]]):
+        self.study, self.search, self.higher_is_better = study, study.bracket, higher_is_better
+        self.by_steps = study.objective == "steps"
+        self.base_configs = base_configs
+        self.results: dict[tuple[int, int], float] = {}  # (lattice index, seed) -> objective
+        self.resume = [r for r in rows if not counts_against_budget(r)]
+        for r in rows:
+            if counts_against_budget(r):
+                self.results[(self.search.lattice.index(r["peak_lr"]), r["seed"])] = self._objective(r)
+        self.running = {(self.search.lattice.index(carried(r).get("peak_lr", r["peak_lr"])), r["seed"])
+                        for r in self.resume}
+        self.queue: deque[tuple[int, int]] = deque()
+        self.optuna_trials: dict[int, optuna.trial.Trial] = {}
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna holds the study (ask/tell; export_optuna_study stores it): every candidate is
+        # enqueued, so its sampler never chooses
+        self.optuna = optuna.create_study(study_name=study.name, direction="minimize",
+                                          sampler=optuna.samplers.RandomSampler(seed=0))
+        self.pending = 0
+
+    def _objective(self, row: dict[str, Any]) -> float:
+        from harness.tuning import objective
+
+        return objective(row, self.by_steps, self.study.budget_steps, self.higher_is_better)
+
+    def values(self) -> dict[int, tuple[float, float]]:
+        """Every candidate that ran every seed: (median, mean) of its seeds' objectives."""
+        from harness.tuning import candidate_value
+
+        out = {}
+        for j in {j for j, _ in self.results}:
+            if all((j, s) in self.results for s in self.study.seeds):
+                out[j] = candidate_value(self.results[(j, s)] for s in self.study.seeds)
+        return out
+
+    def _refill(self) -> None:
+        if self.queue or self.resume or self.pending or self.running:
+            return
+        tried = {j for j, _ in self.results}
+        missing = [(j, s) for j in sorted(tried) for s in self.study.seeds if (j, s) not in self.results]
+        if missing:  # a grown sweep's new seeds, on every LR tried so far
+            self.queue.extend(missing)
+            return
+        self.queue.extend((j, s) for j in self.search.next(self.values()) for s in self.study.seeds)
+
+    def left(self) -> int:
+        self._refill()
+        if not (self.queue or self.resume or self.pending):
+            return 0
+        done = len(self.results) + self.pending
+        return max(len(self.queue) + len(self.resume), self.study.max_trials - done)
+
+    def can_issue(self) -> bool:
+        self._refill()
+        return bool(self.queue or self.resume)
+
+    def issue(self) -> tuple[dict[str, Any], tuple[int, int]]:
+        extra = {}
+        if self.resume:
+            row = self.resume.pop(0)
+            j, seed = self.search.lattice.index(carried(row).get("peak_lr", row["peak_lr"])), row["seed"]
+            trial_id, extra = row["trial_id"], {"resume_from": resume_from(row)}
+        else:
+            j, seed = self.queue.popleft()
+            trial_id = f"{self.study.name}-j{j}-s{seed}"
+        if j not in self.optuna_trials:  # one Optuna trial per candidate LR (its value: the seeds' median)
+            self.optuna.enqueue_trial({"peak_lr": self.search.lattice.lr(j)})
+            self.optuna_trials[j] = self.optuna.ask({"peak_lr": LR_DISTRIBUTION})
+        self.pending += 1
+        config = {**self.base_configs[seed], "trial_id": trial_id, "peak_lr": self.search.lattice.lr(j),
+                  "warmup_epochs": self.study.warmup_epochs, **{k: v for k, v in extra.items() if v}}
+        return config, (j, seed)
+
+    def tell(self, token: tuple[int, int], result: dict[str, Any] | None, error: bool) -> None:
+        self.pending -= 1
+        self.running.discard(token)
+        summary = json.loads((result or {}).get("summary") or "{}")
+        from harness.tuning import PENALTY
+
+        miss = PENALTY * (self.study.budget_steps or 1) if self.by_steps else math.inf
+        self.results[token] = self._objective(summary) if summary and not error else miss
+        j = token[0]
+        if j in self.optuna_trials and j in self.values():
+            value = self.values()[j][0]
+            self.optuna.tell(self.optuna_trials.pop(j), value if math.isfinite(value) else None,
+                             state=TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL)
+
+
 class SweepSearcher(Searcher):
     """Every trial a sweep still needs, for one Tune run: the grid's cells and the studies' trials,
     sharing the slots while both have trials left."""
@@ -135,7 +234,7 @@ class SweepSearcher(Searcher):
     def __init__(self, cells: list[dict[str, Any]], studies: list[StudyRun], mode: str):
         super().__init__(metric="objective", mode=mode)
         self.cells, self.studies = deque(cells), studies
-        self.issued: dict[str, tuple[StudyRun, optuna.trial.Trial]] = {}  # Tune's trial id -> its study
+        self.issued: dict[str, tuple[Any, Any]] = {}  # Tune's trial id -> (its study run, the run's token)
         self.grid_running: set[str] = set()
 
     def total(self) -> int:
@@ -232,3 +331,20 @@ def export_optuna_study(study: Study, rows: list[dict], measurements: list[dict]
             value=(steps_objective(t, study.budget_steps) if by_steps else t["final_metric"])
             if state == TrialState.COMPLETE else None, state=state,
             user_attrs={"trial_id": t["trial_id"], "status": t["status"], "batch_size": t["batch_size"]}))
+
+
+def export_bracket_study(study: Study, values: dict[float, tuple[float, float]], storage_url: str) -> None:
+    """A bracketing study to SQLite: one Optuna trial per candidate LR, its value the seeds' median
+    objective on the validation split (``optuna-dashboard sqlite:///.../optuna.db``)."""
+    try:
+        optuna.delete_study(study_name=study.name, storage=storage_url)
+    except KeyError:
+        pass
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.create_study(study_name=study.name, storage=storage_url, direction="minimize")
+    for lr, (median, mean) in sorted(values.items()):
+        finite = math.isfinite(median)
+        st.add_trial(optuna.trial.create_trial(
+            params={"peak_lr": lr}, distributions={"peak_lr": LR_DISTRIBUTION}, value=median if finite else None,
+            state=TrialState.COMPLETE if finite else TrialState.FAIL,
+            user_attrs={"mean_over_seeds": mean, "seeds": list(study.seeds), "batch_size": study.batch_size}))

@@ -3,12 +3,15 @@
 It builds ``harness.trial.Trial`` from the config the driver's searcher gave it, continues from a
 checkpoint when there is one (Tune's, after a retry in this run; or ``resume_from``, the last
 checkpoint an earlier run of the sweep recorded in the store), runs, and reports each evaluation
-with a checkpoint and the final result. No training logic lives here.
+(with a checkpoint at the first and then every ``CHECKPOINT_SECONDS``) and the final result. No
+training logic lives here.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,15 @@ from harness.spec import TrialSpec
 
 #: the keys a tuned study's searcher sets in a trial's config, over the trial's own fields
 SEARCHED = ("peak_lr", "warmup_epochs")
+#: seconds between a trial's checkpoints (``BATCHSCALE_CHECKPOINT_SECONDS``): one at its first
+#: evaluation, then at the first evaluation this long after the last. A checkpoint (the trial's
+#: whole state to Tune's storage, and its record to the store) at every evaluation made a short
+#: trial's wall time a multiple of its training; a killed trial loses at most this much training.
+CHECKPOINT_SECONDS = 10.0
+
+
+def checkpoint_seconds() -> float:
+    return float(os.environ.get("BATCHSCALE_CHECKPOINT_SECONDS", CHECKPOINT_SECONDS))
 
 
 def tune_trial(config: dict[str, Any]) -> None:
@@ -43,12 +55,19 @@ def tune_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             trial.load_state_dict(torch.load(Path(folder) / "trial.pt", weights_only=False))
     worst = worst_objective(trial.workload.higher_is_better)
+    every = checkpoint_seconds()
+    last = [None]  # when the last checkpoint was taken
 
     def on_eval(t, row):
+        metrics = report_metrics(t.measurements, t.summary(), "running", worst, steps_budget)
+        now = time.monotonic()
+        if last[0] is not None and now - last[0] < every:  # a report without a checkpoint
+            tune.report(metrics)
+            return
+        last[0] = now
         with tempfile.TemporaryDirectory() as folder:
             torch.save(t.state_dict(), Path(folder) / "trial.pt")
-            tune.report(report_metrics(t.measurements, t.summary(), "running", worst, steps_budget),
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = trial.run(on_eval=on_eval)
     tune.report(report_metrics(result.measurements, result.summary, result.status, worst, steps_budget))

@@ -82,7 +82,8 @@ def register_workload(cls: type[Workload]) -> type[Workload]:
     return cls
 
 
-def get_workload(name: str, options: dict[str, Any] | None = None, data_dir: str | None = None) -> Workload:
+def get_workload(name: str, options: dict[str, Any] | None = None, data_dir: str | None = None,
+                 validation_fraction: float = 0.0) -> Workload:
     if name not in workload_names():
         raise SpecError("workload", name, f"allowed: {', '.join(workload_names())}", choices=workload_names())
-    return WORKLOADS[name](options, data_dir)
+    return WORKLOADS[name](options, data_dir, validation_fraction=validation_fraction)

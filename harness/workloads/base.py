@@ -33,6 +33,15 @@ def recipes(peak_lrs: dict[str, float], *, base_batch_size: int, warmup_epochs: 
             for name, lr in peak_lrs.items()}
 
 
+#: Seed of the permutation that picks the validation examples (never a trial's seed).
+VALIDATION_SEED = 20190123
+
+
+def held_out(n: int, fraction: float) -> int:
+    """How many of ``n`` training examples the validation split takes."""
+    return max(1, round(fraction * n)) if fraction else 0
+
+
 @dataclass
 class Dataset:
     """Training and evaluation tensors; row i of every tensor in a tuple belongs to example i. A
@@ -42,6 +51,8 @@ class Dataset:
     train: tuple[torch.Tensor, ...]
     eval: tuple[torch.Tensor, ...]
     info: dict[str, Any]
+    #: The validation split held out of the training data (``Workload.load``); None: none held out.
+    valid: tuple[torch.Tensor, ...] | None = None
 
     @property
     def train_size(self) -> int:
@@ -52,7 +63,24 @@ class Dataset:
         return len(self.eval[0])
 
     def to(self, device: torch.device) -> "Dataset":
-        return Dataset(tuple(t.to(device) for t in self.train), tuple(t.to(device) for t in self.eval), self.info)
+        return Dataset(tuple(t.to(device) for t in self.train), tuple(t.to(device) for t in self.eval), self.info,
+                       None if self.valid is None else tuple(t.to(device) for t in self.valid))
+
+    def hold_out(self, fraction: float, seed: int = VALIDATION_SEED) -> "Dataset":
+        """This dataset with a fixed, seeded ``fraction`` of its training examples moved to ``valid``
+        (the same examples for every trial and batch size)."""
+        if not all(isinstance(t, torch.Tensor) for t in self.train):
+            from harness.errors import SpecError
+
+            raise SpecError("validation.fraction", fraction, "allowed: 0 for a streamed workload (hold out a folder "
+                            "of its images as data instead)")
+        n = self.train_size
+        k = held_out(n, fraction)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        held, kept = order[:k].sort().values, order[k:].sort().values
+        return Dataset(tuple(t[kept] for t in self.train), self.eval,
+                       {**self.info, "train_size": n - k, "validation_size": k, "validation_fraction": fraction},
+                       tuple(t[held] for t in self.train))
 
 
 class Workload(ABC):
@@ -78,8 +106,13 @@ class Workload(ABC):
     #: BatchNorm's default ghost batch (harness.ghostbn; the spec's ``bn_batch_size`` overrides it);
     #: None: the model has no BatchNorm.
     bn_batch_size: ClassVar[int | None] = None
+    #: Whether the metric is computed exactly from the weights (no evaluation sample): then nothing
+    #: is held out for validation, and the validation metric is that same exact number.
+    exact_metric: ClassVar[bool] = False
 
-    def __init__(self, options: dict[str, Any] | None = None, data_dir: str | None = None):
+    def __init__(self, options: dict[str, Any] | None = None, data_dir: str | None = None,
+                 validation_fraction: float = 0.0):
+        self.validation_fraction = 0.0 if self.exact_metric else float(validation_fraction or 0.0)
         try:
             self.options = self.Options(**(options or {}))
         except ValidationError as e:
@@ -95,12 +128,18 @@ class Workload(ABC):
         self.load()
 
     def train_size(self) -> int:
-        """Training examples, as cheaply as the format allows (a sweep's driver needs only this)."""
+        """Training examples, as cheaply as the format allows (a sweep's driver needs only this),
+        after the validation split is held out (``kept``)."""
         return self.load().train_size
+
+    def kept(self, n: int) -> int:
+        """Training examples left of ``n`` once the validation split is held out (``Dataset.hold_out``)."""
+        return n - held_out(n, self.validation_fraction)
 
     def load(self) -> Dataset:
         """The dataset, loaded once per process for the same options and data folder."""
-        return _load_cached(type(self), json.dumps(self.options.model_dump(), sort_keys=True), self.data_dir)
+        return _load_cached(type(self), json.dumps(self.options.model_dump(), sort_keys=True), self.data_dir,
+                            self.validation_fraction)
 
     @abstractmethod
     def _load(self) -> Dataset: ...
@@ -183,5 +222,8 @@ class ImageClassifier(Workload):
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(cls, options_json: str, data_dir: str | None) -> Dataset:
-    return cls(json.loads(options_json), data_dir)._load()
+def _load_cached(cls, options_json: str, data_dir: str | None, validation_fraction: float = 0.0) -> Dataset:
+    if validation_fraction:
+        return _load_cached(cls, options_json, data_dir, 0.0).hold_out(validation_fraction)
+    data = cls(json.loads(options_json), data_dir)._load()
+    return Dataset(data.train, data.eval, data.info, data.eval) if cls.exact_metric else data

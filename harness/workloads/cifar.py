@@ -132,7 +132,7 @@ class Cifar10ResNet(ImageClassifier):
 
     def train_size(self) -> int:
         n = sum(len(read_batch(path)[1]) for f, path in self._files().items() if f in TRAIN_FILES)
-        return min(n, self.options.train_examples or n)
+        return self.kept(min(n, self.options.train_examples or n))
 
     def _load(self) -> Dataset:
         files = self._files()

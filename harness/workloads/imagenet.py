@@ -135,7 +135,7 @@ class ImageNetResNet50(ImageClassifier):
 
     def train_size(self) -> int:
         n = len(self._splits()[1][1])
-        return min(n, self.options.train_examples or n)
+        return self.kept(min(n, self.options.train_examples or n))
 
     def _load(self) -> Dataset:
         root, (classes, train), (_, val) = self._splits()

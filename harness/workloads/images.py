@@ -76,7 +76,7 @@ class IdxImageWorkload(Workload):
 
     def train_size(self) -> int:
         n = read_idx_shape(self._files()[_IDX[1]])[0]
-        return min(n, self.options.train_examples or n)
+        return self.kept(min(n, self.options.train_examples or n))
 
     def _load(self) -> Dataset:
         files = self._files()
