@@ -24,7 +24,8 @@ from analysis.aggregate import Results, aggregate, is_tuned, load_results, timin
 from analysis.outcome import CHANCE_FRACTION, chance_metric
 from analysis.plots import Plot, all_plots, range_edge
 from analysis.reproduce import judge_all, verdict_table
-from analysis.tuning import bracket_frame, bracket_sentence
+from analysis.critical import critical_summary
+from analysis.tuning import bracket_frame, bracket_sentence, lr_scaling, lr_scaling_sentence
 from analysis.tables import Table, all_tables, cell_status, to_csv, to_html, to_markdown, write_table
 
 _HTML = """<!doctype html>
@@ -312,9 +313,11 @@ def build_report(root: str | Path) -> dict:
         sections.append(Section("Tuned studies", _frame_html(studies), f"{note}\n\n{studies.to_markdown()}", note))
     brackets = bracket_frame(res)
     if not brackets.empty:
+        fit = critical_summary(res, agg)["fit"]
+        scaling = lr_scaling_sentence(lr_scaling(res, agg, fit.b_crit if fit else None))
         note = (f"{bracket_sentence(res)} LRs on a lattice of factor {_lattice_step(res):.3g}; bracketed: both "
                 "lattice neighbours of the tuned LR were tried and were not better. In parentheses: LRs whose "
-                "median over seeds missed the target or diverged.")
+                "median over seeds missed the target or diverged." + (f" Sqrt or Linear? {scaling}." if scaling else ""))
         sections.append(Section("Tuned LR search", _frame_html(brackets), f"{note}\n\n{brackets.to_markdown()}", note))
     if proj_info:
         frame = pd.DataFrame({"value": proj_info})
