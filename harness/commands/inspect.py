@@ -140,8 +140,17 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         cost = k * costs.get((r.get("augment", "none"), r.get("algorithm", "allreduce")), 1.0)
         per_cell[(r["optimizer"], r["batch_size"])] = per_cell.get((r["optimizer"], r["batch_size"]), 0) + cost
     studies = len(the_plan.studies)
-    print(f"trials: {sum(counts.values())} = " + ", ".join(
-        f"{m} {c}" + (f" ({studies} studies x {spec.tuning.trials})" if m == "tuned" else "") for m, c in counts.items())
+    brackets = [r for r in the_plan.rows if r.get("search") == "bracket"]
+
+    def tuned_note() -> str:
+        if not brackets:
+            return f" ({studies} studies x {spec.tuning.trials})"
+        lo, hi = (sum(r["trials_range"][i] for r in brackets) for i in (0, 1))
+        return (f" (about: {studies} bracketing studies, every LR x {len(spec.axes.seeds)} seed(s); at least {lo}, "
+                f"at most {hi}: the search ends when the best LR is bracketed)")
+
+    print(f"trials: {'about ' if brackets else ''}{sum(counts.values())} = " + ", ".join(
+        f"{m} {c}" + (tuned_note() if m == "tuned" else "") for m, c in counts.items())
         + f"; {len(spec.axes.seeds)} seed(s)")
     if estimates or rows:
         print("budgets (S(B) = steps the best rule needs, needed = margin x S(B); resol = evaluation interval / S(B)):")

@@ -8,6 +8,7 @@ stored sweep, or refuses it naming the keys that would change cells it already h
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,6 +257,13 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
                        warmup_steps=r.warmup_steps, total_steps=r.total_steps, warnings=list(r.warnings))
         p.grid[trial_id] = trial.model_dump(mode="json")
         p.rows.append(row)
+    for r in p.rows:  # a bracketing study's size is known only as it runs: what it will likely need, and bounds
+        if r.get("search") == "bracket":
+            s = studies[r["study"]]
+            n = len(s.seeds)
+            coarse = len(s.bracket.coarse_indices())
+            levels = max(0, int(round(math.log2(s.bracket.coarse))))
+            r.update(trials=(coarse + 2 * levels) * n, trials_range=[coarse * n, s.max_trials])
     return p
 
 
