@@ -135,7 +135,7 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[str, Any]:
     """What ``new`` adds to a sweep run as ``old``: axis -> its new values, and ``tuning.trials`` ->
-    the trials each study gains; {} when it adds nothing. Raises SweepConflict when anything that
+    the trials each TPE study gains; {} when it adds nothing. Raises SweepConflict when anything that
     fixes the existing cells changed, or the sweep would shrink."""
     changed = _changed_keys(identity(old_resolved), identity(new_resolved))
     if changed:
@@ -148,9 +148,11 @@ def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[s
             dropped.append(f"axes.{axis} drops {sorted(set(before) - set(after))}")
         if set(after) - set(before):
             added[axis] = [v for v in after if v not in before]
+    # tuning.trials sizes a TPE study only; a bracketing search ends where its bracket closes
+    tpe = (new_resolved.get("tuning") or {}).get("search", "bracket") == "tpe"
     trials_before = (old_resolved.get("tuning") or {}).get("trials")
     trials_after = (new_resolved.get("tuning") or {}).get("trials")
-    if trials_before is not None and trials_after is not None and trials_after != trials_before:
+    if tpe and trials_before is not None and trials_after is not None and trials_after != trials_before:
         if trials_after < trials_before:
             dropped.append(f"tuning.trials drops from {trials_before} to {trials_after}")
         else:
