@@ -35,8 +35,10 @@ data:
 browser:
 	@scripts/install-debian-packages.sh chromium
 
+# The 20 slowest tests and the suite's wall time, every run: a suite that doubles is seen at once.
 test: setup browser
-	$(BIN)/python -m pytest -q
+	@start=$$(date +%s); $(BIN)/python -m pytest -q --durations=20; rc=$$?; \
+	echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 sweep: setup
 	$(BIN)/batchscale sweep $(SPEC) $(if $(NAME),--name $(NAME)) $(if $(ADDRESS),--address $(ADDRESS)) $(ARGS)

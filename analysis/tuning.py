@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
 from analysis.aggregate import Results
 
@@ -71,10 +73,6 @@ def lr_scaling(res: Results, agg: pd.DataFrame, b_crit: float | None) -> list[di
     90% t-interval (n - 2 degrees of freedom); alpha = 1 is Linear scaling, 0.5 is Sqrt. And the
     batch size from which eta_opt stops growing: the smallest B beyond which no tuned LR is more
     than one lattice step above eta_opt(B)."""
-    from scipy import stats
-
-    import numpy as np
-
     step = float((res.meta["spec_resolved"].get("tuning") or {}).get("lattice_step", 2**0.5))
     out = []
     tuned = agg[agg.method.str.split(":").str[0] == "tuned"]

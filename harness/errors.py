@@ -42,6 +42,13 @@ class SweepConflict(BatchscaleError):
     exit_code = 4
 
 
+class ResultsFolderError(BatchscaleError):
+    """The results folder cannot be used: a file where a folder belongs, not writable, or in use
+    by another sweep (harness.sweep.lock)."""
+
+    exit_code = 5
+
+
 def did_you_mean(value: object, choices) -> str:
     """`` (did you mean 'legw'?)`` for a misspelt or mis-cased name, else ''."""
     import difflib

@@ -15,9 +15,32 @@ from rich.table import Table
 from rich.text import Text
 
 
+def target_words(summary: dict[str, Any], metric: str, target: float | None) -> str:
+    """Whether a trial reached the study's target, in words: "target reached at step N", or
+    "target missed (best accuracy 0.7746 < 0.85)"; "" without a target."""
+    if target is None or summary.get("status") in ("diverged", "failed"):
+        return ""
+    if summary.get("target_reached"):
+        return f"target reached at step {summary.get('steps_to_target')}"
+    best = summary.get("best_metric")
+    if not isinstance(best, (int, float)):
+        return "target missed"
+    side = "<" if summary.get("higher_is_better", True) else ">"
+    return f"target missed (best {metric} {best:.4f} {side} {target:g})"
+
+
+def eta_words(elapsed: float, finished: int, remaining: int) -> str:
+    """The sweep's remaining time at this session's pace so far ("about 4 min left", "under a minute left"); "" before the
+    first trial of the session ends. An estimate: a bracketing search's count is an upper bound."""
+    if finished <= 0 or remaining <= 0:
+        return ""
+    left = elapsed / finished * remaining
+    return f"about {left / 60:.0f} min left" if left >= 60 else "under a minute left"
+
+
 class SweepProgress:
-    def __init__(self, name: str, metric: str, console: Console | None = None):
-        self.name, self.metric = name, metric
+    def __init__(self, name: str, metric: str, console: Console | None = None, target: float | None = None):
+        self.name, self.metric, self.target = name, metric, target
         self.console = console or Console()
         self.live: Live | None = None
         self.running: dict[str, dict[str, Any]] = {}
@@ -48,11 +71,19 @@ class SweepProgress:
         shown = f"{self.metric} {metric:.4f}" if isinstance(metric, float) else ""
         steps = summary.get("steps")
         secs = summary.get("train_seconds")
+        said = target_words({"status": status, **summary}, self.metric, self.target)
         line = f"[{done}/{self.total}] {trial_id:<34} {status:<10} {shown}" + (
-            f"  ({steps} steps, {secs:.1f} s training)" if steps is not None and secs is not None else "")
+            f"  ({steps} steps, {secs:.1f} s training)" if steps is not None and secs is not None else "") + (
+            f"; {said}" if said else "")
         self.console.print(line, highlight=False, soft_wrap=True)
         if self.live:
             self.live.update(self._render())
+        elif (tenth := max(1, self.total // 10)) and done % tenth == 0 and done < self.total:
+            # in a log, the overall ETA every tenth of the sweep
+            eta = eta_words(time.monotonic() - self.started, sum(self.counts.values()), self.total - done)
+            if eta:
+                self.console.print(f"sweep {self.name}: {done}/{self.total} finished, {eta} "
+                                   f"(at most {self.total} trials)", highlight=False, soft_wrap=True)
 
     def stop(self) -> None:
         if self.live:
@@ -64,8 +95,9 @@ class SweepProgress:
         elapsed = time.monotonic() - self.started
         done = self.already + sum(self.counts.values())
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "none yet"
+        eta = eta_words(elapsed, sum(self.counts.values()), self.total - done)
         head = Text(f"sweep {self.name}: {done}/{self.total} finished ({counts}); {len(self.running)} running; "
-                    f"{elapsed / 60:.1f} min")
+                    f"{elapsed / 60:.1f} min" + (f"; {eta} (at most {self.total} trials)" if eta else ""))
         table = Table(box=None, pad_edge=False)
         for col in ("trial", "step", "examples", self.metric, "train loss"):
             table.add_column(col, justify="left" if col == "trial" else "right")

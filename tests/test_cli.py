@@ -35,6 +35,28 @@ def test_train_writes_measurements_recipe_and_summary(data_dir, tmp_path, capsys
     summary = json.loads((out_dir / "summary.json").read_text())
     assert recipe["batch_size"] == 64 and recipe["method"] == "legw" and summary["steps"] == recipe["total_steps"]
     assert json.loads((out_dir / "spec.json").read_text())["seed"] == 3
+    said = (f"target reached at step {summary['steps_to_target']}" if summary["target_reached"]
+            else f"target missed (best accuracy {summary['best_metric']:.4f} < 0.3)")
+    assert said in out, out
+
+
+def test_sweep_lines_say_whether_the_target_was_reached_and_a_log_gets_an_eta():
+    from rich.console import Console
+
+    from harness.progress import SweepProgress
+
+    buf = io.StringIO()
+    progress = SweepProgress("s", "accuracy", Console(file=buf, force_terminal=False, width=200), target=0.85)
+    progress.start(20, set())
+    progress.finished("a", "complete", {"final_metric": 0.77, "best_metric": 0.7746, "higher_is_better": True,
+                                        "target_reached": False, "steps": 147, "train_seconds": 1.0})
+    progress.finished("b", "complete", {"final_metric": 0.86, "best_metric": 0.86, "target_reached": True,
+                                        "steps_to_target": 91, "steps": 91, "train_seconds": 1.0})
+    progress.finished("c", "diverged", {"steps": 3, "train_seconds": 0.1})
+    lines = buf.getvalue().splitlines()
+    assert lines[1].endswith("; target missed (best accuracy 0.7746 < 0.85)"), lines
+    assert lines[2].endswith("; target reached at step 91") and "target" not in lines[-1].split("diverged")[-1]
+    assert lines[3] == "sweep s: 2/20 finished, under a minute left (at most 20 trials)", lines
 
 
 def test_list_names_every_workload_method_and_optimizer(capsys):
@@ -126,3 +148,47 @@ def test_every_shipped_spec_loads_and_checks():
     assert len(paths) >= 15
     for path in paths:
         load_spec(str(path))
+
+
+TINY_SWEEP = ("name: lk\nworkload: teacher_regression\nworkload_options: {dim: 8, n_train: 4096}\n"
+              "recipe: {peak_lr: 0.1}\nbudget: {epochs: 1}\naxes: {batch_sizes: [256], methods: [none]}\n")
+
+
+def test_a_second_sweep_of_the_same_folder_is_refused_naming_the_process_that_holds_it(capsys, tmp_path):
+    """Two sweeps of one folder: the second (here in-process, before any Ray) refuses in one line
+    while another process holds the folder's lock, and runs once that process has ended."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(TINY_SWEEP)
+    results = tmp_path / "results"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from harness.sweep.lock import sweep_lock\n"
+         f"with sweep_lock(Path({str(results / 'lk')!r})):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["sweep", str(spec), "--results", str(results), "--quiet"]) == 5
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"in use by process {holder.pid} (batchscale sweep)" in err, err
+        assert not (results / "lk").exists()  # refused before anything was written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_folder_problems_are_one_line_before_anything_runs(capsys, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(TINY_SWEEP)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "lk").write_text("not a folder")
+    for args, words in ((["--results", str(afile)], f"{afile} is a file, not a folder"),
+                        (["--results", str(tmp_path / "results")], f"{tmp_path / 'results' / 'lk'} is a file"),
+                        (["--results", str(tmp_path / "r2"), "--name", "../escaped"], "--name '../escaped' is not allowed")):
+        assert main(["sweep", str(spec), "--quiet", *args]) == 5, args
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and words in err, err
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "r2").exists()

@@ -51,6 +51,10 @@ def test_bad_trial_specs_exit_2_with_one_line(tmp_path, capsys, override, key, f
     ("micro_batch_size=100", "micro_batch_size", "a divisor of axes.batch_sizes[0] (256)"),
     ("tuning.trials=0", "tuning.trials", "greater than 0"),
     ("resources.cpus=0", "resources.cpus", "greater than 0"),
+    ("axes.batch_sizes=[true]", "axes.batch_sizes.0", "valid integer"),  # never coerced to B = 1
+    ("axes.seeds=['1']", "axes.seeds.0", "valid integer"),
+    ("axes.batch_sizes=[256, 512, 256]", "axes.batch_sizes", "each value once (repeated: 256)"),
+    ("axes.methods=[legw, sqrt, legw]", "axes.methods", "each value once (repeated: legw)"),
 ])
 def test_bad_sweep_specs(tmp_path, override, key, fragment):
     path = write(tmp_path, {"workload": "mnist1d_mlp", "axes": {"batch_sizes": [256, 512]}})

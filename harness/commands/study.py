@@ -25,12 +25,17 @@ def sweep(spec_path: str, overrides: list[str], *, name: str | None = None, addr
     name = name or spec.name
     wl = spec.workload_obj()
     driver = Sweep(spec, given, results_root=results, name=name, address=address, storage=storage,
-                   progress=None if quiet else SweepProgress(name, wl.metric), verbose=verbose)
+                   progress=None if quiet else SweepProgress(name, wl.metric, target=spec.target.value if spec.target else None),
+                   verbose=verbose)
     try:
         out = driver.run()
     except KeyboardInterrupt:
-        print(f"interrupted: finished trials are saved in {driver.store.root}; run the same command again to resume",
-              file=sys.stderr)
+        if driver.store.exists():
+            print(f"interrupted: finished trials are saved in {driver.store.root}; run the same command again to "
+                  "resume", file=sys.stderr)
+        else:
+            print(f"interrupted before any trial was recorded: nothing was written to {driver.store.root}",
+                  file=sys.stderr)
         return 130
     counts = ", ".join(f"{k} {v}" for k, v in sorted(out["counts"].items())) or "no trials"
     if out.get("already_finished"):

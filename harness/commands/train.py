@@ -9,10 +9,10 @@ from pathlib import Path
 
 def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: bool = False) -> int:
     """``batchscale train``: one trial in this process (data-parallel: its workers on an embedded Ray)."""
+    from harness.progress import target_words
+    from harness.protocol import with_b_noise
     from harness.spec import load_spec
     from harness.trial import Trial
-
-    from harness.protocol import with_b_noise
 
     spec = with_b_noise(load_spec(spec_path, overrides, kind="trial"))
     if spec.threads is None:  # the rule of a sweep's trials (resources.cpus, default 1): comparable timings
@@ -47,7 +47,7 @@ def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: b
     print(f"{result.status}: {s['steps']} steps, {s['train_seconds']:.1f} s training "
           f"({s['throughput']:.0f} examples/s), best {metric} {best}"
           + (f", diverged at step {s['diverged_step']}" if s["diverged_step"] else "")
-          + (f"; target reached at step {s['steps_to_target']}" if s["target_reached"] else "")
+          + (f"; {said}" if (said := target_words(s, metric, spec.target.value if spec.target else None)) else "")
           + (f"; noise scale B_simple {s['noise_scale']:.0f}" if s.get("noise_scale") else ""))
     print(f"results in {out}")
     return 0

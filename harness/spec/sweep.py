@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictInt, model_validator
 
 from harness.errors import SpecError
 from harness.optimizers import OPTIMIZERS
@@ -24,15 +24,26 @@ these arms existed has nulls there, which are the defaults."""
 
 
 class Axes(Strict):
-    batch_sizes: Annotated[list[PositiveInt], Field(min_length=1)] = [256 * 2**i for i in range(8)]
+    # strict integers: a boolean or a string is never taken for a batch size or a seed
+    batch_sizes: Annotated[list[Annotated[StrictInt, Field(gt=0)]], Field(min_length=1)] = [256 * 2**i for i in range(8)]
     methods: Annotated[list[str], Field(min_length=1)] = ["goyal", "legw", "sqrt", "linear-legw"]
     #: Default: the workload's default optimizer.
     optimizers: Annotated[list[str], Field(min_length=1)] | None = None
-    seeds: Annotated[list[NonNegativeInt], Field(min_length=1)] = [0]
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] = [0]
     #: Adversarial augmentation per cell (the ``augment`` section's kind; its eps and norm apply).
     augment: Annotated[list[Literal["none", "disadv", "conadv"]], Field(min_length=1)] | None = None
     #: Data-parallel algorithm per cell (``data_parallel.algorithm``; its workers and topology apply).
     algorithm: Annotated[list[Literal["allreduce", "dmsgd", "decentlam"]], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _no_repeats(self):
+        """A value twice on an axis would be one cell that ``plan`` counts twice: refused."""
+        for axis in ("batch_sizes", "methods", "optimizers", "seeds", "augment", "algorithm"):
+            values = getattr(self, axis) or []
+            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if repeated:
+                raise SpecError(f"axes.{axis}", values, f"each value once (repeated: {', '.join(map(str, repeated))})")
+        return self
 
 
 class Asha(Strict):

@@ -30,6 +30,7 @@ from harness.spec import SweepSpec
 from harness.store import FINAL, ResultsStore, environment, now
 from harness.sweep import leftovers
 from harness.sweep.console import check_address, check_local_gpus, ray_output
+from harness.sweep.lock import check_folder, check_name, interrupts_as_ctrl_c, sweep_lock
 from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, growth, plan, probe_b_noise,
                                 spec_hash)
 
@@ -41,7 +42,7 @@ class Sweep:
         self.spec = spec
         self.verbose = verbose
         self.given = given
-        self.name = name or spec.name or "sweep"
+        self.name = check_name(name or spec.name or "sweep")
         self.store = ResultsStore(Path(results_root) / self.name)
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.storage = storage or str((self.store.root / "ray").resolve())
@@ -75,6 +76,12 @@ class Sweep:
 
     # -- run --------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Run, resume or grow the sweep: its folder checked first, held by this process alone."""
+        check_folder(self.store.root)
+        with sweep_lock(self.store.root), interrupts_as_ctrl_c():
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         if self.address:  # before anything is written: a wrong address fails in seconds, not minutes
             check_address(self.address)
         else:  # and GPUs the embedded Ray does not have: Tune would wait for them for ever

@@ -25,7 +25,8 @@ from harness.tuning import BracketSearch, Lattice
 
 @dataclass
 class Study:
-    """One tuned study: an Optuna search of the peak LR at one (optimizer, batch size, seed)."""
+    """One tuned study: the search of the peak LR at one (optimizer, batch size, arm): a bracket over
+    every seed, or a TPE study per seed."""
 
     name: str
     optimizer: str
@@ -46,13 +47,12 @@ class Study:
     seeds: list[int] = field(default_factory=list)
     trials_by_seed: dict[int, dict[str, Any]] = field(default_factory=dict)
     bracket: Any = None  # harness.tuning.BracketSearch of a bracket study
+    trials_budget: int = 0  # tpe: ``tuning.trials``
 
     @property
     def max_trials(self) -> int:
         """An upper bound on the study's trials (all seeds)."""
         return self.bracket.max_candidates() * len(self.seeds) if self.bracket else self.trials_budget
-
-    trials_budget: int = 0
 
 
 @dataclass
@@ -149,7 +149,8 @@ def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[s
         if set(after) - set(before):
             added[axis] = [v for v in after if v not in before]
     # tuning.trials sizes a TPE study only; a bracketing search ends where its bracket closes
-    tpe = (new_resolved.get("tuning") or {}).get("search", "bracket") == "tpe"
+    tpe = ((new_resolved.get("tuning") or {}).get("search", "bracket") == "tpe"
+           and "tuned" in {m.split(":")[0] for m in (old_axes.get("methods") or [])})
     trials_before = (old_resolved.get("tuning") or {}).get("trials")
     trials_after = (new_resolved.get("tuning") or {}).get("trials")
     if tpe and trials_before is not None and trials_after is not None and trials_after != trials_before:
@@ -158,7 +159,8 @@ def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[s
         else:
             added["tuning.trials"] = trials_after - trials_before
     if dropped:
-        raise SweepConflict(f"{'; '.join(dropped)}, which the store holds (a sweep grows, it does not shrink)")
+        raise SweepConflict(f"{'; '.join(dropped)} from the spec the stored sweep was run with (a sweep grows, it "
+                            "does not shrink)")
     return added
 
 
