@@ -64,6 +64,8 @@ def test_list_names_every_workload_method_and_optimizer(capsys):
     out = capsys.readouterr().out
     for name in ("fmnist_lstm", "mnist1d_mlp", "kjv_lstm_lm", "legw", "goyal", "adascale", "autowu", "lars", "lamb"):
         assert name in out
+    sweeps, trials = out.split("example sweeps")[1].split("example trials")
+    assert "fmnist_lstm_legw_4k" in trials and "fmnist_lstm_legw_4k" not in sweeps and "default" in sweeps
 
 
 def test_report_of_a_missing_folder_is_one_line(capsys, tmp_path):
@@ -192,3 +194,13 @@ def test_folder_problems_are_one_line_before_anything_runs(capsys, tmp_path):
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and words in err, err
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "r2").exists()
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_any_pilot(capsys, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(TINY_SWEEP)
+    for command in (["plan", str(spec)], ["sweep", str(spec), "--results", str(tmp_path / "results"), "--quiet"]):
+        assert main([*command, "--set", "axes.batch_sizes=[256, 8192]"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "value 8192 is not allowed; allowed: at most the 4,096 training examples" in err, err
+    assert not (tmp_path / "results" / "lk").exists()

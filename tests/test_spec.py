@@ -55,6 +55,7 @@ def test_bad_trial_specs_exit_2_with_one_line(tmp_path, capsys, override, key, f
     ("axes.seeds=['1']", "axes.seeds.0", "valid integer"),
     ("axes.batch_sizes=[256, 512, 256]", "axes.batch_sizes", "each value once (repeated: 256)"),
     ("axes.methods=[legw, sqrt, legw]", "axes.methods", "each value once (repeated: legw)"),
+    ("target={metric: accuracy, value: 1.5}", "target.value", "a value in (0, 1] (the range of accuracy)"),
 ])
 def test_bad_sweep_specs(tmp_path, override, key, fragment):
     path = write(tmp_path, {"workload": "mnist1d_mlp", "axes": {"batch_sizes": [256, 512]}})

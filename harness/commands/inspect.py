@@ -114,11 +114,13 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     from harness.scaling import AUTOMATIC_METHODS, resolve
     from harness.spec import load_spec
     from harness.sweep import plan
+    from harness.sweep.plan import check_fits_the_data
 
     spec = load_spec(spec_path, overrides, kind="sweep")
     wl = spec.workload_obj()
     wl.prepare()
     n = wl.train_size()
+    check_fits_the_data(spec, n)
     p = spec.protocol
     print(f"plan: {spec.name} ({wl.name}, {n:,} training examples); protocol {p.kind}: {PROTOCOL_SOURCES[p.kind]}")
     if spec.target is None:
@@ -226,7 +228,13 @@ def list_all() -> int:
     print("paper studies (batchscale reproduce NAME):")
     for name, path in studies().items():
         print(f"  {name:<14} {path}")
-    print("example sweeps (batchscale sweep NAME):")
-    for name, path in examples().items():
-        print(f"  {name:<22} {path}")
+    from harness.spec import read_yaml
+
+    kinds = {name: "sweep" if isinstance(read_yaml(path), dict) and "axes" in read_yaml(path) else "trial"
+             for name, path in examples().items()}
+    for kind, how in (("sweep", "batchscale sweep NAME"), ("trial", "batchscale train NAME: one trial")):
+        print(f"example {kind}s ({how}):")
+        for name, path in examples().items():
+            if kinds[name] == kind:
+                print(f"  {name:<22} {path}")
     return 0

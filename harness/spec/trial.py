@@ -32,6 +32,12 @@ class Budget(Strict):
         return self.examples / dataset_size if self.examples else None
 
 
+#: metric -> (exclusive lower bound, inclusive upper bound, in words) of a reachable target
+METRIC_RANGES = {"accuracy": (0.0, 1.0, "a value in (0, 1]"),
+                 "perplexity": (1.0, None, "a value above 1"),
+                 "excess_risk": (0.0, None, "a value above 0")}
+
+
 class Target(Strict):
     """A metric value to reach; the first evaluation reaching it is recorded (and may stop the run)."""
 
@@ -254,6 +260,10 @@ class Common(Strict):
     def _check_target(self, wl) -> None:
         if self.target and self.target.metric != wl.metric:
             raise SpecError("target.metric", self.target.metric, f"allowed: {wl.metric!r} (the metric of {wl.name})")
+        if self.target:  # a target the metric cannot reach is refused here, not after a pilot
+            value, (low, high, words) = self.target.value, METRIC_RANGES.get(wl.metric, (None, None, ""))
+            if (low is not None and value <= low) or (high is not None and value > high):
+                raise SpecError("target.value", value, f"allowed: {words} (the range of {wl.metric})")
 
 
 class TrialSpec(Common):

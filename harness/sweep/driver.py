@@ -31,8 +31,8 @@ from harness.store import FINAL, ResultsStore, environment, now
 from harness.sweep import leftovers
 from harness.sweep.console import check_address, check_local_gpus, ray_output
 from harness.sweep.lock import check_folder, check_name, interrupts_as_ctrl_c, sweep_lock
-from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, growth, plan, probe_b_noise,
-                                spec_hash)
+from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, check_fits_the_data, growth, plan,
+                                probe_b_noise, spec_hash)
 
 
 class Sweep:
@@ -103,6 +103,7 @@ class Sweep:
         wl = self.spec.workload_obj()
         wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
         dataset_size = wl.train_size()
+        check_fits_the_data(self.spec, dataset_size)
         stored = (meta or {}).get("protocol", {}).get("estimates")
         if not stored and protocol.needs_estimate(self.spec) and self.spec.protocol.s_min is None:
             self._say(f"protocol {self.spec.protocol.kind}: pilot of the base recipe at B0 to the target ...")

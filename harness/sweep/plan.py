@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import protocol
-from harness.errors import SweepConflict
+from harness.errors import SpecError, SweepConflict
 from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
 from harness.spec import Budget, SweepSpec
 from harness.spec.sweep import arm_label
@@ -162,6 +162,16 @@ def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[s
         raise SweepConflict(f"{'; '.join(dropped)} from the spec the stored sweep was run with (a sweep grows, it "
                             "does not shrink)")
     return added
+
+
+def check_fits_the_data(spec: SweepSpec, dataset_size: int) -> None:
+    """A batch larger than the training set would repeat examples inside one step: refused (before
+    any pilot), naming the batch size and the training set's size."""
+    too_big = [b for b in spec.axes.batch_sizes if b > dataset_size]
+    if too_big:
+        raise SpecError("axes.batch_sizes", too_big[0] if len(too_big) == 1 else too_big,
+                        f"allowed: at most the {dataset_size:,} training examples of {spec.workload} (a step would "
+                        "repeat examples; enlarge the data set, e.g. workload_options.n_train)")
 
 
 def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None,
