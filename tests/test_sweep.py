@@ -367,7 +367,7 @@ def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp
         "name": "flaky", "workload": "flaky_mnist1d", "workload_options": {"n_train": 2000, "n_test": 500},
         "budget": {"epochs": 1}, "eval": {"per_epoch": 2}, "axes": {"batch_sizes": [256, 512], "methods": ["legw"]},
         "retries": 1, "noise_scale": False,  # one micro-batch per step: the failing size is the batch size
-        "tracking": {"tensorboard": True, "mlflow": True}})
+        "tracking": {"tensorboard": True, "mlflow": True, "wandb": True, "wandb_mode": "offline"}})
     # run as a user runs it: the `batchscale` script, in the folder that holds the plugin module, no
     # PYTHONPATH: the module is found there, and the Ray workers find it too
     shutil.copy(REPO / "tests" / "plugins.py", tmp_path / "myplugins.py")
@@ -375,7 +375,8 @@ def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp
     proc = subprocess.run([str(Path(sys.executable).with_name("batchscale")), "sweep", str(spec), "--results",
                            str(tmp_path / "results"), "--no-report", "--quiet"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600,
-                          env={**env, "RAY_TMPDIR": ray_tmp, "BATCHSCALE_WORKLOAD_MODULES": "myplugins"})
+                          env={**env, "RAY_TMPDIR": ray_tmp, "BATCHSCALE_WORKLOAD_MODULES": "myplugins",
+                               "WANDB_SILENT": "true"})
     assert proc.returncode == 0, why(proc)
     _, trials, _ = load(tmp_path / "results" / "flaky")
     by_batch = trials.set_index("batch_size")
@@ -395,13 +396,60 @@ def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("flaky").experiment_id])}
     assert set(runs) == set(trials.trial_id)
     assert runs[ok].info.status == "FINISHED" and runs[ok].data.params["batch_size"] == "256"
+    # a rule arm's run has the recipe it resolved to, not only the tuned arm's searched LR
+    params = runs[ok].data.params
+    assert float(params["peak_lr"]) == pytest.approx(by_batch.loc[256, "peak_lr"])
+    assert float(params["warmup_epochs"]) == pytest.approx(by_batch.loc[256, "warmup_epochs"])
+    assert "realised_peak_lr" in params and params["micro_batch_size"] == "256" and params["method"] == "legw"
     assert [m.step for m in client.get_metric_history(runs[ok].info.run_id, "accuracy")] == steps
+    examples = measurements[measurements.trial_id == ok].examples.tolist()
+    assert [m.value for m in client.get_metric_history(runs[ok].info.run_id, "examples")] == examples
     assert runs[ok].data.metrics["final_final_metric"] == pytest.approx(by_batch.loc[256, "final_metric"])
     assert runs[by_batch.loc[512, "trial_id"]].info.status == "FAILED"
     events = EventAccumulator(str(results / "tensorboard" / ok))
     events.Reload()
     assert [e.step for e in events.Scalars("accuracy")] == steps
     assert [e.value for e in events.Scalars("accuracy")][-1] == pytest.approx(by_batch.loc[256, "final_metric"])
+    assert [e.step for e in events.Scalars("by_examples/accuracy")] == examples  # batch sizes on one axis
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator as PluginEvents
+
+    plugin = PluginEvents(str(results / "tensorboard" / ok))
+    plugin.Reload()
+    assert "_hparams_/experiment" in plugin.PluginTagToContent("hparams")
+    # W&B, offline: a run per trial, its config the resolved recipe, exit 0 when complete, 1 on error
+    for trial_id, exit_code in ((ok, 0), (by_batch.loc[512, "trial_id"], 1)):
+        run_files = list((results / "wandb" / "wandb").glob(f"offline-run-*-{trial_id}/run-{trial_id}.wandb"))
+        assert len(run_files) == 1, list((results / "wandb").rglob("*"))
+        records = wandb_records(run_files[0])
+        assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [exit_code]
+        config = {u.key for u in next(r.run.config for r in records if r.WhichOneof("record_type") == "run").update}
+        # the recipe comes with the first evaluation, which the trial in error never reached
+        assert {"batch_size", "method"} | ({"peak_lr", "warmup_epochs", "realised_peak_lr"} if exit_code == 0
+                                           else set()) <= config, config
+
+
+def wandb_records(path):
+    """The protobuf records of an offline W&B run file (LevelDB log format: 7-byte file header,
+    32 KiB blocks of records with a 7-byte header each; FULL or FIRST..LAST pieces)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, out, piece = Path(path).read_bytes(), 7, [], b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # the block's zero padding
+            pos += left
+            continue
+        piece, pos = piece + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(piece)
+            out.append(record)
+            piece = b""
+    return out
 
 
 def test_an_unreachable_cluster_address_fails_fast_in_one_line(tmp_path, ray_tmp, finished_sweep):

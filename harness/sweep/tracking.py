@@ -3,8 +3,10 @@ researchers compare runs in (TensorBoard, MLflow, Weights & Biases), through the
 
 ``TrackingCallback`` is a Tune callback of the driver: each evaluation a trial reports is sent once
 (a resumed trial continues its run; its earlier evaluations are not sent again), with the trial's
-step as the x axis; when the trial ends its summary (status, final metric, steps to the target) is
-sent and its run closed. The results store stays the source of truth; tracking is a view of it
+step as the x axis and its examples seen and epoch beside it; its parameters are the resolved recipe
+it ran with (every arm's LR and warmup, micro-batch, budget); when the trial ends its summary
+(status, final metric, steps to the target) is sent and its run closed: FINISHED when complete,
+FAILED when diverged or in error, KILLED when unfinished. The results store stays the source of truth; tracking is a view of it
 for those tools. Which tools: the spec's ``tracking`` section or ``--tracking``.
 """
 
@@ -22,17 +24,23 @@ from harness.store import Status
 
 #: measurement columns sent as scalars (the workload's metric is sent under its own name)
 SCALARS = ("train_loss", "eval_loss", "lr", "noise_scale", "gain")
+#: the other x axes, sent as values beside each evaluation (MLflow and W&B plot against them;
+#: TensorBoard gets ``by_examples/`` copies of the curves)
+AXES = ("examples", "epoch")
 #: summary fields sent when a trial ends
 FINAL = ("final_metric", "best_metric", "steps", "steps_to_target", "examples_to_target", "seconds_to_target",
          "train_seconds", "throughput", "diverged_step", "sharpness", "consensus_distance")
 
 
-def params_of(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's parameters for a tracking tool: its identity and recipe, flat."""
+def params_of(config: dict[str, Any], resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A trial's parameters for a tracking tool, flat: its identity, its spec's recipe, and the
+    recipe it resolved to and ran with (``resolved``, reported by the trainable: peak and realised
+    LR, warmup epochs and steps, micro-batch, the protocol's step budget), for every arm."""
     t = config["trial"]
     out = {k: t.get(k) for k in ("workload", "optimizer", "method", "batch_size", "seed", "micro_batch_size")}
     out.update({f"recipe.{k}": v for k, v in (t.get("recipe") or {}).items() if not isinstance(v, dict)})
     out.update({k: config[k] for k in ("peak_lr", "warmup_epochs", "study") if config.get(k) is not None})
+    out.update({k: v for k, v in (resolved or {}).items() if v is not None})
     out["augment"] = (t.get("augment") or {}).get("kind")
     out["data_parallel.algorithm"] = (t.get("data_parallel") or {}).get("algorithm")
     out["trial_id"] = config["trial_id"]
@@ -43,21 +51,34 @@ class TensorBoard:
     def __init__(self, root: Path):
         from tensorboardX import SummaryWriter
 
-        self.root, self.writer_class, self.writers = root, SummaryWriter, {}
+        self.root, self.writer_class, self.writers, self.params = root, SummaryWriter, {}, {}
 
     def start(self, trial_id: str, params: dict[str, Any]) -> None:
         w = self.writers[trial_id] = self.writer_class(str(self.root / trial_id))
         w.add_text("config", json.dumps(params, indent=1, default=str))
+        self.params[trial_id] = params
 
     def log(self, trial_id: str, step: int, values: dict[str, float]) -> None:
+        w = self.writers[trial_id]
         for k, v in values.items():
-            self.writers[trial_id].add_scalar(k, v, global_step=step)
+            w.add_scalar(k, v, global_step=step)
+        if "examples" in values:  # the same curves against examples seen: batch sizes on one axis
+            for k, v in values.items():
+                if k not in AXES:
+                    w.add_scalar(f"by_examples/{k}", v, global_step=int(values["examples"]))
 
     def finish(self, trial_id: str, status: str, final: dict[str, float]) -> None:
+        from tensorboardX.summary import hparams
+
         w = self.writers.pop(trial_id)
         for k, v in final.items():
             w.add_scalar(f"final/{k}", v)
         w.add_text("status", status)
+        # the HParams dashboard: this run's parameters against its final numbers
+        hp = {k: v for k, v in {**self.params.pop(trial_id, {}), "status": str(status)}.items()
+              if isinstance(v, (int, float, str, bool))}
+        for summary in hparams(hp, {f"final/{k}": v for k, v in final.items()}):
+            w._get_file_writer().add_summary(summary)
         w.close()
 
 
@@ -94,8 +115,9 @@ class MLflow:
         for k, v in final.items():
             self.client.log_metric(run, f"final_{k}", v)
         self.client.set_tag(run, "status", status)
-        ok = status in (Status.COMPLETE, Status.DIVERGED)
-        self.client.set_terminated(run, "FINISHED" if ok else ("KILLED" if status == Status.INCOMPLETE else "FAILED"))
+        # a diverged trial is a result of the study, and a failed run: FAILED, like an error
+        self.client.set_terminated(run, "FINISHED" if status == Status.COMPLETE else
+                                   ("KILLED" if status == Status.INCOMPLETE else "FAILED"))
 
 
 class Wandb:
@@ -118,7 +140,7 @@ class Wandb:
     def finish(self, trial_id: str, status: str, final: dict[str, float]) -> None:
         run = self.runs.pop(trial_id)
         run.summary.update({**final, "status": str(status)})
-        run.finish(exit_code=0 if status in (Status.COMPLETE, Status.DIVERGED) else 1)
+        run.finish(exit_code=0 if status == Status.COMPLETE else 1)  # diverged and errors: failed runs
 
 
 def sinks(tracking, root: Path, name: str) -> list:
@@ -152,11 +174,11 @@ class TrackingCallback(tune.Callback):
         tid = trial.config["trial_id"]
         if tid not in self.sent:
             for s in self.sinks:
-                s.start(tid, params_of(trial.config))
+                s.start(tid, params_of(trial.config, json.loads(result.get("recipe") or "{}")))
             self.sent[tid] = 0
         rows = json.loads(result.get("measurements") or "[]")
         for row in rows[self.sent[tid]:]:
-            values = {self.metric: row.get("metric"), **{k: row.get(k) for k in SCALARS}}
+            values = {self.metric: row.get("metric"), **{k: row.get(k) for k in SCALARS + AXES}}
             values = {k: float(v) for k, v in values.items() if v is not None and v == v}
             for s in self.sinks:
                 s.log(tid, int(row["step"]), values)

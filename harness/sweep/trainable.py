@@ -9,6 +9,7 @@ training logic lives here.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -58,8 +59,10 @@ def tune_trial(config: dict[str, Any]) -> None:
     every = checkpoint_seconds()
     last = [None]  # when the last checkpoint was taken
 
+    recipe = json.dumps(tracked_recipe(trial, steps_budget))
+
     def on_eval(t, row):
-        metrics = report_metrics(t.measurements, t.summary(), "running", worst, steps_budget)
+        metrics = {**report_metrics(t.measurements, t.summary(), "running", worst, steps_budget), "recipe": recipe}
         now = time.monotonic()
         if last[0] is not None and now - last[0] < every:  # a report without a checkpoint
             tune.report(metrics)
@@ -70,7 +73,18 @@ def tune_trial(config: dict[str, Any]) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     result = trial.run(on_eval=on_eval)
-    tune.report(report_metrics(result.measurements, result.summary, result.status, worst, steps_budget))
+    tune.report({**report_metrics(result.measurements, result.summary, result.status, worst, steps_budget),
+                 "recipe": recipe})
+
+
+def tracked_recipe(trial, steps_budget: int | None) -> dict:
+    """What a tracking tool shows of a trial's resolved recipe: the LR and warmup it ran with (the
+    rule's, not only a tuned search's), its micro-batch and its budget."""
+    r = trial.recipe
+    return {"peak_lr": r.peak_lr, "realised_peak_lr": r.realised_peak_lr, "base_peak_lr": r.base_peak_lr,
+            "lr_rule": r.lr_rule, "warmup_rule": r.warmup_rule, "warmup_epochs": r.warmup_epochs,
+            "warmup_steps": r.warmup_steps, "total_steps": r.total_steps, "steps_per_epoch": r.steps_per_epoch,
+            "micro_batch_size": trial.micro_batch_size, "protocol_budget_steps": steps_budget}
 
 
 def _earlier_checkpoint(path: str | None):
