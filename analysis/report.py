@@ -268,9 +268,36 @@ def summary(res: Results, agg: pd.DataFrame, tables: list[Table], critical: dict
 
 
 def build_report(root: str | Path) -> dict:
-    """Write the report folder; returns paths and the judged claims."""
+    """Write the report folder; returns paths and the judged claims. The report is written beside
+    the old one and swapped in whole at the end, so a report that fails half-way (a method name
+    this process cannot read, a full disk) leaves the previous report as it was, and no half."""
+    import shutil
+
+    from harness.errors import BatchscaleError
+
     res = load_results(root)
-    out = res.root / "report"
+    final, staging = res.root / "report", res.root / f".report.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+    except OSError as e:
+        raise BatchscaleError(f"{res.root}: cannot write the report there ({e.strerror or e}); copy the sweep's "
+                              "folder somewhere writable and run batchscale report on the copy") from None
+    try:
+        out = _write_report(res, staging)
+        old = res.root / f".report.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for plot in out["plots"]:
+        plot.files = [final / f.relative_to(staging) for f in plot.files]
+    return {**out, "folder": final, "html": final / "report.html", "markdown": final / "report.md"}
+
+
+def _write_report(res: Results, out: Path) -> dict:
     agg = aggregate(res)
     if agg.empty:
         raise ValueError(f"{res.root}: no trials recorded yet")

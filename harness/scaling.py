@@ -160,6 +160,25 @@ GOYAL_WARMUP_FRACTION = 5 / 90
 WARMUP_RULES = ("none", "fixed", "legw", "base")
 
 
+def lr_rules() -> dict:
+    """LR rule name -> f(k), the built-in ones and those plugin modules register (harness.plugins);
+    a built-in name is never replaced."""
+    from harness.plugins import registered
+
+    return {**LR_RULES, **{k: v for k, v in registered("LR_RULES").items() if k not in LR_RULES}}
+
+
+def plugin_warmup_rules() -> dict:
+    """Warmup rules plugin modules register: name -> f(base_recipe, k, budget_epochs) -> epochs."""
+    from harness.plugins import registered
+
+    return {k: v for k, v in registered("WARMUP_RULES").items() if k not in WARMUP_RULES}
+
+
+def warmup_rules() -> list[str]:
+    return [*WARMUP_RULES, *plugin_warmup_rules()]
+
+
 def fixed_warmup_epochs(base: BaseRecipe, budget_epochs: float | None = None) -> float:
     """The ``fixed`` rule's warmup: the recipe's ``fixed_warmup_epochs``, else 5/90 of the budget."""
     if base.fixed_warmup_epochs is not None:
@@ -177,6 +196,9 @@ def warmup_epochs_for(rule: str, base: BaseRecipe, k: float, budget_epochs: floa
         return base.warmup_epochs * k
     if rule == "base":
         return base.warmup_epochs
+    plugins = plugin_warmup_rules()
+    if rule in plugins:
+        return float(plugins[rule](base, k, budget_epochs))
     raise ValueError(f"unknown warmup rule {rule!r}")
 
 
@@ -215,15 +237,17 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     if "+" in name:
         lr_rule, _, warmup_rule = name.partition("+")
-        if lr_rule in LR_RULES and warmup_rule in WARMUP_RULES:
+        if lr_rule in lr_rules() and warmup_rule in warmup_rules():
             return Method(name, lr_rule, warmup_rule, None, f"{lr_rule} LR, {warmup_rule} warmup")
     if name in AUTOMATIC_METHODS:  # a caller that needs a rule (schedule, resolve) got one that has none
         raise SpecError("method", name, f"allowed here: a scaling rule ({', '.join(METHODS)} or <lr>+<warmup>); "
                         f"{name!r} decides its LR while training, so it has no schedule to resolve: run it in a "
                         "sweep (batchscale sweep)")
+    plugin_hint = (" (a rule of a plugin module? name its module in BATCHSCALE_WORKLOAD_MODULES, as for the sweep)"
+                   if "+" in name else "")
     raise SpecError("method", name, f"allowed: {', '.join(all_method_names())} or <lr>+<warmup> "
-                    f"with lr in {{{', '.join(LR_RULES)}}} and warmup in {{{', '.join(WARMUP_RULES)}}}",
-                    choices=all_method_names())
+                    f"with lr in {{{', '.join(lr_rules())}}} and warmup in {{{', '.join(warmup_rules())}}}"
+                    + plugin_hint, choices=all_method_names())
 
 
 def all_method_names() -> list[str]:
@@ -297,7 +321,7 @@ def resolve(
         raise SpecError("dataset_size", dataset_size, "allowed: a positive integer")
     rule = get_method(method)
     k = batch_size / base.base_batch_size
-    lr = base.peak_lr * LR_RULES[rule.lr_rule](k) if peak_lr is None else float(peak_lr)
+    lr = base.peak_lr * float(lr_rules()[rule.lr_rule](k)) if peak_lr is None else float(peak_lr)
     total_epochs = base.epochs if epochs is None else epochs
     w_epochs = warmup_epochs_for(rule.warmup_rule, base, k, total_epochs) if warmup_epochs is None else warmup_epochs
     total = max(1, epochs_to_steps(total_epochs, dataset_size, batch_size))

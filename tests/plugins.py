@@ -83,3 +83,8 @@ class LinearRegression(Workload):
 
 
 WORKLOADS = (FlakyMnist1d, LinearRegression)
+
+
+#: An LR rule and a warmup rule from a user's module (harness.plugins): ``pow75+legw``, ``sqrt+half``.
+LR_RULES = {"pow75": lambda k: k ** 0.75}
+WARMUP_RULES = {"half": lambda base, k, budget_epochs: 0.5 * base.warmup_epochs * k}

@@ -777,3 +777,35 @@ def test_a_trial_checkpoints_at_its_first_evaluation_then_every_checkpoint_secon
     monkeypatch.setenv("BATCHSCALE_CHECKPOINT_SECONDS", "0")
     tune_trial({"trial_id": "t", "trial": fields})
     assert reports == [True] * 8 + [False]  # every evaluation, and the final report
+
+
+def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it_keeps_the_old_one(tmp_path, ray_tmp):
+    """LR and warmup rules from a user's module (tests/plugins.py: pow75, half), named as
+    <lr>+<warmup>: resolved by the sweep's workers, read by its report; a report run without the
+    module is one line that says where the rule comes from, and the report already there stays whole."""
+    spec = write_spec(tmp_path, {
+        "name": "rules", "workload": "teacher_regression",
+        "workload_options": {"dim": 8, "condition": 1, "noise_std": 1.0, "n_train": 8192},
+        "recipe": {"peak_lr": 0.1}, "budget": {"epochs": 1}, "noise_scale": False,
+        "axes": {"batch_sizes": [256, 1024], "methods": ["pow75+legw", "sqrt+half"]}})
+    plugins = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--quiet"], ray_tmp, plugins)
+    assert proc.returncode == 0, why(proc)
+    results = tmp_path / "results" / "rules"
+    meta, trials, _ = load(results)
+    at = trials.set_index(["method", "batch_size"])
+    base = meta["workload"]["base_recipes"]["sgd"]
+    assert at.loc[("pow75+legw", 1024), "peak_lr"] == pytest.approx(0.1 * 4 ** 0.75)
+    assert at.loc[("sqrt+half", 1024), "peak_lr"] == pytest.approx(0.1 * 2)
+    assert at.loc[("sqrt+half", 1024), "warmup_epochs"] == pytest.approx(0.5 * base["warmup_epochs"] * 4)
+    assert set(trials.status) == {"complete"}
+    aggregate = pd.read_csv(results / "report" / "tables" / "aggregate.csv")
+    assert set(aggregate.method) == {"pow75+legw", "sqrt+half"}
+    before = sorted(p.relative_to(results) for p in (results / "report").rglob("*"))
+
+    proc = cli(["report", str(results)], ray_tmp, {"BATCHSCALE_WORKLOAD_MODULES": ""})
+    assert proc.returncode == 2, why(proc)
+    line = proc.stderr.strip()
+    assert "\n" not in line and "'pow75+legw'" in line and "BATCHSCALE_WORKLOAD_MODULES" in line, line
+    assert sorted(p.relative_to(results) for p in (results / "report").rglob("*")) == before
+    assert not list(results.glob(".report.*"))  # no half-written report left beside it

@@ -194,7 +194,7 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
 def list_all() -> int:
     """``batchscale list``: workloads, methods, optimizers."""
     from harness.optimizers import OPTIMIZERS
-    from harness.scaling import AUTOMATIC_METHODS, METHODS
+    from harness.scaling import AUTOMATIC_METHODS, LR_RULES, METHODS, WARMUP_RULES, lr_rules, warmup_rules
     from harness.workloads import WORKLOADS, workload_names
 
     print("workloads:")
@@ -207,7 +207,10 @@ def list_all() -> int:
         print(f"  {m.name:<14} {m.summary} (lr {m.lr_rule}, warmup {m.warmup_rule})")
     for name, summary in AUTOMATIC_METHODS.items():
         print(f"  {name:<14} {summary}")
-    print("  <lr>+<warmup>  any LR rule (none, linear, sqrt) with any warmup rule (none, fixed, legw, base)")
+    plugin_lr = [r for r in lr_rules() if r not in LR_RULES]
+    plugin_warmup = [r for r in warmup_rules() if r not in WARMUP_RULES]
+    print(f"  <lr>+<warmup>  any LR rule ({', '.join(lr_rules())}) with any warmup rule ({', '.join(warmup_rules())})"
+          + (f"; from plugin modules: {', '.join(plugin_lr + plugin_warmup)}" if plugin_lr or plugin_warmup else ""))
     print("optimizers:")
     for o in OPTIMIZERS.values():
         print(f"  {o.name:<14} {o.summary}; params: {json.dumps(o.defaults)}")

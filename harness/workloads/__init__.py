@@ -12,57 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import SpecError
+# plugin modules (harness.plugins) register workloads with a ``WORKLOADS`` tuple
+from harness.plugins import PLUGIN_PATH_ENV, PLUGINS_ENV  # noqa: F401 (documented names)
 from harness.workloads.base import Dataset, NoOptions, Workload  # noqa: F401 (the contract, re-exported)
 
 
-#: Comma-separated modules whose ``WORKLOADS`` tuple registers more workloads (your own models);
-#: a sweep forwards it to its Ray workers, which must be able to import the modules too.
-PLUGINS_ENV = "BATCHSCALE_WORKLOAD_MODULES"
-#: Folders the plugin modules were imported from (set here when one is found in the current
-#: folder), forwarded to the Ray workers with every other BATCHSCALE_ variable.
-PLUGIN_PATH_ENV = "BATCHSCALE_PLUGIN_PATH"
-
-
-def _import_plugin(name: str):
-    """Import a plugin module from sys.path, else from the current folder (as ``python -m`` would;
-    the ``batchscale`` script does not put it on sys.path), remembering that folder for workers."""
-    import importlib
-    import os
-    import sys
-
-    for folder in filter(None, os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep)):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        here = os.getcwd()
-        if e.name != name.split(".")[0] or here in sys.path:
-            raise
-        sys.path.insert(0, here)
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            sys.path.remove(here)
-            raise e from None
-        known = [p for p in os.environ.get(PLUGIN_PATH_ENV, "").split(os.pathsep) if p]
-        os.environ[PLUGIN_PATH_ENV] = os.pathsep.join([*known, here])
-        return module
-
-
 def _registry() -> dict[str, type[Workload]]:
-    import os
-
-    from harness.errors import BatchscaleError
+    from harness.plugins import plugin_modules
     from harness.workloads import cifar, imagenet, images, language, mnist1d, synthetic
 
-    modules = [images, mnist1d, language, synthetic, cifar, imagenet]
-    for name in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
-        try:
-            modules.append(_import_plugin(name))
-        except ImportError as e:
-            raise BatchscaleError(f"{PLUGINS_ENV}: cannot import workload module {name!r} ({e}); it must be "
-                                  "importable from the current folder or sys.path (PYTHONPATH)") from None
+    modules = [images, mnist1d, language, synthetic, cifar, imagenet, *plugin_modules()]
     return {w.name: w for mod in modules for w in getattr(mod, "WORKLOADS", ())}
 
 
