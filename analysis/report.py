@@ -27,6 +27,7 @@ from analysis.reproduce import judge_all, verdict_table
 from analysis.critical import critical_summary
 from analysis.tuning import bracket_frame, bracket_sentence, lr_scaling, lr_scaling_sentence
 from analysis.tables import Table, all_tables, cell_status, to_csv, to_html, to_markdown, write_table
+from harness.store import replaced_whole
 
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -268,30 +269,12 @@ def summary(res: Results, agg: pd.DataFrame, tables: list[Table], critical: dict
 
 
 def build_report(root: str | Path) -> dict:
-    """Write the report folder; returns paths and the judged claims. The report is written beside
-    the old one and swapped in whole at the end, so a report that fails half-way (a method name
-    this process cannot read, a full disk) leaves the previous report as it was, and no half."""
-    import shutil
-
-    from harness.errors import BatchscaleError
-
+    """Write the report folder; returns paths and the judged claims. Written beside the old one and
+    swapped in whole (harness.store.replaced_whole): a report that fails leaves the old one as it was."""
     res = load_results(root)
-    final, staging = res.root / "report", res.root / f".report.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-    except OSError as e:
-        raise BatchscaleError(f"{res.root}: cannot write the report there ({e.strerror or e}); copy the sweep's "
-                              "folder somewhere writable and run batchscale report on the copy") from None
-    try:
+    final = res.root / "report"
+    with replaced_whole(final) as staging:
         out = _write_report(res, staging)
-        old = res.root / f".report.old-{os.getpid()}"
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for plot in out["plots"]:
         plot.files = [final / f.relative_to(staging) for f in plot.files]
     return {**out, "folder": final, "html": final / "report.html", "markdown": final / "report.md"}

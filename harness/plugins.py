@@ -71,13 +71,14 @@ def _modules(names: str) -> tuple[ModuleType, ...]:
     return tuple(out)
 
 
-def registered(attribute: str) -> dict:
-    """Every plugin module's ``attribute`` dict (``LR_RULES``, ``WARMUP_RULES``) merged, in order."""
+def registered(attribute: str, builtin=()) -> dict:
+    """Every plugin module's ``attribute`` dict (``LR_RULES``, ``WARMUP_RULES``) merged, in order,
+    without the names in ``builtin`` (a plugin never replaces a built-in rule)."""
     out: dict = {}
     for module in plugin_modules():
         value = getattr(module, attribute, None) or {}
         if not isinstance(value, dict):
             raise BatchscaleError(f"{module.__name__}.{attribute}: a dict of name -> function is expected, "
                                   f"got {type(value).__name__}")
-        out.update(value)
+        out.update({k: v for k, v in value.items() if k not in builtin})
     return out

@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 
 from harness.errors import SpecError
+from harness.plugins import registered
 from harness.optimizers import OPTIMIZERS, optimizer_params
 from harness.schedules import realised_peak_lr
 
@@ -161,22 +162,13 @@ WARMUP_RULES = ("none", "fixed", "legw", "base")
 
 
 def lr_rules() -> dict:
-    """LR rule name -> f(k), the built-in ones and those plugin modules register (harness.plugins);
-    a built-in name is never replaced."""
-    from harness.plugins import registered
-
-    return {**LR_RULES, **{k: v for k, v in registered("LR_RULES").items() if k not in LR_RULES}}
-
-
-def plugin_warmup_rules() -> dict:
-    """Warmup rules plugin modules register: name -> f(base_recipe, k, budget_epochs) -> epochs."""
-    from harness.plugins import registered
-
-    return {k: v for k, v in registered("WARMUP_RULES").items() if k not in WARMUP_RULES}
+    """LR rule -> f(k): the built-in ones, then those of plugin modules (harness.plugins)."""
+    return {**LR_RULES, **registered("LR_RULES", LR_RULES)}
 
 
 def warmup_rules() -> list[str]:
-    return [*WARMUP_RULES, *plugin_warmup_rules()]
+    """The built-in warmup rules, then those of plugin modules (f(base, k, budget_epochs) -> epochs)."""
+    return [*WARMUP_RULES, *registered("WARMUP_RULES", WARMUP_RULES)]
 
 
 def fixed_warmup_epochs(base: BaseRecipe, budget_epochs: float | None = None) -> float:
@@ -196,8 +188,7 @@ def warmup_epochs_for(rule: str, base: BaseRecipe, k: float, budget_epochs: floa
         return base.warmup_epochs * k
     if rule == "base":
         return base.warmup_epochs
-    plugins = plugin_warmup_rules()
-    if rule in plugins:
+    if rule in (plugins := registered("WARMUP_RULES", WARMUP_RULES)):
         return float(plugins[rule](base, k, budget_epochs))
     raise ValueError(f"unknown warmup rule {rule!r}")
 
@@ -243,11 +234,10 @@ def get_method(name: str) -> Method:
         raise SpecError("method", name, f"allowed here: a scaling rule ({', '.join(METHODS)} or <lr>+<warmup>); "
                         f"{name!r} decides its LR while training, so it has no schedule to resolve: run it in a "
                         "sweep (batchscale sweep)")
-    plugin_hint = (" (a rule of a plugin module? name its module in BATCHSCALE_WORKLOAD_MODULES, as for the sweep)"
-                   if "+" in name else "")
-    raise SpecError("method", name, f"allowed: {', '.join(all_method_names())} or <lr>+<warmup> "
-                    f"with lr in {{{', '.join(lr_rules())}}} and warmup in {{{', '.join(warmup_rules())}}}"
-                    + plugin_hint, choices=all_method_names())
+    raise SpecError("method", name, f"allowed: {', '.join(all_method_names())} or <lr>+<warmup> with lr in "
+                    f"{{{', '.join(lr_rules())}}} and warmup in {{{', '.join(warmup_rules())}}}" + (
+                        " (a plugin's rule? name its module in BATCHSCALE_WORKLOAD_MODULES, as for the sweep)"
+                        if "+" in name else ""), choices=all_method_names())
 
 
 def all_method_names() -> list[str]:

@@ -16,17 +16,20 @@ Readers check ``schema_version``; a newer major version is refused rather than m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import tempfile
-from urllib.parse import quote
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -123,6 +126,28 @@ def write_json_atomic(path: Path, obj: Any) -> None:
             f.write("\n")
 
     _atomic_write(Path(path), write)
+
+
+@contextlib.contextmanager
+def replaced_whole(final: Path) -> Iterator[Path]:
+    """A folder written beside ``final`` and swapped in whole when the block ends without an error;
+    on an error the old ``final`` stays as it was, and nothing half-written is left."""
+    final = Path(final)
+    staging, old = (final.with_name(f".{final.name}.{what}-{os.getpid()}") for what in ("partial", "old"))
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as e:
+        raise BatchscaleError(f"{final.parent}: cannot write {final.name}/ there ({e.strerror or e}); copy the "
+                              "folder somewhere writable and run the command on the copy") from None
+    try:
+        yield staging
+        if final.exists():
+            final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _json_default(o):
