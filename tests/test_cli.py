@@ -1,6 +1,7 @@
 """The commands as a user types them (in-process)."""
 
 import io
+import math
 import json
 
 import pandas as pd
@@ -204,3 +205,20 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_any_pilot(capsys
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "value 8192 is not allowed; allowed: at most the 4,096 training examples" in err, err
     assert not (tmp_path / "results" / "lk").exists()
+
+
+def test_schedule_of_a_steps_to_result_sweep_shows_the_step_budgets_the_sweep_runs(capsys, tmp_path):
+    """Each batch size's total steps are its protocol budget, 2 x S_min (1 + B_crit/B) (the plan's
+    table), not the spec's epochs; the fixed warmup is the same epochs at every batch size."""
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: str\nworkload: teacher_regression\nworkload_options: {dim: 8, n_train: 65536}\n"
+                    "recipe: {peak_lr: 0.1}\ntarget: {metric: excess_risk, value: 0.02}\n"
+                    "axes: {batch_sizes: [256, 4096], methods: [goyal, legw]}\n"
+                    "protocol: {kind: steps_to_result, s_min: 30, b_crit: 1000}\n")
+    assert main(["schedule", str(spec), "--recipe-only"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:] if line.strip()]
+    totals = {(r[0], int(r[1])): int(r[8]) for r in rows}
+    budget = {b: math.ceil(2 * 30 * (1 + 1000 / b)) for b in (256, 4096)}  # 2 x S(B), margin 2
+    assert totals == {(m, b): budget[b] for m in ("goyal", "legw") for b in (256, 4096)}, totals
+    goyal = [r for r in rows if r[0] == "goyal"]
+    assert goyal[0][6] == goyal[1][6]  # fixed warmup: the same epochs at both batch sizes

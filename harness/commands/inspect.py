@@ -23,6 +23,8 @@ def _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer):
             base = spec.base_recipe(optimizer or spec.optimizers()[0])
             batches = batch_sizes or spec.axes.batch_sizes
             methods = methods or [m for m in spec.axes.methods if m != "tuned"] or ["legw"]
+            if spec.protocol.kind == "steps_to_result" and spec.target is not None:
+                return _steps_to_result_recipes(spec, base, batches, methods, n)
         else:
             base = spec.base_recipe()
             batches = batch_sizes or [spec.batch_size or base.base_batch_size]
@@ -30,6 +32,32 @@ def _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer):
         epochs = spec.budget.epochs_for(n)
         return [resolve(base, b, m, n, epochs=epochs) for m in methods for b in batches]
     return [resolve(base, b, m, n) for m in methods for b in batches]
+
+
+def _steps_to_result_recipes(spec, base, batches, methods, n):
+    """Under steps_to_result each batch size runs its own step budget (harness.protocol), and the
+    fixed warmup is pinned to the study's epochs: the recipes the sweep runs, from the estimates the
+    spec gives, an earlier run of the sweep stored (results/<name>), or the pilot, run here as
+    ``plan`` runs it."""
+    from harness import protocol
+    from harness.scaling import resolve
+    from harness.store import ResultsStore
+
+    store = ResultsStore(Path("results") / spec.name)
+    stored = store.read_meta().get("protocol", {}).get("estimates") if store.exists() else None
+    if spec.protocol.s_min is None and not stored and spec.protocol.pilot and not spec.protocol.step_budgets:
+        print("# steps_to_result: running the pilot at B0 for the step budgets (as batchscale plan does)",
+              file=sys.stderr)
+    spec = spec.model_copy(update={"axes": spec.axes.model_copy(update={"batch_sizes": list(batches)})})
+    rows = {r["batch_size"]: r for r in protocol.budget_table(spec, n, protocol.estimates(spec, n, stored))
+            if r["optimizer"] == base.optimizer.name}
+    out = []
+    for b in batches:
+        settings = protocol.trial_settings(spec, rows[b], n)
+        pinned = base.model_copy(update={"fixed_warmup_epochs": settings.get("fixed_warmup_epochs",
+                                                                               base.fixed_warmup_epochs)})
+        out += [resolve(pinned, b, m, n, epochs=settings["budget"]["examples"] / n) for m in methods]
+    return sorted(out, key=lambda r: (methods.index(r.method), r.batch_size))
 
 
 def recipe_table(recipes) -> list[str]:
