@@ -70,7 +70,10 @@ class SweepProgress:
         metric = summary.get("final_metric")
         shown = f"{self.metric} {metric:.4f}" if isinstance(metric, float) else ""
         steps = summary.get("steps")
-        secs = summary.get("train_seconds")
+        # training seconds as the report counts them: steps x the mean step time without the
+        # noise-scale measurement (docs/reports.md#timing); the raw clock where that is unknown
+        model = summary.get("model_step_seconds")
+        secs = model * steps if isinstance(model, (int, float)) and steps else summary.get("train_seconds")
         said = target_words({"status": status, **summary}, self.metric, self.target)
         line = f"[{done}/{self.total}] {trial_id:<34} {status:<10} {shown}" + (
             f"  ({steps} steps, {secs:.1f} s training)" if steps is not None and secs is not None else "") + (
