@@ -222,3 +222,21 @@ def test_schedule_of_a_steps_to_result_sweep_shows_the_step_budgets_the_sweep_ru
     assert totals == {(m, b): budget[b] for m in ("goyal", "legw") for b in (256, 4096)}, totals
     goyal = [r for r in rows if r[0] == "goyal"]
     assert goyal[0][6] == goyal[1][6]  # fixed warmup: the same epochs at both batch sizes
+
+
+def test_sighup_and_sigterm_end_a_sweep_as_ctrl_c_does():
+    """In the sweep's driver SIGHUP (the terminal closed) and SIGTERM raise KeyboardInterrupt, the
+    path that records the session as interrupted with its end time; the handlers are put back."""
+    import os
+    import signal
+
+    import pytest
+
+    from harness.sweep.lock import interrupts_as_ctrl_c
+
+    before = signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        with pytest.raises(KeyboardInterrupt, match=sig.name):
+            with interrupts_as_ctrl_c():
+                os.kill(os.getpid(), sig)
+    assert (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)) == before
