@@ -23,6 +23,7 @@ from analysis import arms, beyond
 from analysis.aggregate import Results, aggregate, is_tuned, load_results, timing_source
 from analysis.outcome import CHANCE_FRACTION, chance_metric
 from analysis.plots import Plot, all_plots, range_edge
+from analysis.provenance import ran_with
 from analysis.reproduce import judge_all, verdict_table
 from analysis.critical import critical_summary
 from analysis.tuning import bracket_frame, bracket_sentence, lr_scaling, lr_scaling_sentence
@@ -129,56 +130,6 @@ def _relative(path: str | Path, folder: Path) -> str:
     """``path`` as the report folder's reader reaches it: relative to ``folder`` (the report is
     moved or committed with its sweep, never with the machine it ran on)."""
     return Path(os.path.relpath(Path(path).resolve(), folder.resolve())).as_posix()
-
-
-def _given(spec: dict, key: str):
-    """The value at a dotted key of the spec file (``budget.epochs``), or ``_UNSET``."""
-    node = spec
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _UNSET
-        node = node[part]
-    return node
-
-
-_UNSET = object()
-
-
-def _budget_that_ran(res: Results) -> str:
-    """The budget the trials ran under, from the resolved spec (and the protocol's budget table)."""
-    budget = res.meta["spec_resolved"].get("budget") or {}
-    kind = res.protocol["kind"]
-    if budget.get("epochs"):
-        text = f"{budget['epochs']:g} epochs at every batch size"
-    elif budget.get("examples"):
-        text = f"{budget['examples']:,} examples at every batch size"
-    else:
-        text = "the workload's base recipe's epochs"
-    steps = [r.get("budget_steps") for r in res.protocol.get("budgets") or [] if r.get("budget_steps")]
-    if kind == "steps_to_result":
-        text = "a step budget per batch size (the protocol table)" + (
-            f", {min(steps):,}-{max(steps):,} steps" if steps else "")
-    return f"{text} ({kind.replace('_', ' ')} protocol)"
-
-
-def ran_with(res: Results) -> str:
-    """What actually ran, before the spec file's words: the overrides given on the command line (with
-    the spec file's own values beside them) and the budget from the resolved spec."""
-    given = res.meta.get("spec_given") or {}
-    overrides = [o for o in given.get("overrides") or [] if not o.startswith("data_dir=")]
-    spec_file = given.get("spec") or {}
-    budget = f"budget {_budget_that_ran(res)}"
-    if not overrides:  # the file's name only: an absolute path names the machine it ran on
-        name = Path(given["file"]).name if given.get("file") else ""
-        return f"the spec as written{' (' + name + ')' if name else ''}, no overrides; {budget}."
-    defaults = []
-    for o in overrides:
-        key = o.partition("=")[0].strip()
-        value = _given(spec_file, key)
-        shown = json.dumps(value) if isinstance(value, bool) else value  # true/false, as --set writes them
-        defaults.append(f"{key} not set" if value is _UNSET else f"{key}={shown}")
-    return (f"{', '.join(overrides)} (the spec file's: {', '.join(defaults)}); {budget}. The spec's description "
-            f"below is the spec file's, written for its own settings.")
 
 
 def _tracking_line(res: Results) -> str:

@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial-overhead-s", type=float, default=2.5,
                    help="Ray and data set-up per trial (default 2.5 s: the default sweep on a 2-core VM, "
                         "docs/protocols.md)")
+    p.add_argument("--claims-only", action="store_true",
+                   help="run only the cells the spec's claims read (same as --set claims_only=true)")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("sweep", help="run a study on Ray Tune (local by default, or a cluster)")
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show Ray's and Tune's own output (default: in results/<name>/ray.log)")
     p.add_argument("--tracking", metavar="TOOLS", help="also send every trial to tensorboard, mlflow and/or wandb "
                                                       "(comma-separated; the spec's tracking section has options)")
+    p.add_argument("--claims-only", action="store_true",
+                   help="run only the cells the spec's claims read (same as --set claims_only=true)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="tables, plots and the HTML report of a sweep's results")
@@ -178,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
     p.add_argument("--tracking", metavar="TOOLS", help="tensorboard, mlflow and/or wandb (comma-separated)")
+    p.add_argument("--claims-only", action="store_true",
+                   help="run only the cells the spec's claims read (same as --set claims_only=true)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("list", help="list workloads, methods and optimizers")
@@ -187,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "claims_only", False):
+        args.overrides.append("claims_only=true")
     try:
         return args.func(args) or 0
     except BatchscaleError as e:

@@ -60,6 +60,20 @@ def _steps_to_result_recipes(spec, base, batches, methods, n):
     return sorted(out, key=lambda r: (methods.index(r.method), r.batch_size))
 
 
+def claims_left_out_words(spec) -> str:
+    """The cells ``claims_only`` leaves out, per arm, in words."""
+    from harness.claims import left_out
+
+    out: dict[str, list[int]] = {}
+    for arm, b in left_out(spec):
+        out.setdefault(arm, []).append(b)
+    if not out:
+        return "every cell is read by a claim (or a claim's kind needs them all): nothing left out"
+    return "left out (no claim reads them): " + "; ".join(
+        f"{arm} " + ("at every batch size" if len(bs) == len(spec.axes.batch_sizes) else "at B = " + ", ".join(map(str, bs)))
+        for arm, bs in out.items())
+
+
 def recipe_table(recipes) -> list[str]:
     import math
 
@@ -182,6 +196,8 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     print(f"trials: {'about ' if brackets else ''}{sum(counts.values())} = " + ", ".join(
         f"{m} {c}" + (tuned_note() if m == "tuned" else "") for m, c in counts.items())
         + f"; {len(spec.axes.seeds)} seed(s)")
+    if spec.claims_only:
+        print(f"claims only: {claims_left_out_words(spec)}")
     if estimates or rows:
         print("budgets (S(B) = steps the best rule needs, needed = margin x S(B); resol = evaluation interval / S(B)):")
         for line in protocol.format_table(rows, estimates, wl.metric):

@@ -188,6 +188,9 @@ class SweepSpec(Common):
     projection: Projection = Projection()
     protocol: Protocol = Protocol()
     claims: list[Claim] = []
+    #: Run only the cells the claims read (harness.claims; ``--claims-only``); the report lists the
+    #: cells left out. Turning it off later grows the sweep by them.
+    claims_only: bool = False
     tracking: Tracking = Tracking()
 
     @model_validator(mode="after")

@@ -25,6 +25,7 @@ from typing import Any
 
 from harness import protocol
 from harness.calibrate import sweep_cap
+from harness.claims import left_out as claims_left_out
 from harness.errors import BatchscaleError, SweepConflict
 from harness.spec import SweepSpec
 from harness.store import FINAL, ResultsStore, environment, now
@@ -139,14 +140,14 @@ class Sweep:
                 "trials": the_plan.rows, "studies": {}, "environment": environment(),
                 "started_at": session["started_at"], "finished_at": None, "sessions": [],
                 "storage": self.storage, "noise_aware": b_noise, "noise_aware_source": b_noise_from,
-                "protocol": protocol_meta,
+                "protocol": protocol_meta, "claims_left_out": claims_left_out(self.spec),
             }
             self.store.root.mkdir(parents=True, exist_ok=True)
             self.store.write_meta(meta)
         elif added:  # the plan, the spec and the protocol's budget table now cover the new cells too
             session["grew"] = added
             self.store.update_meta(spec_resolved=self.spec.model_dump(mode="json"), spec_given=self.given,
-                                   spec_hash=digest, trials=the_plan.rows,
+                                   spec_hash=digest, trials=the_plan.rows, claims_left_out=claims_left_out(self.spec),
                                    protocol={**(meta.get("protocol") or {}), **protocol_meta}, finished_at=None,
                                    **({"noise_aware": b_noise, "noise_aware_source": b_noise_from} if b_noise else {}))
         sessions = self.store.read_meta().get("sessions", [])

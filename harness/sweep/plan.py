@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import protocol
+from harness.claims import needed_cells
 from harness.errors import SpecError, SweepConflict
 from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
 from harness.spec import Budget, SweepSpec
@@ -115,6 +116,7 @@ def identity(resolved: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in resolved.items() if k not in REPORT_ONLY + RUN_ONLY}
     out["axes"] = {k: v for k, v in (out.get("axes") or {}).items() if k not in GROWABLE_AXES}
     out["tuning"] = {k: v for k, v in (out.get("tuning") or {}).items() if k not in GROWABLE_TUNING}
+    out.pop("claims_only", None)  # which cells run: growth says what turning it off adds
     return out
 
 
@@ -158,6 +160,12 @@ def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[s
             dropped.append(f"tuning.trials drops from {trials_before} to {trials_after}")
         else:
             added["tuning.trials"] = trials_after - trials_before
+    if old_resolved.get("claims_only") and not new_resolved.get("claims_only"):
+        added["claims_only"] = "off: every cell of the axes"
+    elif new_resolved.get("claims_only") and old_resolved.get("claims") != new_resolved.get("claims"):
+        added["claims"] = "the cells the changed claims read"
+    elif new_resolved.get("claims_only") and not old_resolved.get("claims_only"):
+        dropped.append("claims_only turns on")
     if dropped:
         raise SweepConflict(f"{'; '.join(dropped)} from the spec the stored sweep was run with (a sweep grows, it "
                             "does not shrink)")
@@ -187,6 +195,8 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
 
     by_cell = {(r["optimizer"], r["batch_size"]): r for r in budgets or []}
     cells = [(*cell, *arm) for cell in spec.grid() for arm in spec.arms()]
+    if spec.claims_only and (needed := needed_cells(spec)) is not None:  # the cells the claims read
+        cells = [c for c in cells if c[2] in needed.get(arm_label(c[1], c[4], c[5]), ())]
     bracket = spec.tuning.search == "bracket"
     studies: dict[str, Study] = {}
     for optimizer, method, batch, seed, augment, algorithm in cells:
