@@ -174,7 +174,7 @@ def test_a_second_sweep_of_the_same_folder_is_refused_naming_the_process_that_ho
         assert holder.stdout.readline().strip() == "held"
         assert main(["sweep", str(spec), "--results", str(results), "--quiet"]) == 5
         err = capsys.readouterr().err.strip()
-        assert "\n" not in err and f"in use by process {holder.pid} (batchscale sweep)" in err, err
+        assert "\n" not in err and f"in use by process {holder.pid} (batchscale sweep of " in err, err
         assert not (results / "lk").exists()  # refused before anything was written
     finally:
         holder.kill()

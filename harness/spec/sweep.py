@@ -191,6 +191,9 @@ class SweepSpec(Common):
     #: Run only the cells the claims read (harness.claims; ``--claims-only``); the report lists the
     #: cells left out. Turning it off later grows the sweep by them.
     claims_only: bool = False
+    #: true: a batch size may exceed the training set (a stand-in data set smaller than the study's
+    #: batches); such a step takes epoch after epoch of the stream, so it repeats examples.
+    repeat_examples: bool = False
     tracking: Tracking = Tracking()
 
     @model_validator(mode="after")

@@ -1,10 +1,11 @@
 """One writer per sweep folder, and folder problems said in one line before anything runs.
 
-``sweep_lock`` takes an OS file lock (``fcntl.flock``) on ``<results>/.<name>.lock`` for the whole
-run; the kernel releases it on any exit, SIGKILL included, so a stale lock cannot outlive its
-process. A second ``batchscale sweep`` of the same folder is refused at once, naming the process
-that holds it. The lock file sits beside the sweep's folder, not in it, so that a sweep refused
-before its first write leaves no folder behind. ``interrupts_as_ctrl_c`` turns SIGHUP and SIGTERM
+``sweep_lock`` takes an OS file lock (``fcntl.flock``) for the whole run on a file named by the
+sweep folder's real path, in the system's temporary folder (``lock_path``); the kernel releases it
+on any exit, SIGKILL included, so a stale lock cannot outlive its process. A second ``batchscale
+sweep`` of the same folder on the same machine is refused at once, naming the process that holds
+it. Nothing is written into the results for it, so a sweep refused before its first write leaves
+no trace there. ``interrupts_as_ctrl_c`` turns SIGHUP and SIGTERM
 into the Ctrl-C path, so the session record still ends with a status and an end time.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,16 +50,22 @@ def check_folder(root: Path) -> None:
                                          "or give another --name)")
 
 
+def lock_path(root: Path) -> Path:
+    """The lock file of a sweep folder: in the system's temporary folder, named by the folder's real
+    path, so that taking it writes nothing into the results (a sweep refused later leaves no trace)."""
+    key = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:20]
+    return Path(tempfile.gettempdir()) / "batchscale-locks" / f"{key}.lock"
+
+
 @contextlib.contextmanager
 def sweep_lock(root: Path) -> Iterator[Path]:
-    """Hold ``<parent>/.<name>.lock`` for the duration; refuse in one line when another process does."""
-    root = Path(root)
+    """Hold the sweep folder's lock for the duration; refuse in one line when another process does."""
+    root, path = Path(root), lock_path(root)
     try:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        path = root.parent / f".{root.name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise ResultsFolderError(f"{root.parent}: cannot create the sweep's lock file ({e.strerror or e})") from None
+        raise ResultsFolderError(f"{path.parent}: cannot create the sweep's lock file ({e.strerror or e})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -67,7 +76,7 @@ def sweep_lock(root: Path) -> Iterator[Path]:
             raise ResultsFolderError(f"{root} is in use by {holder}: one sweep writes a folder at a time; wait for "
                                      "it to end, or give another --name") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} (batchscale sweep)".encode(), 0)
+        os.pwrite(fd, f"process {os.getpid()} (batchscale sweep of {os.path.realpath(root)})".encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock

@@ -66,7 +66,7 @@ class Plan:
 #: what the report does with the results may change without a new sweep
 REPORT_ONLY = ("name", "description", "claims", "projection")
 #: how a run is watched: changes no trial
-RUN_ONLY = ("tracking",)
+RUN_ONLY = ("tracking", "repeat_examples")
 #: axes a finished sweep can grow along: new values add cells and leave every existing cell as it was
 GROWABLE_AXES = ("seeds", "batch_sizes", "methods", "augment", "algorithm")
 
@@ -175,11 +175,11 @@ def growth(old_resolved: dict[str, Any], new_resolved: dict[str, Any]) -> dict[s
 def check_fits_the_data(spec: SweepSpec, dataset_size: int) -> None:
     """A batch larger than the training set would repeat examples inside one step: refused (before
     any pilot), naming the batch size and the training set's size."""
-    too_big = [b for b in spec.axes.batch_sizes if b > dataset_size]
+    too_big = [] if spec.repeat_examples else [b for b in spec.axes.batch_sizes if b > dataset_size]
     if too_big:
         raise SpecError("axes.batch_sizes", too_big[0] if len(too_big) == 1 else too_big,
                         f"allowed: at most the {dataset_size:,} training examples of {spec.workload} (a step would "
-                        "repeat examples; enlarge the data set, e.g. workload_options.n_train)")
+                        "repeat examples; enlarge the data set, or set repeat_examples: true)")
 
 
 def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None,
