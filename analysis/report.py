@@ -25,7 +25,6 @@ from analysis.outcome import CHANCE_FRACTION, chance_metric
 from analysis.plots import Plot, all_plots, range_edge
 from analysis.provenance import ran_with
 from analysis.reproduce import judge_all, verdict_table
-from analysis.critical import critical_summary
 from analysis.tuning import bracket_frame, bracket_sentence, lr_scaling, lr_scaling_sentence
 from analysis.tables import Table, all_tables, cell_status, to_csv, to_html, to_markdown, write_table
 from harness.store import replaced_whole
@@ -274,7 +273,7 @@ def _write_report(res: Results, out: Path) -> dict:
         sections.append(Section("Tuned studies", _frame_html(studies), f"{note}\n\n{studies.to_markdown()}", note))
     brackets = bracket_frame(res)
     if not brackets.empty:
-        fit = critical_summary(res, agg)["fit"]
+        fit = critical["fit"]  # beyond.critical_extra's critical_summary, fitted once above
         scaling = lr_scaling_sentence(lr_scaling(res, agg, fit.b_crit if fit else None))
         note = (f"{bracket_sentence(res)} LRs on a lattice of factor {_lattice_step(res):.3g}; bracketed: both "
                 "lattice neighbours of the tuned LR were tried and were not better. In parentheses: LRs whose "

@@ -40,7 +40,6 @@ def _steps_to_result_recipes(spec, base, batches, methods, n):
     spec gives, an earlier run of the sweep stored (results/<name>), or the pilot, run here as
     ``plan`` runs it."""
     from harness import protocol
-    from harness.scaling import resolve
     from harness.store import ResultsStore
 
     store = ResultsStore(Path("results") / spec.name)
@@ -49,15 +48,25 @@ def _steps_to_result_recipes(spec, base, batches, methods, n):
         print("# steps_to_result: running the pilot at B0 for the step budgets (as batchscale plan does)",
               file=sys.stderr)
     spec = spec.model_copy(update={"axes": spec.axes.model_copy(update={"batch_sizes": list(batches)})})
-    rows = {r["batch_size"]: r for r in protocol.budget_table(spec, n, protocol.estimates(spec, n, stored))
-            if r["optimizer"] == base.optimizer.name}
+    rows = protocol.budget_table(spec, n, protocol.estimates(spec, n, stored))
+    return budgeted_recipes(spec, rows, n, [base.optimizer.name], methods, batches)
+
+
+def budgeted_recipes(spec, rows, n, optimizers, methods, batches):
+    """The recipes a sweep's trials run: each batch size's budget from the protocol's table
+    (``rows``), with the trial settings it sets (the fixed warmup pinned to the study's epochs)."""
+    from harness import protocol
+    from harness.scaling import resolve
+
+    by_cell = {(r["optimizer"], r["batch_size"]): r for r in rows}
     out = []
-    for b in batches:
-        settings = protocol.trial_settings(spec, rows[b], n)
-        pinned = base.model_copy(update={"fixed_warmup_epochs": settings.get("fixed_warmup_epochs",
-                                                                               base.fixed_warmup_epochs)})
-        out += [resolve(pinned, b, m, n, epochs=settings["budget"]["examples"] / n) for m in methods]
-    return sorted(out, key=lambda r: (methods.index(r.method), r.batch_size))
+    for optimizer in optimizers:
+        for method in methods:
+            for b in batches:
+                row = by_cell[(optimizer, b)]
+                trial = spec.trial_spec(optimizer, method, b, spec.axes.seeds[0], **protocol.trial_settings(spec, row, n))
+                out.append(resolve(trial.base_recipe(), b, method, n, epochs=row["budget_steps"] * b / n))
+    return out
 
 
 def claims_left_out_words(spec) -> str:
@@ -153,7 +162,7 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     import os
 
     from harness import protocol
-    from harness.scaling import AUTOMATIC_METHODS, resolve
+    from harness.scaling import AUTOMATIC_METHODS
     from harness.spec import load_spec
     from harness.sweep import plan
     from harness.sweep.plan import check_fits_the_data
@@ -202,15 +211,8 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         print("budgets (S(B) = steps the best rule needs, needed = margin x S(B); resol = evaluation interval / S(B)):")
         for line in protocol.format_table(rows, estimates, wl.metric):
             print("  " + line)
-    by_cell = {(r["optimizer"], r["batch_size"]): r for r in rows}
-    recipes = []
-    for optimizer in spec.optimizers():
-        for method in (m for m in spec.axes.methods if m not in AUTOMATIC_METHODS):
-            for b in spec.axes.batch_sizes:
-                row = by_cell[(optimizer, b)]
-                trial = spec.trial_spec(optimizer, method, b, spec.axes.seeds[0],
-                                        **protocol.trial_settings(spec, row, n))
-                recipes.append(resolve(trial.base_recipe(), b, method, n, epochs=row["budget_steps"] * b / n))
+    recipes = budgeted_recipes(spec, rows, n, spec.optimizers(),
+                               [m for m in spec.axes.methods if m not in AUTOMATIC_METHODS], spec.axes.batch_sizes)
     if recipes:
         print("recipes (peak LR as the rule gives it; realised = the largest LR the schedule reaches):")
         for line in recipe_table(recipes):

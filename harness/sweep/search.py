@@ -216,13 +216,11 @@ class BracketStudyRun:
         self.pending -= 1
         self.running.discard(token)
         summary = json.loads((result or {}).get("summary") or "{}")
-        from harness.tuning import PENALTY
-
-        miss = PENALTY * (self.study.budget_steps or 1) if self.by_steps else math.inf
-        self.results[token] = self._objective(summary) if summary and not error else miss
-        j = token[0]
-        if j in self.optuna_trials and j in self.values():
-            value = self.values()[j][0]
+        # a trial without a result (an error) is scored as a miss, as objective() scores an empty row
+        self.results[token] = self._objective({} if error else summary)
+        j, values = token[0], self.values()
+        if j in self.optuna_trials and j in values:
+            value = values[j][0]
             self.optuna.tell(self.optuna_trials.pop(j), value if math.isfinite(value) else None,
                              state=TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL)
 

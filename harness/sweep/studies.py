@@ -44,6 +44,7 @@ def record_studies(store, spec, p: Plan, mode: str) -> None:
         }
     store.update_meta(studies=studies)
 
+
 def _record_bracket(study, rows: list[dict], storage_url: str, higher: bool) -> dict[str, Any]:
     """A bracketing study's summary (every LR's value over the seeds, the tuned LR, its bracket)
     for sweep.json, and its candidates as trials of an Optuna study in ``optuna.db``."""
