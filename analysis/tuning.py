@@ -62,18 +62,21 @@ def bracket_sentence(res: Results) -> str:
     if frame.empty:
         return ""
     ok = frame.bracketed.str.startswith("yes").sum()
-    judged = ("the metric itself (it is exact, computed from the weights: nothing is held out)"
-              if _exact_metric(res) else "the validation split held out of training")
+    judged = {"exact": "the metric itself (it is exact, computed from the weights: nothing is held out)",
+              "own": "the workload's own validation sample (drawn apart from the test sample: nothing is held out)",
+              }.get(_validation_kind(res), "the validation split held out of training")
     return (f"The tuned arm's bracketing search (harness.tuning) bracketed its optimum at {ok} of {len(frame)} "
             f"batch sizes; each LR ran on every seed and was judged on the seeds' median on {judged}.")
 
 
-def _exact_metric(res: Results) -> bool:
-    """Whether the sweep's workload computes its metric exactly (no sample, no validation split)."""
+def _validation_kind(res: Results) -> str:
+    """What the tuned arm selects on: ``exact`` (the metric is computed from the weights), ``own``
+    (the workload draws its own validation sample) or ``split`` (held out of the training data)."""
     from harness.workloads import WORKLOADS, workload_names
 
     name = res.meta.get("workload", {}).get("name")
-    return name in workload_names() and bool(getattr(WORKLOADS[name], "exact_metric", False))
+    cls = WORKLOADS.get(name) if name in workload_names() else None
+    return "exact" if getattr(cls, "exact_metric", False) else "own" if getattr(cls, "own_validation", False) else "split"
 
 
 def lr_scaling(res: Results, agg: pd.DataFrame, b_crit: float | None) -> list[dict]:

@@ -119,3 +119,47 @@ def test_every_eighth_step_runs_without_the_noise_split_and_times_the_model_alon
     # each update's trace is (small - big) / (1/1 - 1/2); over two steps the average keeps 0.5^2 of its old value
     first_trace, second_trace = (3 - 2) / 0.5, (5 - 2) / 0.5
     assert float(ema.trace_ema) == pytest.approx(0.25 * 0.5 * first_trace + 0.75 * second_trace)
+
+
+# -- the non-linear teacher-student (teacher_mlp) ---------------------------------------------------
+
+MLP_SMALL = {"n_train": 2**18, "n_eval": 2048}
+
+
+def test_teacher_mlp_data_noisy_labels_and_two_separate_noise_free_evaluation_samples():
+    """Training labels are the teacher plus N(0, s^2); the test and validation samples are noise-free
+    teacher outputs on different inputs; with validation.fraction 0.1 nothing is held out."""
+    wl = get_workload("teacher_mlp", {**MLP_SMALL, "noise_std": 1.5}, validation_fraction=0.1)
+    data = wl.load()
+    (x, y), (xe, ye), (xv, yv) = data.train, data.eval, data.valid
+    assert data.train_size == 2**18 and wl.train_size() == 2**18  # nothing held out
+    assert float((y - wl.target_fn(x)).var()) == pytest.approx(1.5**2, rel=0.02)
+    assert torch.equal(ye, wl.target_fn(xe)) and torch.equal(yv, wl.target_fn(xv))
+    assert not torch.equal(xe, xv) and len(xe) == len(xv) == 2048
+    # the metric is 1/2 E(f - f*)^2: the mean predictor scores 1/2 Var f*, the chance level
+    mean_model = torch.nn.Linear(16, 1)
+    with torch.no_grad():
+        mean_model.weight.zero_()
+        mean_model.bias.fill_(float(ye.mean()))
+    loss_sum, metric_sum, n = wl.eval_sums(mean_model, data.eval)
+    assert metric_sum / n == pytest.approx(0.5 * float(ye.var(unbiased=False)), rel=1e-4)
+    assert loss_sum / n == pytest.approx(metric_sum / n + 0.5 * 1.5**2)
+    assert wl.chance_metric() == pytest.approx(0.3, abs=0.03)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_teacher_mlp_warmup_decides_whether_a_large_lr_trains(seed):
+    """The reason the workload exists: at B=4096 and LR 0.4 (4x the B0 recipe's), the ReLU student
+    without warmup diverges or collapses to the mean (excess risk ~0.3); the same LR reached over a
+    40-step ramp trains to an excess risk of 0.1 well within 100 steps."""
+    def run(warmup_steps: int):
+        spec = load_spec(data={"workload": "teacher_mlp", "workload_options": MLP_SMALL, "batch_size": 4096,
+                               "method": "none", "threads": 1, "peak_lr": 0.4, "seed": seed,
+                               "warmup_epochs": warmup_steps * 4096 / 2**18, "budget": {"examples": 4096 * 100},
+                               "eval": {"every_examples": 4096 * 10},
+                               "target": {"metric": "excess_risk", "value": 0.1}})
+        return Trial(spec).run().summary
+
+    cold, warm = run(0), run(40)
+    assert cold["status"] == "diverged" or cold["best_metric"] > 0.25, cold
+    assert warm["status"] == "complete" and warm["steps_to_target"] is not None and warm["steps_to_target"] <= 70, warm

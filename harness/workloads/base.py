@@ -109,10 +109,14 @@ class Workload(ABC):
     #: Whether the metric is computed exactly from the weights (no evaluation sample): then nothing
     #: is held out for validation, and the validation metric is that same exact number.
     exact_metric: ClassVar[bool] = False
+    #: Whether the workload generates its own validation sample (``Dataset.valid`` from ``_load``,
+    #: independent of the test sample): then nothing is held out of the training data.
+    own_validation: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any] | None = None, data_dir: str | None = None,
                  validation_fraction: float = 0.0):
-        self.validation_fraction = 0.0 if self.exact_metric else float(validation_fraction or 0.0)
+        self.validation_fraction = (0.0 if self.exact_metric or self.own_validation
+                                    else float(validation_fraction or 0.0))
         try:
             self.options = self.Options(**(options or {}))
         except ValidationError as e:
