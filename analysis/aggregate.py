@@ -141,6 +141,11 @@ def series_order(res: Results) -> list[tuple[str, str, str]]:
     return [(cell_label(o, m, optimizers), o, m) for o in optimizers for m in methods if (o, m) in present]
 
 
+def _select_seeds(res: Results) -> str:
+    """``tuning.select_seeds`` of the sweep (stores before it existed: ``all``)."""
+    return ((res.meta.get("spec_resolved") or {}).get("tuning") or {}).get("select_seeds", "all")
+
+
 def representative_trials(res: Results) -> pd.DataFrame:
     """Rule-method trials as they are; for ``tuned``, the best trial of each study."""
     t = res.trials
@@ -155,7 +160,8 @@ def representative_trials(res: Results) -> pd.DataFrame:
         if study.seed.nunique() > 1:  # one LR for every seed (harness.tuning): that LR's trials, all seeds
             rows = study[study.status.isin(FINAL)].to_dict("records")
             first = rows[0] if rows else study.iloc[0]
-            lr, _ = select(rows, by_steps, budgets.get((first["optimizer"], first["batch_size"])), res.higher_is_better)
+            lr, _ = select(rows, by_steps, budgets.get((first["optimizer"], first["batch_size"])), res.higher_is_better,
+                           _select_seeds(res))
             if lr is not None:
                 picked.append(study[np.isclose(study.peak_lr.astype(float), lr, rtol=1e-6)
                                     & study.status.isin(FINAL)])

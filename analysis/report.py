@@ -21,6 +21,7 @@ from jinja2 import Environment
 
 from analysis import arms, beyond
 from analysis.aggregate import Results, aggregate, is_tuned, load_results, timing_source
+from analysis.answer import answer_note, answer_table
 from analysis.outcome import CHANCE_FRACTION, chance_metric
 from analysis.plots import Plot, all_plots, range_edge
 from analysis.provenance import ran_with
@@ -261,20 +262,27 @@ def _write_report(res: Results, out: Path) -> dict:
                   dataset_size=res.meta["workload"]["dataset_size"], status=res.meta.get("status"),
                   counts=counts, base=res.base_batch_size, outcome_rule=_outcome_rule(res),
                   timing=timing_source(res) + _tracking_line(res))
-    # Every section once, as HTML and as Markdown: the two pages say the same in the same order.
-    sections = [Section(t.title, to_html(t), to_markdown(t, title=False), t.note) for t in tables]
+    # Every section once, as HTML and as Markdown: the two pages say the same in the same order: the
+    # answer first (analysis.answer), the comparisons that judge it, then the evidence.
+    fit = critical["fit"]  # beyond.critical_extra's critical_summary, fitted once above
+    brackets = bracket_frame(res)
+    scaling = lr_scaling_sentence(lr_scaling(res, agg, fit.b_crit if fit else None)) if not brackets.empty else ""
+    answer = answer_table(res, agg)
+    if answer is not None:
+        answer.note = answer_note(res, verdicts, scaling, fit.b_crit if fit else None)
+        write_table(answer, out / "tables")
+    sections = [Section(t.title, to_html(t), to_markdown(t, title=False), t.note)
+                for t in ([answer] if answer is not None else []) + tables]
     if not claims.empty:
-        sections.append(Section("Paper claims", _verdict_html(claims), claims.to_markdown()))
+        sections.insert(1 if answer is not None else len(sections),
+                        Section("Claims", _verdict_html(claims), claims.to_markdown()))
     if not studies.empty:
         db = _relative(res.root / "optuna.db", out)
         note = (f"Every trial of every study is in {db} (relative to this report: the sweep's folder) for "
                 "optuna-dashboard: in the sweep's folder, optuna-dashboard sqlite:///optuna.db "
                 "(pip install 'batchscale[dashboard]').")
         sections.append(Section("Tuned studies", _frame_html(studies), f"{note}\n\n{studies.to_markdown()}", note))
-    brackets = bracket_frame(res)
     if not brackets.empty:
-        fit = critical["fit"]  # beyond.critical_extra's critical_summary, fitted once above
-        scaling = lr_scaling_sentence(lr_scaling(res, agg, fit.b_crit if fit else None))
         note = (f"{bracket_sentence(res)} LRs on a lattice of factor {_lattice_step(res):.3g}; bracketed: both "
                 "lattice neighbours of the tuned LR were tried and were not better. In parentheses: LRs whose "
                 "median over seeds missed the target or diverged." + (f" Sqrt or Linear? {scaling}." if scaling else ""))

@@ -35,24 +35,29 @@ largest batch; ``at: any``: any from ``min_scale`` x B0), ``better_than`` (beats
 ``smaller_drop`` (loses less from B0 to the largest batch than ``other``, by more than ``margin``),
 ``matches`` (within ``tolerance`` of ``other``, or better, wherever the budget can reach the target),
 ``speedup`` (``min`` times faster than B0, on medians of ``kind``: ``steps``, ``time``, ``projected``).
+``better_than`` and ``matches`` compare the final metric, or with ``measure: steps`` the steps to the
+target (a steps-to-result sweep's measure): A's advantage is then B's steps minus A's relative to B's
+mean (+10% = A needs 10% fewer), ``margin`` and ``tolerance`` are fractions, and a seed that missed the
+target has no number, like one that diverged.
 """
 
 from __future__ import annotations
 
 import math
-from collections import namedtuple
 from dataclasses import dataclass
 from functools import partial
 
 import pandas as pd
-from scipy import stats
 
 from analysis.aggregate import Results, representative_trials
+from analysis.intervals import EPS, Check, seed_values
+from analysis.intervals import above as _above
+from analysis.intervals import diff as _diff
+from analysis.intervals import every as _every
+from analysis.intervals import interval as _interval
+from analysis.intervals import said as _said
 
 HOLDS, FAILS, UNMEASURABLE = "holds", "does not hold", "not measurable"
-EPS = 1e-9  # tolerances are inclusive: 0.89 - 0.87 is "2 points" although it is 0.0200000000000000018
-LEVEL = 0.90  # two-sided level of every interval
-Check = namedtuple("Check", "b d ok head")  # batch, Diff, verdict there, the cells compared in words
 
 
 @dataclass
@@ -63,82 +68,6 @@ class Verdict:
     published: str
     verdict: str
     interval: str = ""  # the deciding comparison, e.g. "+0.68 ± 0.91 pt (90% t, paired, n=3)"; "" for none
-
-
-# A's advantage over B (positive = A better): mean, half-width of its t interval (NaN: none), "paired, n=3",
-# the winner ("A"/"B") when divergence decided it, and why (the divergence, or why there is no interval)
-Diff = namedtuple("Diff", "mean half how winner why", defaults=(math.nan, math.nan, "", "", ""))
-
-
-def seed_values(reps: pd.DataFrame, method: str, optimizer: str, batch: int) -> pd.Series:
-    """A cell's final metric by seed (NaN: diverged, failed or unfinished); ``reps``: representative_trials."""
-    t = reps[(reps.method == method) & (reps.optimizer == optimizer) & (reps.batch_size == batch)]
-    v = t.final_metric.astype(float).where(t.outcome == "complete")
-    return v.groupby(t.seed.to_numpy()).agg(lambda s: s.mean() if s.notna().all() else math.nan)
-
-
-def _diff(a: pd.Series, b: pd.Series, hib: bool, names: tuple[str, str], relative: bool = False) -> Diff:
-    """A's advantage over B: paired or Welch, or decided (or left open) by divergence."""
-    bad_a, bad_b = int(a.isna().sum()), int(b.isna().sum())
-    if bad_a and bad_b:
-        return Diff(why=f"both diverged or failed ({names[0]} in {bad_a}/{len(a)} seeds, {names[1]} in "
-                        f"{bad_b}/{len(b)}): not measurable")
-    if bad_a or bad_b:
-        (lose, n, bad), win = ((names[0], len(a), bad_a), names[1]) if bad_a else ((names[1], len(b), bad_b), names[0])
-        return Diff(winner="B" if bad_a else "A", why=f"{lose} diverged or failed in {bad}/{n} seeds, {win} in none: "
-                                                      f"{win} is better")
-    sign = (1.0 if hib else -1.0) / (abs(b.mean()) if relative else 1.0)
-    x, y = a * sign, b * sign
-    if set(x.index) == set(y.index) and len(x) > 1:
-        d = x - y.reindex(x.index)
-        mean, se, df, how = d.mean(), d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1, f"paired, n={len(d)}"
-    elif len(x) > 1 and len(y) > 1:
-        va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-        den = va**2 / (len(x) - 1) + vb**2 / (len(y) - 1)
-        df = (va + vb) ** 2 / den if den > 0 else len(x) + len(y) - 2
-        mean, se, how = x.mean() - y.mean(), math.sqrt(va + vb), f"Welch, n={len(x)} vs {len(y)}"
-    else:
-        return Diff(mean=x.mean() - y.mean(), why="one seed: no estimate of the seeds' noise, not measurable")
-    return Diff(float(mean), float(stats.t.ppf(0.5 + LEVEL / 2, df) * se), how)
-
-
-def _above(d: Diff, thr: float, inclusive: bool) -> bool | None:
-    """Is A's advantage above ``thr`` (or at it, ``inclusive``)? True/False: all/none of the interval is."""
-    if d.winner or math.isnan(d.half):
-        return (d.winner == "A") if d.winner else None
-    lo, hi = d.mean - d.half, d.mean + d.half
-    if inclusive:
-        return True if lo >= thr - EPS else False if hi < thr - EPS else None
-    return True if lo > thr + EPS else False if hi <= thr + EPS else None
-
-
-def _every(oks: list) -> bool | None:  # every one must hold
-    return False if False in oks else None if None in oks else True
-
-
-def _units(res: Results, rel: bool) -> tuple:  # scale, unit, format: points for accuracy-like metrics
-    return (100, " %", ".2f") if rel else (100, " pt", ".2f") if res.higher_is_better else (1, "", ".4g")
-
-
-def _said(res: Results, d: Diff, ok, rel: bool = False) -> str:
-    """The comparison in words: who diverged, or the difference with its half-width."""
-    k, unit, f = _units(res, rel)
-    if d.winner or math.isnan(d.mean):
-        return d.why
-    if math.isnan(d.half):
-        return f"{d.why} (difference {d.mean * k:+{f}}{unit})"
-    text = f"difference {d.mean * k:+{f}} ± {d.half * k:{f}}{unit}"
-    return text if ok is not None else f"within seed noise: {text}"
-
-
-def _interval(res: Results, checks: list, ok, rel: bool = False) -> str:
-    """The interval behind the verdict: the lowest of those that agree with it (and have one)."""
-    pool = [c for c in ([c for c in checks if c.ok is ok] or checks) if not c.d.winner and c.d.half == c.d.half]
-    if not pool:
-        return ""
-    c = min(pool, key=lambda c: c.d.mean - c.d.half)
-    k, unit, f = _units(res, rel)
-    return f"{c.d.mean * k:+{f}} ± {c.d.half * k:{f}}{unit} ({LEVEL:.0%} t, {c.d.how})"
 
 
 def _cells(agg: pd.DataFrame, method: str, optimizer: str | None) -> pd.DataFrame:
@@ -157,8 +86,11 @@ def _feasible(row) -> bool:  # False only when the protocol's check says the bud
     return v is None or v != v or bool(v)  # None / NaN: not checked
 
 
-def _fmt(res: Results, s: pd.Series) -> str:
+def _fmt(res: Results, s: pd.Series, on: str = "metric") -> str:
     v, bad = s.mean(), int(s.isna().sum())
+    if on == "steps":
+        note = f" ({bad}/{len(s)} seeds missed the target, diverged or failed)" if 0 < bad < len(s) else ""
+        return "no seed reached the target" if math.isnan(v) else f"{v:.0f} steps" + note
     note = f" ({bad}/{len(s)} seeds diverged or failed)" if 0 < bad < len(s) else ""
     return "diverged" if math.isnan(v) else (f"{v:.4f}" if res.higher_is_better else f"{v:.2f}") + note
 
@@ -229,26 +161,40 @@ def _against_base(res, agg, p, reps, loses: bool = False):
     return measured, ok, _interval(res, checks, ok, rel)
 
 
+def _on(res, p) -> str:
+    """What a pairwise claim compares (``measure``): ``metric`` (the final metric) or ``steps`` (steps to the target,
+    fewer is better, as a difference relative to the other arm's mean: ``margin`` and ``tolerance``
+    are fractions then)."""
+    on = p.get("measure", "metric")
+    if on not in ("metric", "steps"):
+        raise LookupError(f"measure {on!r}; allowed: metric, steps")
+    if on == "steps" and not res.target:
+        raise LookupError("measure: steps needs a target: the sweep has none")
+    return on
+
+
 def _pair(res, agg, p, reps):
-    a, other = p["method"], p["other"]
+    a, other, on = p["method"], p["other"], _on(res, p)
     ca, cb = _cells(agg, a, p.get("optimizer")), _cells(agg, other, p.get("optimizer"))
     oa, ob = ca.optimizer.iloc[0], cb.optimizer.iloc[0]
     return (a, other, ca, cb, sorted(set(ca.index) & set(cb.index)),
-            lambda b: (seed_values(reps, a, oa, b), seed_values(reps, other, ob, b)))
+            lambda b: (seed_values(reps, a, oa, b, on), seed_values(reps, other, ob, b, on)), on)
 
 
 def _between(res, agg, pair, batches, thr, inclusive):
     """A against B at each of ``batches``, every one of which must hold."""
-    a, other, ca, cb, _, seeds = pair
+    a, other, ca, cb, _, seeds, on = pair
+    steps = on == "steps"
     skips, checks = _skips(res, agg, [ca, cb], batches), []
     for b in batches:
         sa, sb = seeds(b)
-        d = _diff(sa, sb, res.higher_is_better, (a, other))
+        d = (_diff(sa, sb, False, (a, other), relative=True, missing="missed the target, diverged or failed")
+             if steps else _diff(sa, sb, res.higher_is_better, (a, other)))
         checks.append(Check(b, d, None if b in skips else _above(d, thr, inclusive),
-                            f"B={b}: {a} {_fmt(res, sa)} vs {other} {_fmt(res, sb)}"))
+                            f"B={b}: {a} {_fmt(res, sa, on)} vs {other} {_fmt(res, sb, on)}"))
     ok = _every([c.ok for c in checks])
-    measured = "; ".join(c.head + ("" if c.b in skips else f": {_said(res, c.d, c.ok)}") for c in checks)
-    return measured + _skipped(skips), ok, _interval(res, [c for c in checks if c.b not in skips], ok)
+    measured = "; ".join(c.head + ("" if c.b in skips else f": {_said(res, c.d, c.ok, steps)}") for c in checks)
+    return measured + _skipped(skips), ok, _interval(res, [c for c in checks if c.b not in skips], ok, steps)
 
 
 def _better_than(res, agg, p, reps):
@@ -269,7 +215,9 @@ def _matches(res, agg, p, reps):  # no stricter threshold: ``other`` itself show
 
 
 def _smaller_drop(res, agg, p, reps):
-    a, other, ca, cb, common, seeds = _pair(res, agg, p, reps)
+    a, other, ca, cb, common, seeds, on = _pair(res, agg, p, reps)
+    if on != "metric":
+        raise LookupError("smaller_drop compares the final metric: measure: steps is not allowed")
     b, b0 = (common[-1] if common else None), res.base_batch_size
     if b is None or b == b0 or b0 not in common:
         raise LookupError(f"{a} and {other} share no batch size above B0={b0} (and B0)")

@@ -65,8 +65,11 @@ def bracket_sentence(res: Results) -> str:
     judged = {"exact": "the metric itself (it is exact, computed from the weights: nothing is held out)",
               "own": "the workload's own validation sample (drawn apart from the test sample: nothing is held out)",
               }.get(_validation_kind(res), "the validation split held out of training")
+    first = any(v.get("select_seeds") == "first" for v in bracket_studies(res).values())
+    how = ("each LR ran on the first seed and was judged on it, and the chosen LR then ran every seed"
+           if first else "each LR ran on every seed and was judged on the seeds' median")
     return (f"The tuned arm's bracketing search (harness.tuning) bracketed its optimum at {ok} of {len(frame)} "
-            f"batch sizes; each LR ran on every seed and was judged on the seeds' median on {judged}.")
+            f"batch sizes; {how} on {judged}.")
 
 
 def _validation_kind(res: Results) -> str:

@@ -13,7 +13,8 @@
 8. Adversarial augmentation: time per step of DisAdv and ConAdv against none (informational), and
    ConAdv against DisAdv in one process: target <= 1.1.
 
-Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration,augment,resnet_memory] [--repeats N]
+Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration,augment,resnet_memory,
+default_sweep] [--repeats N]
 Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
 """
 
@@ -203,6 +204,44 @@ def bench_sweep(repeats: int) -> list[dict]:
     rows.append({"benchmark": f"  same, {n} tiny mnist1d_mlp trials (~4 s each)", "ours": ray_s, "baseline": seq_s,
                  "ratio": ratio, "target": "(informational)", "ok": True, "note": "Ray's fixed ~6 s start/stop shows"})
     return rows
+
+
+#: the store ``make sweep`` writes (BENCH_DEFAULT_SWEEP: another sweep's folder)
+DEFAULT_SWEEP = Path(os.environ.get("BENCH_DEFAULT_SWEEP", REPO / "results" / "default"))
+DEFAULT_SWEEP_TARGET = 1.5
+
+
+def default_sweep_overhead(root: Path) -> dict | None:
+    """The default sweep's Ray Tune phase (wall s, summed over its sessions) against its trials'
+    training time spread over the slots: what running the trials as Ray tasks costs beyond training
+    (set-up, evaluation, checkpoints, reports, waiting for the slowest). Both numbers come from the
+    same run(s) of the sweep; None when ``root`` holds no finished sweep."""
+    import pandas as pd
+
+    meta_path, trials_path = root / "sweep.json", root / "trials.parquet"
+    if not (meta_path.exists() and trials_path.exists()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    sessions = [s for s in meta.get("sessions", []) if s.get("tune_seconds")]
+    if meta.get("status") != "finished" or not sessions:
+        return None
+    trials, slots = pd.read_parquet(trials_path), int(sessions[-1].get("slots") or 1)
+    return {"wall": sum(float(s["tune_seconds"]) for s in sessions), "slots": slots, "trials": len(trials),
+            "train_per_slot": float(trials.train_seconds.sum()) / slots,
+            "trial_wall": float(trials.wall_seconds.sum()), "trial_train": float(trials.train_seconds.sum())}
+
+
+def bench_default_sweep(repeats: int) -> list[dict]:
+    m = default_sweep_overhead(DEFAULT_SWEEP)
+    name = "default sweep's Ray Tune phase vs its trials' training over the slots (s)"
+    if m is None:
+        print(f"{name}: skipped, {DEFAULT_SWEEP} holds no finished sweep: run `make sweep` first", flush=True)
+        return []
+    ratio = m["wall"] / m["train_per_slot"]
+    note = (f"{m['trials']} trials on {m['slots']} slots, read from {DEFAULT_SWEEP.name}/sweep.json; each trial's "
+            f"own wall time is {m['trial_wall'] / m['trial_train']:.2f}x its training (evaluation, checkpoints)")
+    return [{"benchmark": name, "ours": m["wall"], "baseline": m["train_per_slot"], "ratio": ratio,
+             "target": f"<= {DEFAULT_SWEEP_TARGET}", "ok": ratio <= DEFAULT_SWEEP_TARGET, "note": note}]
 
 
 def bench_noise(repeats: int) -> list[dict]:
@@ -436,7 +475,7 @@ def bench_resnet_memory(repeats: int) -> list[dict]:
 BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise,
            "pilot": bench_pilot, "store": bench_store, "packing": bench_packing,
            "calibration": bench_calibration, "augment": bench_augment,
-           "resnet_memory": bench_resnet_memory}
+           "resnet_memory": bench_resnet_memory, "default_sweep": bench_default_sweep}
 
 
 def main() -> int:

@@ -21,7 +21,8 @@ check is the search (``../shared/notes`` section 8 of the project's science note
 A candidate LR runs every seed of the sweep; its value is the **median over seeds** of each seed's
 objective on the **validation split** (steps to the target there, a miss or a divergence counting
 as twice the step budget; or the final validation metric), then the mean as a tie-break, then the
-smaller LR. Everything is deterministic, so a rerun of a spec tries the same LRs. The search is
+smaller LR. With ``tuning.select_seeds: first`` candidates run the first seed alone, its objective
+is the value, and once the search is over the chosen LR runs the other seeds. Everything is deterministic, so a rerun of a spec tries the same LRs. The search is
 pure (no Ray, no Optuna): ``harness.sweep.search.BracketStudyRun`` feeds it the results and runs
 its candidates as Tune trials, each LR one Optuna trial (ask/tell, stored in ``optuna.db``).
 """
@@ -165,9 +166,13 @@ def candidate_value(objectives: Iterable[float]) -> tuple[float, float]:
 
 
 def select(rows: list[dict[str, Any]], by_steps: bool, budget_steps: int | None,
-           higher_is_better: bool) -> tuple[float | None, dict[float, tuple[float, float]]]:
-    """The tuned LR of one study's finished trials (all seeds): the LR whose trials have the best
-    ``candidate_value``, among the LRs that ran every seed the study ran; and every LR's value."""
+           higher_is_better: bool, select_seeds: str = "all") -> tuple[float | None, dict[float, tuple[float, float]]]:
+    """The tuned LR of one study's finished trials: the LR whose trials have the best
+    ``candidate_value``, among the LRs that ran every seed the study ran; and every LR's value.
+    ``select_seeds="first"`` (``tuning.select_seeds``): on the trials of the study's first seed alone."""
+    if select_seeds == "first" and rows:
+        first = min(r["seed"] for r in rows)
+        rows = [r for r in rows if r["seed"] == first]
     seeds = {r["seed"] for r in rows}
     by_lr: dict[float, list[dict]] = {}
     for r in rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -106,7 +107,7 @@ def test_report_writes_every_table_and_plot(store):
     for p in out["plots"]:
         assert [f.suffix for f in p.files] == [".png", ".svg"] and all(f.stat().st_size > 1000 for f in p.files)
     md = out["markdown"].read_text()
-    assert "## Paper claims" in md and "does not hold" in md and "(plots/metric_vs_batch.png)" in md
+    assert "## Claims" in md and "does not hold" in md and "(plots/metric_vs_batch.png)" in md
     assert "## Cost model of the projection" in md and "ring: 2(n-1)/n" in md
     # B_simple at the target per batch size (it grows with B), never a mean over batch sizes
     assert "100 (3 trials" in md and "mean measured" not in md
@@ -221,3 +222,20 @@ def test_smaller_drop_and_matches_claims(store):
     assert v.verdict == UNMEASURABLE and "goyal diverged or failed in 1/3 seeds, legw in none" in v.measured
     assert verdict("matches", method="legw", other="legw").verdict == HOLDS
     assert verdict("matches", method="legw", other="sqrt").verdict == UNMEASURABLE  # not in the sweep
+
+
+def test_the_report_opens_with_the_answer_then_the_claims(store):
+    """The first section: median steps to the target per batch size and arm (a miss counts as
+    infinitely late; how the other seeds ended), the fewest of each clean row in bold; then the claims."""
+    out = build_report(store.root)
+    answer = pd.read_csv(out["folder"] / "tables" / "answer.csv", index_col=0)
+    assert answer.loc[128, "legw"] == 400 and answer.loc[512, "legw"] == 110 and math.isnan(answer.loc[2048, "legw"])
+    assert answer.loc[512, "goyal"] == 120 and math.isnan(answer.loc[2048, "goyal"])
+    md = out["markdown"].read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:2] == ["## The answer: steps to accuracy >= 0.85 (median over seeds)", "## Claims"], sections
+    head = md.split("## Claims")[0]
+    assert "**110 (2/3 reached)**" in head and "- (1/3 reached; missed the target)" in head
+    assert "- (0/3 reached; 3 diverged)" in head and "**300**" in head  # the tuned arm's 300 beats 400 at B0
+    assert "The spec's 8 comparisons, each judged on a 90% t-interval over the seeds: 3 not measurable, 3 holds, " \
+           "2 does not hold" in head

@@ -159,3 +159,46 @@ def test_a_tuned_trial_measures_the_validation_split_and_stops_when_both_splits_
     assert any(m["valid_metric"] != m["metric"] for m in r.measurements)  # two splits, two numbers
     if s["status"] == "complete" and s["steps"] < r.recipe.total_steps:  # stopped early: both splits were there
         assert s["target_reached"] and s["valid_target_reached"]
+
+
+def _bracket_run(mode: str):
+    """Drive one bracketing study (B=1024, 3 seeds) against a made-up objective whose optimum is LR
+    0.3 at every seed: (study, tokens issued, rows, selected LR)."""
+    import json
+    import math as m
+
+    from harness.sweep.search import BracketStudyRun
+
+    spec = SweepSpec.model_validate({"workload": "teacher_regression", "workload_options": OPTIONS,
+                                     "axes": {"batch_sizes": [1024], "methods": ["tuned"], "seeds": [0, 1, 2]},
+                                     "tuning": {"select_seeds": mode}})
+    study = plan(spec, 2**15).studies[0]
+    run = BracketStudyRun(study, [], higher_is_better=False, base_configs={s: {} for s in (0, 1, 2)})
+    issued, rows = [], []
+    while run.left():
+        assert run.can_issue()
+        config, token = run.issue()
+        value = m.log2(config["peak_lr"] / 0.3) ** 2 + 0.01 * token[1]
+        issued.append(token)
+        rows.append({"peak_lr": config["peak_lr"], "seed": token[1], "status": "complete", "final_metric": value,
+                     "valid_final_metric": value})
+        run.tell(token, {"summary": json.dumps({"valid_final_metric": value, "final_metric": value})}, False)
+    return study, issued, rows, select(rows, False, None, False, mode)[0]
+
+
+def test_select_seeds_first_searches_on_the_first_seed_then_runs_the_chosen_lr_on_the_others():
+    """``tuning.select_seeds: first``: every candidate LR runs seed 0 only; once the bracket closes, the
+    LR it chose runs seeds 1 and 2. The same LRs are tried, and the same chosen, as when every seed
+    decides (the optimum does not depend on the seed here), with a third of the trials plus two."""
+    study, issued, rows, lr = _bracket_run("first")
+    _, issued_all, _, lr_all = _bracket_run("all")
+    tried = sorted({j for j, s in issued if s == 0})
+    chosen = study.bracket.lattice.index(lr)
+    assert lr == lr_all and abs(lr / 0.3 - 1) < 0.2 and chosen in tried
+    assert sorted(issued_all) == sorted((j, s) for j in tried for s in (0, 1, 2))
+    assert sorted(issued) == sorted([(j, 0) for j in tried] + [(chosen, 1), (chosen, 2)])
+    assert len(issued) == len(tried) + 2 <= study.max_trials < len(issued_all)
+    # the aggregate's selection reads the first seed: an LR seeds 1 and 2 alone would prefer does not count
+    rows += [{"peak_lr": study.bracket.lattice.lr(chosen + 1), "seed": s, "status": "complete", "final_metric": -1.0,
+              "valid_final_metric": -1.0} for s in (1, 2)]
+    assert select(rows, False, None, False, "first")[0] == lr

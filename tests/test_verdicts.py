@@ -253,3 +253,36 @@ def test_the_claims_table_shows_the_interval_between_measured_and_published():
 def test_the_committed_decentlam_studies(study, expected):
     res = load_results(ROOT / "docs" / "results" / study)
     assert {v.id: v.verdict for v in judge_all(res, aggregate(res))} == expected
+
+
+def test_measure_steps_compares_steps_to_the_target_relative_to_the_other_arm():
+    """``measure: steps`` (steps-to-result sweeps): fewer steps is better, the difference is relative to the
+    other arm's mean steps, and a seed that missed the target has no number, as a diverged one."""
+    def with_steps(cells, steps):
+        res = results(cells)
+        for (method, b), by_seed in steps.items():
+            for seed, n in enumerate(by_seed):
+                res.trials.loc[(res.trials.method == method) & (res.trials.batch_size == b) &
+                               (res.trials.seed == seed), "steps_to_target"] = n
+        return res
+
+    done = [0.9, 0.9, 0.9]
+    res = with_steps({("a", 2048): done, ("b", 2048): done}, {("a", 2048): [80, 81, 85], ("b", 2048): [100, 100, 100]})
+    v = verdict(res, "better_than", method="a", other="b", measure="steps")
+    half = stats.t.ppf(0.95, 2) * pd.Series([20.0, 19.0, 15.0]).std() / math.sqrt(3)
+    assert v.verdict == HOLDS and v.interval == f"+18.00 ± {half:.2f} % (90% t, paired, n=3)", v
+    assert "a 82 steps vs b 100 steps" in v.measured
+    # on the final metric (equal in every seed) the same arms show no advantage
+    assert verdict(res, "better_than", method="a", other="b").verdict == FAILS
+    # inside the seeds' noise; and a 5% slower arm matches within 10% but not within 2%
+    res = with_steps({("a", 2048): done, ("b", 2048): done}, {("a", 2048): [90, 110, 95], ("b", 2048): [100, 100, 100]})
+    assert verdict(res, "better_than", method="a", other="b", measure="steps").verdict == UNMEASURABLE
+    res = with_steps({("a", 2048): done, ("b", 2048): done}, {("a", 2048): [105, 106, 104], ("b", 2048): [100, 100, 100]})
+    assert verdict(res, "matches", method="a", other="b", measure="steps", tolerance=0.1).verdict == HOLDS
+    assert verdict(res, "matches", method="a", other="b", measure="steps", tolerance=0.02).verdict == FAILS
+    # a seed that missed the target (final 0.80 < 0.85) loses to an arm that reached it in every seed
+    res = with_steps({("a", 2048): [0.9, 0.8, 0.9], ("b", 2048): done}, {("b", 2048): [300, 300, 300]})
+    v = verdict(res, "better_than", method="a", other="b", measure="steps")
+    assert v.verdict == FAILS and "a missed the target, diverged or failed in 1/3 seeds" in v.measured, v
+    assert "(1/3 seeds missed the target, diverged or failed)" in v.measured
+    assert verdict(res, "smaller_drop", method="a", other="b", measure="steps").verdict == UNMEASURABLE

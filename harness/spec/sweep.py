@@ -84,6 +84,11 @@ class Tuning(Strict):
     start_from_rules: bool = True
     asha: Asha | None = None
     sampler_seed: NonNegativeInt = 0
+    #: bracket: which seeds decide. ``all``: every candidate LR runs every seed, the seeds' median
+    #: decides. ``first``: candidates run the first seed only, and the LR it selects then runs the
+    #: others (Shallue et al.'s alternative: choose on one seed, then evaluate the choice over all of
+    #: them); about a third of the trials with 3 seeds, and a selection noisier by one seed's spread.
+    select_seeds: Literal["all", "first"] = "all"
     #: Trials of one study running at once. The studies share the sweep's slots with the grid (one
     #: Tune run); with more than 1, TPE places a study's concurrent trials with the constant-liar
     #: heuristic. On the default study 1 and 2 chose the same trials, and 2 packed the slots better

@@ -49,11 +49,20 @@ class Study:
     trials_by_seed: dict[int, dict[str, Any]] = field(default_factory=dict)
     bracket: Any = None  # harness.tuning.BracketSearch of a bracket study
     trials_budget: int = 0  # tpe: ``tuning.trials``
+    #: bracket: ``all`` seeds decide, or the ``first`` alone and the others run its LR (``tuning.select_seeds``)
+    select_seeds: str = "all"
+
+    @property
+    def search_seeds(self) -> list[int]:
+        """The seeds every candidate LR runs."""
+        return self.seeds[:1] if self.select_seeds == "first" else self.seeds
 
     @property
     def max_trials(self) -> int:
         """An upper bound on the study's trials (all seeds)."""
-        return self.bracket.max_candidates() * len(self.seeds) if self.bracket else self.trials_budget
+        if not self.bracket:
+            return self.trials_budget
+        return self.bracket.max_candidates() * len(self.search_seeds) + len(self.seeds) - len(self.search_seeds)
 
 
 @dataclass
@@ -237,7 +246,8 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
                                        coarse=spec.tuning.coarse_steps, max_extensions=spec.tuning.max_extensions,
                                        always=tuple(sorted(lrs)) if spec.tuning.start_from_rules else ())
                 study = studies[name] = Study(name, optimizer, batch, seed, lr_range, trial, w_epochs, search="bracket",
-                                              seeds=[seed], trials_by_seed={seed: trial}, bracket=search, **common)
+                                              seeds=[seed], trials_by_seed={seed: trial}, bracket=search,
+                                              select_seeds=spec.tuning.select_seeds, **common)
                 p.studies.append(study)
                 p.rows.append({"study": name, "optimizer": optimizer, "method": "tuned", "batch_size": batch,
                                "seeds": study.seeds, "search": "bracket", "trials": None,
@@ -284,10 +294,10 @@ def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = 
     for r in p.rows:  # a bracketing study's size is known only as it runs: what it will likely need, and bounds
         if r.get("search") == "bracket":
             s = studies[r["study"]]
-            n = len(s.seeds)
+            n, rest = len(s.search_seeds), len(s.seeds) - len(s.search_seeds)  # rest: the chosen LR's other seeds
             coarse = len(s.bracket.coarse_indices())
             levels = max(0, int(round(math.log2(s.bracket.coarse))))
-            r.update(trials=(coarse + 2 * levels) * n, trials_range=[coarse * n, s.max_trials])
+            r.update(trials=(coarse + 2 * levels) * n + rest, trials_range=[coarse * n + rest, s.max_trials])
     return p
 
 

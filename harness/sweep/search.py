@@ -165,24 +165,34 @@ class BracketStudyRun:
         return objective(row, self.by_steps, self.study.budget_steps, self.higher_is_better)
 
     def values(self) -> dict[int, tuple[float, float]]:
-        """Every candidate that ran every seed: (median, mean) of its seeds' objectives."""
+        """Every candidate that ran every deciding seed: (median, mean) of its seeds' objectives."""
         from harness.tuning import candidate_value
 
-        out = {}
+        seeds, out = self.study.search_seeds, {}
         for j in {j for j, _ in self.results}:
-            if all((j, s) in self.results for s in self.study.seeds):
-                out[j] = candidate_value(self.results[(j, s)] for s in self.study.seeds)
+            if all((j, s) in self.results for s in seeds):
+                out[j] = candidate_value(self.results[(j, s)] for s in seeds)
         return out
 
     def _refill(self) -> None:
         if self.queue or self.resume or self.pending or self.running:
             return
         tried = {j for j, _ in self.results}
-        missing = [(j, s) for j in sorted(tried) for s in self.study.seeds if (j, s) not in self.results]
+        seeds = self.study.search_seeds
+        missing = [(j, s) for j in sorted(tried) for s in seeds if (j, s) not in self.results]
         if missing:  # a grown sweep's new seeds, on every LR tried so far
             self.queue.extend(missing)
             return
-        self.queue.extend((j, s) for j in self.search.next(self.values()) for s in self.study.seeds)
+        values = self.values()
+        todo = self.search.next(values)
+        if not todo and values and len(seeds) < len(self.study.seeds):  # select_seeds: first: the search is over,
+            from harness.tuning import best_index  # and its LR runs the other seeds
+
+            best = best_index(values)
+            todo_seeds = [(best, s) for s in self.study.seeds if (best, s) not in self.results]
+            self.queue.extend(todo_seeds)
+            return
+        self.queue.extend((j, s) for j in todo for s in seeds)
 
     def left(self) -> int:
         self._refill()

@@ -52,7 +52,7 @@ def _record_bracket(study, rows: list[dict], storage_url: str, higher: bool) -> 
     from harness.tuning import select
 
     done = [r for r in rows if r["status"] in FINAL]
-    lr, values = select(done, study.objective == "steps", study.budget_steps, higher)
+    lr, values = select(done, study.objective == "steps", study.budget_steps, higher, study.select_seeds)
     search = study.bracket
     by_index = {search.lattice.index(x): v for x, v in values.items()}
     export_bracket_study(study, values, storage_url)
@@ -61,7 +61,8 @@ def _record_bracket(study, rows: list[dict], storage_url: str, higher: bool) -> 
             "lr_range": list(study.lr_range), "storage": storage_url, "best_peak_lr": lr,
             "budget_steps": study.budget_steps,
             "selects_on": ("validation steps_to_target" if study.objective == "steps" else "validation final_metric")
-            + " (median over seeds)",
+            + (f" (seed {study.seeds[0]}; the chosen LR then ran every seed)" if study.select_seeds == "first"
+               else " (median over seeds)"), "select_seeds": study.select_seeds,
             "candidates": [{"peak_lr": x, "median": v[0], "mean": v[1]} for x, v in sorted(values.items())],
             "bracket": search.bracket(by_index) if by_index else None}
 
