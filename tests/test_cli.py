@@ -131,7 +131,7 @@ def test_shipped_specs_and_studies_are_found_from_any_folder(tmp_path):
     sched = run("schedule", "default", "--recipe-only")
     assert sched.returncode == 0 and "warmup_ep" in sched.stdout, sched.stderr
     planned = run("plan", "default", "--probe-seconds", "0.2")
-    assert planned.returncode == 0 and "trials: about " in planned.stdout and "goyal 24, legw 24, sqrt 24, linear-legw 24, none 24, tuned " in planned.stdout and "estimated wall time" in planned.stdout, \
+    assert planned.returncode == 0 and "trials: about " in planned.stdout and "goyal 24, linear-legw 24, linear+none 24, sqrt 24, legw 24, sqrt+none 24, none 24, tuned " in planned.stdout and "estimated wall time" in planned.stdout, \
         planned.stderr
     # the study is found and validated (a bad override names its key), nothing runs
     bad = run("reproduce", "mnist_lstm", "--set", "budget.epochs=-1", "--results", str(tmp_path / "r"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer):
-    from harness.scaling import resolve
+    from harness.scaling import AUTOMATIC_METHODS, resolve
     from harness.spec import RecipeSpec, SweepSpec, load_spec
 
     spec = load_spec(spec_path, overrides)
@@ -22,7 +22,8 @@ def _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer):
         if isinstance(spec, SweepSpec):
             base = spec.base_recipe(optimizer or spec.optimizers()[0])
             batches = batch_sizes or spec.axes.batch_sizes
-            methods = methods or [m for m in spec.axes.methods if m != "tuned"] or ["legw"]
+            # methods that decide their LR while training (tuned, adascale, autowu, noise-aware) have no schedule
+            methods = methods or [m for m in spec.axes.methods if m not in AUTOMATIC_METHODS] or ["legw"]
             if spec.protocol.kind == "steps_to_result" and spec.target is not None:
                 return _steps_to_result_recipes(spec, base, batches, methods, n)
         else:
