@@ -118,9 +118,10 @@ def lr_scaling(res: Results, agg: pd.DataFrame, b_crit: float | None) -> list[di
 def lr_scaling_sentence(fits: list[dict]) -> str:
     parts = []
     for f in fits:
-        answer = ("consistent with Linear (alpha = 1)" if abs(f["alpha"] - 1) <= f["half_width"] else
-                  "consistent with Sqrt (alpha = 0.5)" if abs(f["alpha"] - 0.5) <= f["half_width"] else
-                  "neither Sqrt nor Linear")
+        linear, sqrt = (abs(f["alpha"] - x) <= f["half_width"] for x in (1.0, 0.5))
+        answer = ("the interval holds both Sqrt (0.5) and Linear (1): these batch sizes cannot tell them apart"
+                  if linear and sqrt else "consistent with Linear (alpha = 1), not Sqrt" if linear else
+                  "consistent with Sqrt (alpha = 0.5), not Linear" if sqrt else "neither Sqrt nor Linear")
         stop = (f"; eta_opt stops growing from B = {f['plateau_from']:,}" if f["plateau_from"] else
                 "; eta_opt still grows at the largest batch")
         parts.append(f"{f['method']}: eta_opt ~ B^alpha with alpha = {f['alpha']:.2f} +- {f['half_width']:.2f} "

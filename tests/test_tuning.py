@@ -202,3 +202,16 @@ def test_select_seeds_first_searches_on_the_first_seed_then_runs_the_chosen_lr_o
     rows += [{"peak_lr": study.bracket.lattice.lr(chosen + 1), "seed": s, "status": "complete", "final_metric": -1.0,
               "valid_final_metric": -1.0} for s in (1, 2)]
     assert select(rows, False, None, False, "first")[0] == lr
+
+
+def test_sqrt_or_linear_says_when_the_interval_cannot_tell_them_apart():
+    from analysis.tuning import lr_scaling_sentence
+
+    def fit(alpha, half):
+        return {"method": "tuned", "alpha": alpha, "half_width": half, "points": 5, "scope": "below B_crit",
+                "b_max": 4096, "plateau_from": 4096}
+
+    assert "cannot tell them apart" in lr_scaling_sentence([fit(0.80, 0.41)])  # the default study's fit
+    assert "consistent with Linear (alpha = 1), not Sqrt" in lr_scaling_sentence([fit(0.95, 0.2)])
+    assert "consistent with Sqrt (alpha = 0.5), not Linear" in lr_scaling_sentence([fit(0.55, 0.2)])
+    assert "neither Sqrt nor Linear" in lr_scaling_sentence([fit(0.75, 0.1)])
