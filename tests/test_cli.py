@@ -207,6 +207,36 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_any_pilot(capsys
     assert not (tmp_path / "results" / "lk").exists()
 
 
+def test_what_cannot_fit_in_a_trials_memory_is_refused_before_any_pilot(capsys, tmp_path):
+    """The estimate (harness.sweep.memory): the data set, the model and one micro-batch's activations,
+    measured from the tensors autograd saves, against the memory a trial has; refused in one line
+    that says what would fit, by plan and by sweep, before anything runs or is written."""
+    from harness.sweep.memory import GB, estimate
+    from harness.workloads import get_workload
+
+    mlp = estimate(get_workload("teacher_mlp", {"n_train": 4096, "n_eval": 512}))
+    # per example: its 17 floats (16 inputs, the label) and, for backward, each hidden layer's output
+    # (2 x 32 floats; at most their pre-activations too) and the loss's terms
+    hidden_floats = (mlp.per_example - 4 * 17) / 1.2 / 4
+    assert 64 <= hidden_floats <= 132, mlp
+    assert mlp.data == 4 * (4096 * 17 + 2 * 512 * 17) and mlp.model == 4 * 4 * 1633
+    spec = tmp_path / "s.yaml"
+    spec.write_text(TINY_SWEEP)
+    est = estimate(get_workload("teacher_regression", {"dim": 8, "n_train": 4096}))
+    fixed = est.data + est.model + 8 * 4096
+    room = fixed + est.per_example * 2048  # half of a 4096-example micro-batch fits
+    for command in (["plan", str(spec)], ["sweep", str(spec), "--results", str(tmp_path / "results"), "--quiet"]):
+        over = ["--set", "axes.batch_sizes=[4096]", "--set", "micro_batch_size=4096"]
+        assert main([*command, *over, "--set", f"resources.memory_gb={room / GB!r}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "key 'micro_batch_size': value 4096 is not allowed; allowed: what fits in the " in err
+        assert "a trial has (resources.memory_gb): at B=4096 a trial needs" in err, err
+        assert "a micro-batch of at most 2048 examples would fit" in err or "at most 2047 examples" in err, err
+        assert main([*command, *over, "--set", f"resources.memory_gb={est.data / 2 / GB!r}"]) == 2
+        assert "key 'resources.memory_gb'" in (err := capsys.readouterr().err) and "no micro-batch makes that fit" in err
+    assert not (tmp_path / "results" / "lk").exists()
+
+
 def test_schedule_of_a_steps_to_result_sweep_shows_the_step_budgets_the_sweep_runs(capsys, tmp_path):
     """Each batch size's total steps are its protocol budget, 2 x S_min (1 + B_crit/B) (the plan's
     table), not the spec's epochs; the fixed warmup is the same epochs at every batch size."""
@@ -240,3 +270,34 @@ def test_sighup_and_sigterm_end_a_sweep_as_ctrl_c_does():
             with interrupts_as_ctrl_c():
                 os.kill(os.getpid(), sig)
     assert (signal.getsignal(signal.SIGHUP), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_sweep_and_its_pilot_say_how_long_they_will_take_before_they_start(monkeypatch):
+    """The estimate before the pilot (its whole budget at the probed pace) and before the trials
+    (harness.sweep.eta); past an hour it says that stopping now loses nothing."""
+    from harness import protocol
+    from harness.spec import load_spec
+    from harness.sweep import eta
+    from harness.sweep.plan import plan
+
+    spec = load_spec(data={"name": "long", "workload": "teacher_regression",
+                           "workload_options": {"dim": 8, "n_train": 4096}, "recipe": {"peak_lr": 0.1},
+                           "target": {"metric": "excess_risk", "value": 0.02},
+                           "axes": {"batch_sizes": [256, 1024], "methods": ["goyal", "legw"], "seeds": [0, 1]},
+                           "protocol": {"kind": "steps_to_result", "s_min": 30, "b_crit": 1000}}, kind="sweep")
+    budgets = protocol.budget_table(spec, 4096, protocol.estimates(spec, 4096))
+    the_plan = plan(spec, 4096, {}, budgets)
+    monkeypatch.setattr(eta, "local_slots", lambda spec: 2)
+    monkeypatch.setattr(eta, "_probe", lambda spec, batches: {b: 1000.0 for b in batches})  # 1,000 examples/s
+    # 2 x 30 (1 + 1000/B) steps of B examples at 1,000/s: 4 trials per batch size, 2 at a time, + 1 s each
+    full = sum(4 * (math.ceil(2 * 30 * (1 + 1000 / b)) * b / 1000 + 1) for b in (256, 1024)) / 2
+    line = eta.sweep_line(spec, the_plan, budgets, "long")
+    assert line.startswith("estimated: ") and f" - {full / 60:.1f} min on 2 slot(s)" in line, (line, full)
+    assert "more than an hour" not in line
+    monkeypatch.setattr(eta, "_probe", lambda spec, batches: {b: 10.0 for b in batches})
+    slow = eta.sweep_line(spec, the_plan, budgets, "long")
+    assert " h on 2 slot(s)" in slow and "stopping now (Ctrl-C) loses nothing, and the same command resumes " \
+           "results/long later" in slow, slow
+    pilot = eta.pilot_line(spec.model_copy(update={"protocol": spec.protocol.model_copy(update={"pilot_epochs": 3.0})}),
+                           4096)
+    assert pilot == " (at most ~20.5 min: 3 epoch(s) of 4,096 examples at ~10/s; it stops at the target)", pilot

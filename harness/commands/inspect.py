@@ -173,15 +173,17 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     wl.prepare()
     n = wl.train_size()
     check_fits_the_data(spec, n)
+    from harness.calibrate import sweep_cap
+    from harness.sweep.memory import check_memory
+
+    cap, cap_source = sweep_cap(spec)
+    check_memory(spec, cap)
     p = spec.protocol
     print(f"plan: {spec.name} ({wl.name}, {n:,} training examples); protocol {p.kind}: {PROTOCOL_SOURCES[p.kind]}")
     if spec.target is None:
         print("no target: budgets are not checked (steps to what?)")
     estimates = protocol.estimates(spec, n)
     rows = protocol.budget_table(spec, n, estimates)
-    from harness.calibrate import sweep_cap
-
-    cap, cap_source = sweep_cap(spec)
     print(f"{spec.resources.cpus} thread(s) per trial, micro-batches of at most {cap} ({cap_source})")
     the_plan = plan(spec, n, {}, rows, micro_batch_cap=cap)
     costs = _arm_costs(spec, probe_seconds)  # an arm's step against a plain one, measured here

@@ -163,6 +163,9 @@ class Sharpness(Strict):
 class Resources(Strict):
     cpus: PositiveInt = 1
     gpus: NonNegativeFloat = 0.0
+    #: Memory one trial may use, in GB, for the check before a sweep runs (harness.sweep.memory);
+    #: default: this machine's available memory less Ray's, shared by the trials that run at once.
+    memory_gb: PositiveFloat | None = None
 
 
 class Common(Strict):

@@ -1,8 +1,7 @@
 """The sweep driver: plans what the results store lacks, runs it as one Ray Tune run, records.
 
 Ray: an embedded local Ray by default (started for the sweep, stopped after), or an existing
-cluster with ``--address`` / ``RAY_ADDRESS``. Only the current Tune API is used (``Tuner``,
-``TuneConfig``, ``RunConfig``, ``tune.report``, ``tune.get_checkpoint``).
+cluster with ``--address`` / ``RAY_ADDRESS``; the current Tune API only (``Tuner``, ``tune.report``).
 
 The store is the truth. Each run reads it, skips every finished trial, issues every unfinished
 one again from the checkpoint its record names, and runs what is new, all in one Tune run
@@ -29,9 +28,10 @@ from harness.claims import left_out as claims_left_out
 from harness.errors import BatchscaleError, SweepConflict
 from harness.spec import SweepSpec
 from harness.store import FINAL, ResultsStore, environment, now
-from harness.sweep import leftovers
+from harness.sweep import eta, leftovers
 from harness.sweep.console import check_address, check_local_gpus, ray_output
 from harness.sweep.lock import check_folder, check_name, interrupts_as_ctrl_c, sweep_lock
+from harness.sweep.memory import check_memory
 from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, check_fits_the_data, growth, plan,
                                 probe_b_noise, spec_hash)
 
@@ -40,9 +40,7 @@ class Sweep:
     def __init__(self, spec: SweepSpec, given: dict[str, Any], results_root: str | Path = "results",
                  name: str | None = None, address: str | None = None, storage: str | None = None,
                  progress=None, verbose: bool = False):
-        self.spec = spec
-        self.verbose = verbose
-        self.given = given
+        self.spec, self.verbose, self.given = spec, verbose, given
         self.name = check_name(name or spec.name or "sweep")
         self.store = ResultsStore(Path(results_root) / self.name)
         self.address = address or os.environ.get("RAY_ADDRESS") or None
@@ -105,9 +103,12 @@ class Sweep:
         wl.prepare()  # generate/convert data here once, and fail before Ray if a dataset is missing
         dataset_size = wl.train_size()
         check_fits_the_data(self.spec, dataset_size)
+        cap, cap_source = sweep_cap(self.spec)
+        check_memory(self.spec, cap, self.address)  # before the pilot: what cannot fit is refused now
         stored = (meta or {}).get("protocol", {}).get("estimates")
         if not stored and protocol.needs_estimate(self.spec) and self.spec.protocol.s_min is None:
-            self._say(f"protocol {self.spec.protocol.kind}: pilot of the base recipe at B0 to the target ...")
+            self._say(f"protocol {self.spec.protocol.kind}: pilot of the base recipe at B0 to the target"
+                      + eta.pilot_line(self.spec, dataset_size) + " ...")
         estimates = protocol.estimates(self.spec, dataset_size, stored)
         budgets = protocol.budget_table(self.spec, dataset_size, estimates)
         if estimates:
@@ -122,9 +123,10 @@ class Sweep:
         protocol_meta = {"kind": self.spec.protocol.kind, "margin": self.spec.protocol.margin,
                          "checked": bool(estimates), "estimates": {o: e.to_json() for o, e in estimates.items()},
                          "budgets": budgets}
-        cap, cap_source = sweep_cap(self.spec)
         self._say(f"{self.spec.resources.cpus} thread(s) per trial, micro-batches of at most {cap} ({cap_source})")
         the_plan = plan(self.spec, dataset_size, b_noise, budgets, micro_batch_cap=cap)
+        if meta is None and not self.address and (line := eta.sweep_line(self.spec, the_plan, budgets, self.name)):
+            self._say(line)  # a new sweep on this machine: how long, before it starts
         session = self.session = {"started_at": now(), "address": self.address or "local",
                                   "micro_batch_cap": {"cap": cap, "source": cap_source},
                                   "threads_per_trial": self.spec.resources.cpus}
