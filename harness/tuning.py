@@ -21,8 +21,9 @@ check is the search (``../shared/notes`` section 8 of the project's science note
 A candidate LR runs every seed of the sweep; its value is the **median over seeds** of each seed's
 objective on the **validation split** (steps to the target there, a miss or a divergence counting
 as twice the step budget; or the final validation metric), then the mean as a tie-break, then the
-smaller LR. With ``tuning.select_seeds: first`` candidates run the first seed alone, its objective
-is the value, and once the search is over the chosen LR runs the other seeds. Everything is deterministic, so a rerun of a spec tries the same LRs. The search is
+smaller LR. With ``tuning.select_seeds: first`` candidates run the first (smallest) seed alone, its
+objective is the value, and once the search is over the chosen LR runs the other seeds.
+Everything is deterministic, so a rerun of a spec tries the same LRs. The search is
 pure (no Ray, no Optuna): ``harness.sweep.search.BracketStudyRun`` feeds it the results and runs
 its candidates as Tune trials, each LR one Optuna trial (ask/tell, stored in ``optuna.db``).
 """

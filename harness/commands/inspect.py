@@ -202,7 +202,7 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         if not brackets:
             return f" ({studies} studies x {spec.tuning.trials})"
         lo, hi = (sum(r["trials_range"][i] for r in brackets) for i in (0, 1))
-        how = (f"every LR on seed {spec.axes.seeds[0]}, the chosen one then on the other {len(spec.axes.seeds) - 1}"
+        how = (f"every LR on seed {min(spec.axes.seeds)}, the chosen one then on the other {len(spec.axes.seeds) - 1}"
                if spec.tuning.select_seeds == "first" else f"every LR x {len(spec.axes.seeds)} seed(s)")
         return (f" (about: {studies} bracketing studies, {how}; at least {lo}, "
                 f"at most {hi}: the search ends when the best LR is bracketed)")

@@ -85,7 +85,7 @@ class Tuning(Strict):
     asha: Asha | None = None
     sampler_seed: NonNegativeInt = 0
     #: bracket: which seeds decide. ``all``: every candidate LR runs every seed, the seeds' median
-    #: decides. ``first``: candidates run the first seed only, and the LR it selects then runs the
+    #: decides. ``first``: candidates run the first (smallest) seed only, and the LR it selects then runs the
     #: others (Shallue et al.'s alternative: choose on one seed, then evaluate the choice over all of
     #: them); about a third of the trials with 3 seeds, and a selection noisier by one seed's spread.
     select_seeds: Literal["all", "first"] = "all"

@@ -54,8 +54,8 @@ class Study:
 
     @property
     def search_seeds(self) -> list[int]:
-        """The seeds every candidate LR runs."""
-        return self.seeds[:1] if self.select_seeds == "first" else self.seeds
+        """The seeds every candidate LR runs (``first``: the smallest, as harness.tuning.select reads it)."""
+        return [min(self.seeds)] if self.select_seeds == "first" else self.seeds
 
     @property
     def max_trials(self) -> int:

@@ -61,7 +61,7 @@ def _record_bracket(study, rows: list[dict], storage_url: str, higher: bool) -> 
             "lr_range": list(study.lr_range), "storage": storage_url, "best_peak_lr": lr,
             "budget_steps": study.budget_steps,
             "selects_on": ("validation steps_to_target" if study.objective == "steps" else "validation final_metric")
-            + (f" (seed {study.seeds[0]}; the chosen LR then ran every seed)" if study.select_seeds == "first"
+            + (f" (seed {min(study.seeds)}; the chosen LR then ran every seed)" if study.select_seeds == "first"
                else " (median over seeds)"), "select_seeds": study.select_seeds,
             "candidates": [{"peak_lr": x, "median": v[0], "mean": v[1]} for x, v in sorted(values.items())],
             "bracket": search.bracket(by_index) if by_index else None}
