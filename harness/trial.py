@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -307,6 +308,8 @@ class Trial:
             "parameters": sum(p.numel() for p in self.params),
             "last_lr": self.last_lr,
             "device": str(self.device),
+            # the GPUs Ray assigned the trial's worker (its share of one, with resources.gpus < 1)
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "threads": torch.get_num_threads(),
             "workers": self.world_size,
             "peak_lr": r.peak_lr,

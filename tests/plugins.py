@@ -82,7 +82,39 @@ class LinearRegression(Workload):
         return loss_sum / count, metric_sum / count
 
 
-WORKLOADS = (FlakyMnist1d, LinearRegression)
+from harness.workloads.synthetic import TeacherOptions, TeacherRegression  # noqa: E402
+
+
+class BarrierOptions(TeacherOptions):
+    barrier_dir: str = ""
+    parties: int = 1
+
+
+class BarrierRegression(TeacherRegression):
+    """The teacher regression whose trials each wait, when they build their model, until ``parties``
+    trials have: a sweep finishes only if that many ran at once (else the wait times out and the
+    trials error). Tests concurrency without timing luck."""
+
+    name = "barrier_regression"
+    Options = BarrierOptions
+
+    def build_model(self):
+        import os
+        import time
+        import uuid
+        from pathlib import Path
+
+        folder = Path(self.options.barrier_dir)
+        (folder / f"{os.getpid()}-{uuid.uuid4().hex}").touch()
+        deadline = time.monotonic() + 120
+        while len(list(folder.iterdir())) < self.options.parties:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"barrier: {len(list(folder.iterdir()))} of {self.options.parties} trials started")
+            time.sleep(0.05)
+        return super().build_model()
+
+
+WORKLOADS = (FlakyMnist1d, LinearRegression, BarrierRegression)
 
 
 #: An LR rule and a warmup rule from a user's module (harness.plugins): ``pow75+legw``, ``sqrt+half``.

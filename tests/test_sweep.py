@@ -809,3 +809,37 @@ def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it
     assert "\n" not in line and "'pow75+legw'" in line and "BATCHSCALE_WORKLOAD_MODULES" in line, line
     assert sorted(p.relative_to(results) for p in (results / "report").rglob("*")) == before
     assert not list(results.glob(".report.*"))  # no half-written report left beside it
+
+
+# ~1-2 min: a Ray declared with 8 CPUs starts 8 workers on this 2-core machine, and the barrier holds
+# them until all 8 have started (the proof that 8 ran at once, without timing luck)
+def test_trials_share_gpus_four_to_a_gpu_on_a_ray_with_declared_gpus(tmp_path, ray_tmp):
+    """``resources.gpus: 0.25`` on an embedded Ray declared with 2 GPUs (BATCHSCALE_RAY_GPUS; this
+    machine has none): plan says 4 trials share each GPU; the sweep runs 8 trials 8 at a time, 4 on
+    each GPU (the share Ray assigns shows in each trial's CUDA_VISIBLE_DEVICES), each on the CPU since
+    torch sees no device; without declared GPUs both commands refuse in one line."""
+    barrier = tmp_path / "barrier"  # every trial waits until all 8 have started: 8 at once, or none finishes
+    barrier.mkdir()
+    spec = write_spec(tmp_path, {"name": "gpus", "workload": "barrier_regression",
+                                 "workload_options": {"dim": 8, "n_train": 4096, "barrier_dir": str(barrier),
+                                                      "parties": 8}, "recipe": {"peak_lr": 0.1},
+                                 "budget": {"examples": 256 * 300}, "eval": {"per_epoch": 1}, "noise_scale": False,
+                                 "axes": {"batch_sizes": [256], "methods": ["none"], "seeds": list(range(8))},
+                                 "resources": {"cpus": 1, "gpus": 0.25}})
+    declared = {"BATCHSCALE_RAY_GPUS": "2", "BATCHSCALE_RAY_CPUS": "8", "BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
+    planned = cli(["plan", str(spec), "--probe-seconds", "0.1"], ray_tmp, declared)
+    assert planned.returncode == 0, why(planned)
+    assert "GPUs: 4 trial(s) share each GPU (resources.gpus 0.25); 2 GPU(s) here, so 8 at once" in planned.stdout
+    for command in (["plan", str(spec)], ["sweep", str(spec), "--results", str(tmp_path / "none"), "--quiet"]):
+        refused = cli(command, ray_tmp, {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"})
+        assert refused.returncode == 1 and "resources.gpus 0.25: this machine has 0 GPU(s)" in refused.stderr, \
+            why(refused)
+        assert len(refused.stderr.strip().splitlines()) == 1
+    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "r"), "--quiet", "--no-report"], ray_tmp, declared)
+    assert proc.returncode == 0, why(proc)
+    meta, trials, _ = load(tmp_path / "r" / "gpus")
+    assert len(list(barrier.iterdir())) == 8 and set(trials.status) == {"complete"}
+    assert meta["sessions"][-1]["slots"] == 8 and len(trials) == 8 and set(trials.device) == {"cpu"}
+    visible = trials.extra.map(lambda e: json.loads(e).get("cuda_visible_devices")) if "extra" in trials else \
+        trials.cuda_visible_devices
+    assert sorted(visible.value_counts().to_dict().items()) == [("0", 4), ("1", 4)], visible.tolist()

@@ -222,14 +222,22 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         print("recipes (peak LR as the rule gives it; realised = the largest LR the schedule reaches):")
         for line in recipe_table(recipes):
             print("  " + line)
+    from harness.sweep.console import check_local_gpus, local_gpus, trials_per_gpu
+
+    check_local_gpus(spec)  # as the sweep will: GPUs this machine's Ray does not have are refused
+    if spec.resources.gpus:
+        print(f"GPUs: {trials_per_gpu(spec)}; {local_gpus():g} GPU(s) here, so {int(local_gpus() // spec.resources.gpus)} "
+              "at once on them (on a cluster: its GPUs over a trial's share; Ray packs them)")
     if spec.resources.gpus and not __import__("torch").cuda.is_available():
         print(f"throughput probe: skipped (the trials run on GPUs, resources.gpus {spec.resources.gpus:g}, and this "
-              "machine has none): no wall-time estimate")
+              "driver has none to probe on): no wall-time estimate; run plan where a GPU is")
         protocol.refuse_infeasible(spec, rows)
         return 0
     probe_batches = sorted({min(spec.axes.batch_sizes), max(spec.axes.batch_sizes)})
     throughput = protocol.throughput_probe(spec, spec.optimizers()[0], probe_batches, seconds=probe_seconds)
     slots = slots or max(1, (os.cpu_count() or 1) // spec.resources.cpus)
+    if spec.resources.gpus:  # the GPUs' room, when it is the smaller (the probe ran on one of them)
+        slots = max(1, min(slots, int(local_gpus() // spec.resources.gpus)))
     if spec.max_concurrent:
         slots = min(slots, spec.max_concurrent)
     t = protocol.time_estimate(spec, rows, throughput, per_cell, slots, overhead_s=trial_overhead_s)

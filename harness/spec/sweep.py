@@ -229,6 +229,9 @@ class SweepSpec(Common):
         for i, b in enumerate(self.axes.batch_sizes):
             _check_batch_split(self.micro_batch_size, b, f"axes.batch_sizes[{i}]", self.data_parallel.workers)
             self._check_ghost(wl, b, f"axes.batch_sizes[{i}]")
+        if self.resources.gpus > 1 and self.resources.gpus != int(self.resources.gpus):
+            raise SpecError("resources.gpus", self.resources.gpus, "allowed: a share of one GPU (0.25: four trials "
+                            "on each GPU) or a whole number of GPUs per trial; Ray packs nothing in between")
         if self.data_parallel.workers > 1 and 0 < self.resources.gpus < 1:
             raise SpecError("resources.gpus", self.resources.gpus,
                             "allowed: 0 or at least 1 per worker when data_parallel.workers > 1 (nccl needs a GPU per rank)")

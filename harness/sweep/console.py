@@ -43,15 +43,53 @@ def ray_output(log: Path, verbose: bool = False):
         os.close(saved)
 
 
+#: Declare the embedded Ray's GPUs and CPUs (``ray.init(num_gpus=, num_cpus=)``) instead of Ray's
+#: detection: for GPUs Ray does not see, and to test GPU packing on a machine without one (the trials
+#: then run on the CPU, each seeing the share Ray assigned it in CUDA_VISIBLE_DEVICES).
+RAY_GPUS_ENV, RAY_CPUS_ENV = "BATCHSCALE_RAY_GPUS", "BATCHSCALE_RAY_CPUS"
+
+
+def declared(name: str) -> float | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BatchscaleError(f"{name}={value!r}: not a number; allowed: a count of GPUs or CPUs") from None
+
+
+def local_gpus() -> float:
+    """GPUs the embedded Ray will have: declared, else those torch sees."""
+    import torch
+
+    given = declared(RAY_GPUS_ENV)
+    return given if given is not None else float(torch.cuda.device_count())
+
+
+def declared_resources() -> dict[str, int | float]:
+    """``ray.init`` keywords for the embedded Ray's declared GPUs and CPUs (none declared: {})."""
+    out = {key: declared(name) for key, name in (("num_gpus", RAY_GPUS_ENV), ("num_cpus", RAY_CPUS_ENV))}
+    return {k: (int(v) if k == "num_cpus" else v) for k, v in out.items() if v is not None}
+
+
+def trials_per_gpu(spec) -> str:
+    """How the trials share the GPUs, in words ('' for CPU trials)."""
+    g = spec.resources.gpus
+    if not g:
+        return ""
+    return (f"{int(round(1 / g))} trial(s) share each GPU (resources.gpus {g:g})" if g < 1 else
+            f"each trial holds {g:g} GPU(s)")
+
+
 def check_local_gpus(spec) -> None:
     """Refuse, before anything is written, a sweep whose trials want more GPUs than this machine has
     (on the embedded Ray, Tune would wait for them for ever)."""
-    import torch
-
-    r, per, have = spec.resources, max(1, spec.data_parallel.processes), torch.cuda.device_count()
+    r, per, have = spec.resources, max(1, spec.data_parallel.processes), local_gpus()
     if r.gpus and have < per * r.gpus:
-        raise BatchscaleError(f"resources.gpus {r.gpus:g}: this machine has {have} GPU(s) for torch; allowed: 0 here "
-                              "(--set resources.gpus=0), or a cluster (--address)")
+        raise BatchscaleError(f"resources.gpus {r.gpus:g}: this machine has {have:g} GPU(s) for torch; allowed: 0 here "
+                              f"(--set resources.gpus=0), a cluster (--address), or GPUs Ray should use declared in "
+                              f"{RAY_GPUS_ENV}")
 
 
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:

@@ -29,7 +29,7 @@ from harness.errors import BatchscaleError, SweepConflict
 from harness.spec import SweepSpec
 from harness.store import FINAL, ResultsStore, environment, now
 from harness.sweep import eta, leftovers
-from harness.sweep.console import check_address, check_local_gpus, ray_output
+from harness.sweep.console import check_address, check_local_gpus, declared_resources, ray_output
 from harness.sweep.lock import check_folder, check_name, interrupts_as_ctrl_c, sweep_lock
 from harness.sweep.memory import check_memory
 from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, check_fits_the_data, growth, plan,
@@ -335,7 +335,7 @@ class Sweep:
             ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=self.verbose, logging_level=level)
             return
         ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=self.verbose,
-                 configure_logging=True, logging_level=level)
+                 configure_logging=True, logging_level=level, **declared_resources())
         session["ray"] = {"driver": leftovers.identity(os.getpid()), "processes": leftovers.started_by(os.getpid())}
         self.store.update_meta(sessions=[*earlier, session])
 
