@@ -817,7 +817,8 @@ def test_trials_share_gpus_four_to_a_gpu_on_a_ray_with_declared_gpus(tmp_path, r
     """``resources.gpus: 0.25`` on an embedded Ray declared with 2 GPUs (BATCHSCALE_RAY_GPUS; this
     machine has none): plan says 4 trials share each GPU; the sweep runs 8 trials 8 at a time, 4 on
     each GPU (the share Ray assigns shows in each trial's CUDA_VISIBLE_DEVICES), each on the CPU since
-    torch sees no device; without declared GPUs both commands refuse in one line."""
+    torch sees no device; without declared GPUs the sweep refuses in one line (plan, which may be made
+    for a cluster, says so)."""
     barrier = tmp_path / "barrier"  # every trial waits until all 8 have started: 8 at once, or none finishes
     barrier.mkdir()
     spec = write_spec(tmp_path, {"name": "gpus", "workload": "barrier_regression",
@@ -830,11 +831,12 @@ def test_trials_share_gpus_four_to_a_gpu_on_a_ray_with_declared_gpus(tmp_path, r
     planned = cli(["plan", str(spec), "--probe-seconds", "0.1"], ray_tmp, declared)
     assert planned.returncode == 0, why(planned)
     assert "GPUs: 4 trial(s) share each GPU (resources.gpus 0.25); 2 GPU(s) here, so 8 at once" in planned.stdout
-    for command in (["plan", str(spec)], ["sweep", str(spec), "--results", str(tmp_path / "none"), "--quiet"]):
-        refused = cli(command, ray_tmp, {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"})
-        assert refused.returncode == 1 and "resources.gpus 0.25: this machine has 0 GPU(s)" in refused.stderr, \
-            why(refused)
-        assert len(refused.stderr.strip().splitlines()) == 1
+    plugins = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
+    here = cli(["plan", str(spec), "--probe-seconds", "0.1"], ray_tmp, plugins)  # a plan for a cluster is fine
+    assert here.returncode == 0 and "no GPU here for torch or Ray: a sweep on this machine is refused" in here.stdout
+    refused = cli(["sweep", str(spec), "--results", str(tmp_path / "none"), "--quiet"], ray_tmp, plugins)
+    assert refused.returncode == 1 and "resources.gpus 0.25: this machine has 0 GPU(s)" in refused.stderr, why(refused)
+    assert len(refused.stderr.strip().splitlines()) == 1
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "r"), "--quiet", "--no-report"], ray_tmp, declared)
     assert proc.returncode == 0, why(proc)
     meta, trials, _ = load(tmp_path / "r" / "gpus")

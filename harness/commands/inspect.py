@@ -222,12 +222,14 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         print("recipes (peak LR as the rule gives it; realised = the largest LR the schedule reaches):")
         for line in recipe_table(recipes):
             print("  " + line)
-    from harness.sweep.console import check_local_gpus, local_gpus, trials_per_gpu
+    from harness.sweep.console import local_gpus, trials_per_gpu
 
-    check_local_gpus(spec)  # as the sweep will: GPUs this machine's Ray does not have are refused
-    if spec.resources.gpus:
-        print(f"GPUs: {trials_per_gpu(spec)}; {local_gpus():g} GPU(s) here, so {int(local_gpus() // spec.resources.gpus)} "
-              "at once on them (on a cluster: its GPUs over a trial's share; Ray packs them)")
+    if spec.resources.gpus:  # a plan made here for a cluster is fine; a sweep here would be refused
+        here = (f"{local_gpus():g} GPU(s) here, so {int(local_gpus() // spec.resources.gpus)} at once on them"
+                if local_gpus() >= spec.resources.gpus else
+                f"no GPU here for torch or Ray: a sweep on this machine is refused; run it on a cluster (--address) "
+                f"or declare the GPUs Ray should use (BATCHSCALE_RAY_GPUS)")
+        print(f"GPUs: {trials_per_gpu(spec)}; {here} (on a cluster: its GPUs over a trial's share; Ray packs them)")
     if spec.resources.gpus and not __import__("torch").cuda.is_available():
         print(f"throughput probe: skipped (the trials run on GPUs, resources.gpus {spec.resources.gpus:g}, and this "
               "driver has none to probe on): no wall-time estimate; run plan where a GPU is")
