@@ -26,7 +26,10 @@ def _probe(spec, batches: list[int]) -> dict[int, float]:
 
     if spec.resources.gpus > 0 or spec.data_parallel.processes > 1:
         return {}  # GPU or multi-process trials: this driver's pace says nothing about theirs
-    return throughput_probe(spec, spec.optimizers()[0], sorted(set(batches)), seconds=PROBE_SECONDS)
+    try:  # an estimate only: a trial that fails here fails in the sweep, where it is recorded and retried
+        return throughput_probe(spec, spec.optimizers()[0], sorted(set(batches)), seconds=PROBE_SECONDS)
+    except Exception:  # noqa: BLE001
+        return {}
 
 
 def pilot_line(spec, dataset_size: int) -> str:
