@@ -60,7 +60,7 @@ def scan(workload, device: torch.device, threads: int, seconds: float = 0.3,
         for m in sizes:
             if out:
                 last = max(out)
-                if (_peak_bytes(device) - base) * m / last > MEMORY_SHARE * _available_bytes(device):
+                if (_peak_bytes(device) - base) * m / last > MEMORY_SHARE * available_bytes(device):
                     break
             batch = tuple(t[:m].to(device) for t in data.train)
 
@@ -94,7 +94,8 @@ def _peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def _available_bytes(device: torch.device) -> float:
+def available_bytes(device: torch.device) -> float:
+    """Free memory of the device (a GPU's, or this machine's MemAvailable)."""
     if device.type == "cuda":
         return float(torch.cuda.mem_get_info(device)[0])
     try:

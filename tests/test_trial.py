@@ -178,7 +178,7 @@ def test_the_micro_batch_cap_is_measured_once_per_machine_then_cached(tmp_path, 
     # exceed a quarter of what is available: here each size's step "takes" 1 GB of 3 GB available
     peaks = iter(range(0, 100 * 2**30, 2**30))
     monkeypatch.setattr(calibrate, "_peak_bytes", lambda device: next(peaks))
-    monkeypatch.setattr(calibrate, "_available_bytes", lambda device: 3 * 2**30)
+    monkeypatch.setattr(calibrate, "available_bytes", lambda device: 3 * 2**30)
     assert list(real_scan(wl, torch.device("cpu"), 1, seconds=0.01)) == [8]
     pinned = Trial(spec.model_copy(update={"micro_batch_cap": 64}))
     assert pinned.micro_batch_size == 64 and pinned.micro_batch_cap_source == "the spec"

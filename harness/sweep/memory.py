@@ -80,21 +80,13 @@ def estimate(workload, probe: int = 16) -> Estimate:
                     per_example=ACTIVATION_FACTOR * max(slope, 0.0) + inputs)
 
 
-def available_bytes() -> float:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
 def trial_memory(spec, concurrent: int) -> tuple[float, str]:
     """(bytes one trial may use, where that comes from)."""
     if spec.resources.memory_gb:
         return spec.resources.memory_gb * GB, "resources.memory_gb"
-    share = (available_bytes() - RAY_RESERVE_BYTES) / max(concurrent, 1)
+    from harness.calibrate import available_bytes
+
+    share = (available_bytes(torch.device("cpu")) - RAY_RESERVE_BYTES) / max(concurrent, 1)
     return share, f"this machine's available memory less Ray's, shared by {concurrent} trial(s) at once"
 
 
