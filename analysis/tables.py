@@ -304,7 +304,9 @@ def protocol_table(res: Results, agg: pd.DataFrame) -> Table | None:
         rows.append((label, {
             "S(B) predicted": "" if r.get("steps_predicted") is None else f"{r['steps_predicted']:.0f}",
             "budget (steps)": f"{r['budget_steps']}", "budget (epochs)": f"{r['budget_epochs']:.3g}",
-            "evaluated every (steps)": f"{r['eval_every_steps']}",
+            "evaluated every (steps)": f"{r['eval_every_steps']}" + (
+                f", then {r['eval_after_target_steps']} past the target"
+                if r.get("eval_after_target_steps", 0) > r["eval_every_steps"] else ""),
             "fewest steps to target": "not reached" if math.isnan(fewest) else f"{fewest:.0f}",
             "resolution": "" if math.isnan(fewest) else ("exact (every step)" if r["eval_every_steps"] == 1 else
                                                           f"{(r['eval_every_steps'] - 1) / fewest:.1%}"),

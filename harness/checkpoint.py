@@ -59,6 +59,8 @@ def load_trial_state(trial: "Trial", state: dict[str, Any]) -> None:
     trial.train_seconds, trial.wall_seconds, trial.status = c["train_seconds"], c["wall_seconds"], c["status"]
     trial.initial_loss, trial.diverged_step, trial.target_hit = c["initial_loss"], c["diverged_step"], c["target_hit"]
     trial.valid_hit = c.get("valid_hit")
+    if trial.target_hit and (trial.valid_hit or not trial.validate):  # past the target: its grid (Trial._record)
+        trial.eval_every = max(trial.eval_every, trial.after_target_every)
     trial.next_eval, trial._loss_sum, trial._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]
     trial.clean_seconds, trial.clean_steps = c.get("clean_seconds", 0.0), c.get("clean_steps", 0)
     trial.noise_step = c.get("noise_step", trial.step)

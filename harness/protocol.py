@@ -33,7 +33,10 @@ In both, evaluation is dense enough to resolve steps-to-target to ``eval_resolut
 ``floor(resolution * S(B) / 2)`` steps (at least 1; the 2 because S(B) may overestimate the steps
 of the best rule by up to that much when B_simple underestimates B_crit). Read every k steps, the
 first evaluation at the target is at most k - 1 steps late: the resolution is (k - 1) / steps (0
-when every step is evaluated). The report states the resolution each cell got.
+when every step is evaluated). The report states the resolution each cell got. Past the target,
+a trial goes back to the spec's grid (``eval.per_epoch``, or ``eval.every_examples``): in a
+fixed-epoch study the target comes early at small B (B0 reaches it in a few percent of its budget),
+and evaluating densely for the rest of the budget cost as much as a third of the trial.
 """
 
 from __future__ import annotations
@@ -185,6 +188,8 @@ def budget_table(spec: SweepSpec, dataset_size: int, est: dict[str, Estimate]) -
                 budget_steps=budget_steps, budget_epochs=budget_steps * b / n,
                 feasible=None if needed is None else budget_steps >= needed,
                 eval_every_steps=every,
+                # past the target (fixed epochs: the rest of the budget) the spec's grid again
+                eval_after_target_steps=per_epoch_every if p.kind == "fixed_epochs" else every,
                 # the first evaluation at or past the target is at most every - 1 steps late
                 resolution_predicted=None if predicted is None else (every - 1) / predicted,
             )
@@ -226,6 +231,8 @@ def trial_settings(spec: SweepSpec, row: dict[str, Any], dataset_size: int) -> d
     out: dict[str, Any] = {}
     if row["steps_predicted"] is not None:  # dense enough to resolve the predicted steps; else the spec's grid
         out["eval"] = {**spec.eval.model_dump(), "every_examples": row["eval_every_steps"] * b}
+        if row.get("eval_after_target_steps", 0) > row["eval_every_steps"]:  # the per-epoch grid, past the target
+            out["eval"]["after_target_every_examples"] = row["eval_after_target_steps"] * b
     if spec.protocol.kind == "steps_to_result":
         out["budget"] = {"epochs": None, "examples": row["budget_steps"] * b}
         out["target"] = {**spec.target.model_dump(), "stop": True}
@@ -259,6 +266,10 @@ def format_table(rows: list[dict[str, Any]], est: dict[str, Estimate], metric: s
                      f"{num(r['steps_needed'], '8d')} {num(r['epochs_needed'], '8.3g')} {r['budget_steps']:>8} "
                      f"{r['budget_epochs']:>9.3g} {r['eval_every_steps']:>10} "
                      f"{num(r['resolution_predicted'], '6.1%')}  {verdict}")
+    sparse = [r for r in rows if r.get("eval_after_target_steps", 0) > r["eval_every_steps"]]
+    if sparse:
+        lines.append("past the target, a trial evaluates on the spec's grid again (eval.per_epoch): every "
+                     + ", ".join(f"{r['eval_after_target_steps']} steps at B={r['batch_size']}" for r in sparse))
     return lines
 
 

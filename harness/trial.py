@@ -102,6 +102,7 @@ class Trial:
                                 (self.rank, self.world_size))  # streamed data (ImageNet): its loader reads ahead
         n = data.train_size
         self.eval_every = spec.eval.every_examples or math.ceil(n / spec.eval.per_epoch)
+        self.after_target_every = spec.eval.after_target_every_examples or self.eval_every
 
         self.step = 0
         self.resumed_from_step: int | None = None  # set when continued from a checkpoint
@@ -217,8 +218,12 @@ class Trial:
             self.target_hit = hit
         if target and self.validate and self.valid_hit is None and evaluate and self._reached(valid, target.value):
             self.valid_hit = hit
-        if target and target.stop and self.target_hit and (self.valid_hit or not self.validate):
-            self.status = Status.COMPLETE  # a tuned trial runs on until both splits reached it
+        if target and self.target_hit and (self.valid_hit or not self.validate):
+            if target.stop:
+                self.status = Status.COMPLETE  # a tuned trial runs on until both splits reached it
+            elif self.eval_every < self.after_target_every:  # the rest of the budget: the sparser grid
+                self.eval_every = self.after_target_every
+                self.next_eval = self.stream.position + self.eval_every
         return row
 
     def _reached(self, metric: float, value: float) -> bool:

@@ -100,6 +100,40 @@ def test_target_is_recorded_at_first_evaluation_reaching_it_and_can_stop(data_di
     assert stopped.status == "complete" and stopped.summary["steps"] == s["steps_to_target"] < s["steps"]
 
 
+def test_past_the_target_evaluation_goes_back_to_the_sparser_grid_and_training_is_unchanged(data_dir):
+    """The protocol evaluates densely to resolve the steps to the target; past it, a fixed-epoch
+    trial evaluates on the per-epoch grid (harness.protocol). Same training, same target step, same
+    last evaluation; a checkpoint taken past the target resumes on the sparse grid."""
+    spec = dict(budget={"epochs": 4}, eval={"every_examples": 64}, target={"metric": "accuracy", "value": 0.5})
+    dense = trial(data_dir, **spec).run()
+    sparse_spec = {**spec, "eval": {"every_examples": 64, "after_target_every_examples": 512}}
+    sparse = trial(data_dir, **sparse_spec).run()
+    hit = dense.summary["steps_to_target"]
+    assert hit is not None and hit < dense.summary["steps"] - 16, dense.measurements
+    steps = [r["step"] for r in sparse.measurements]
+    assert [s for s in steps if s <= hit] == list(range(1, hit + 1))  # every step (64 examples) up to the target
+    after = [s for s in steps if s > hit]
+    assert after[0] == hit + 8 and all(b - a == 8 for a, b in zip(after[:-1], after[1:-1]))  # then every 8
+    assert after[-1] == dense.summary["steps"] and len(sparse.measurements) < len(dense.measurements) / 2
+    by_step = {r["step"]: r for r in dense.measurements}
+    for r in sparse.measurements:  # the same training: every shared evaluation is identical
+        assert (r["metric"], r["eval_loss"]) == (by_step[r["step"]]["metric"], by_step[r["step"]]["eval_loss"])
+    for k in ("steps_to_target", "final_metric", "steps"):
+        assert sparse.summary[k] == dense.summary[k]
+    first, saved = trial(data_dir, **sparse_spec), {}
+
+    def interrupt(t, row):
+        if t.target_hit and not saved:
+            saved["state"] = t.state_dict()
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.run(on_eval=interrupt)
+    second = trial(data_dir, **sparse_spec)
+    second.load_state_dict(saved["state"])
+    assert [r["step"] for r in second.run().measurements] == steps
+
+
 def test_unreached_target_is_null_not_a_number(data_dir):
     # a perfect accuracy after one step of 64 examples (10 classes): not reached
     s = trial(data_dir, target={"metric": "accuracy", "value": 1.0}, budget={"epochs": None, "examples": 64}).run().summary

@@ -50,6 +50,11 @@ class EvalSpec(Strict):
     #: Evaluations per epoch (at least one per epoch); ignored when ``every_examples`` is set.
     per_epoch: Annotated[float, Field(ge=1)] = 2.0
     every_examples: PositiveInt | None = None
+    #: Once the target is reached (on the validation split too, when it is evaluated), evaluate every
+    #: this many examples instead (at least ``every_examples``): the protocol sets it to the spec's
+    #: per-epoch grid where it makes evaluation dense to resolve the steps to the target, which the
+    #: rest of a fixed-epoch budget no longer needs. The last step is always evaluated.
+    after_target_every_examples: PositiveInt | None = None
     #: Evaluate on the first n held-out examples only; all when unset.
     max_examples: PositiveInt | None = None
 
