@@ -1,4 +1,4 @@
 """Analysis of a results store: aggregation, tables, plots, the report, paper claims.
 
-Reads only ``results/<sweep>/`` (``harness.store``); never imports Ray.
+Reads only ``results/<sweep>/`` (``harness.results.store``); never imports Ray.
 """

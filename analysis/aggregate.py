@@ -6,14 +6,14 @@ miss counts as infinitely late, so that a cell where most seeds missed reads "no
 than the median of the lucky ones; how many seeds reached it; the divergence rate; speedups against
 the base batch size of the same optimizer and method; the resolved peak LR and warmup.
 
-A ``tuned`` cell is the LR its bracketing study selected (harness.tuning.select: the best median
+A ``tuned`` cell is the LR its bracketing study selected (harness.spec.tuning.select: the best median
 over seeds of the validation split's objective: fewest steps to the target under steps_to_result,
 best final metric under fixed_epochs), evaluated over all seeds, so it aggregates like the rule
 methods; the test split only reports. Stores of the older per-seed TPE studies keep their rule:
 per seed, the best trial of that seed's study (selected on the metric the tables report).
 ``best_peak_lr`` is the LR of the selected trials.
 
-The protocol's budget table (``sweep.json``: ``protocol.budgets``, see harness.protocol) adds per
+The protocol's budget table (``sweep.json``: ``protocol.budgets``, see harness.sweep.protocol) adds per
 cell whether the budget could reach the target at all (``feasible``: True, False, or None when it
 was not checked; True wherever some arm of the same optimizer reached the target at that batch
 size), the step budget, the evaluation interval k, and the resolution the steps to the target got
@@ -31,10 +31,10 @@ import pandas as pd
 from scipy import stats
 
 from analysis.outcome import _extra, chance_metric, outcomes
-from harness.protocol import best_trial
+from harness.results.store import FINAL, RAN_TO_END, ResultsStore, Status
 from harness.spec.sweep import arm_label
-from harness.store import FINAL, RAN_TO_END, ResultsStore, Status
-from harness.tuning import select
+from harness.spec.tuning import select
+from harness.sweep.protocol import best_trial
 
 KEYS = ["workload", "optimizer", "method", "batch_size"]
 
@@ -95,7 +95,7 @@ def load_results(root: str | Path) -> Results:
     for key in ("model_step_seconds", "model_throughput", "timing_steps"):
         trials[key] = _extra(trials, key)
     # training seconds to the target at the model's own pace: the steps it took times its step time
-    # measured without the noise measurement (harness.trial.Trial.timing_step); older stores, which
+    # measured without the noise measurement (harness.trial.loop.Trial.timing_step); older stores, which
     # did not measure it, keep their recorded seconds (and the report says so)
     paced = trials.model_step_seconds.notna() & trials.steps_to_target.notna()
     trials["seconds_to_target_recorded"] = trials.seconds_to_target
@@ -157,7 +157,7 @@ def representative_trials(res: Results) -> pd.DataFrame:
     budgets = {(r["optimizer"], r["batch_size"]): r.get("budget_steps") for r in res.protocol.get("budgets", [])}
     picked = []
     for _, study in tuned.groupby("study"):
-        if study.seed.nunique() > 1:  # one LR for every seed (harness.tuning): that LR's trials, all seeds
+        if study.seed.nunique() > 1:  # one LR for every seed (harness.spec.tuning): that LR's trials, all seeds
             rows = study[study.status.isin(FINAL)].to_dict("records")
             first = rows[0] if rows else study.iloc[0]
             lr, _ = select(rows, by_steps, budgets.get((first["optimizer"], first["batch_size"])), res.higher_is_better,

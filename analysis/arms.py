@@ -15,7 +15,7 @@ from analysis.aggregate import Results, representative_trials, rule_of, series_o
 from analysis.figure import Plot, finish, log2_axis
 from analysis.style import batch_styles, series_styles
 from analysis.tables import Table
-from harness.store import RAN_TO_END
+from harness.results.store import RAN_TO_END
 
 
 def _cells(res: Results, column: str) -> tuple[list[int], list[tuple[str, pd.Series]]]:
@@ -67,7 +67,7 @@ def step_time_table(res: Results) -> Table | None:
                   "the noise-scale measurement; evaluation excluded), and in brackets the ratio to the same method's "
                   "plain arm (no augmentation, all-reduce) at the same batch size, measured in the same sweep on the "
                   f"same machine. ConAdv's two passes run one after the other in one process: on a CPU it costs what "
-                  f"DisAdv costs; its saving needs the attack pass on parallel hardware (harness.adversarial).",
+                  f"DisAdv costs; its saving needs the attack pass on parallel hardware (harness.trial.adversarial).",
                   batches, series, fmt)
 
 
@@ -77,7 +77,7 @@ def sharpness_table(res: Results) -> Table | None:
         return None
     return _table("sharpness", "Sharpness at the end of training", "Top eigenvalue of the training loss's Hessian "
                   "(power iteration on Hessian-vector products over a fixed set of training examples; "
-                  "harness.sharpness), mean over seeds; larger is sharper (Keskar et al. 2017).", batches, series,
+                  "harness.trial.sharpness), mean over seeds; larger is sharper (Keskar et al. 2017).", batches, series,
                   lambda v, label, b: "" if pd.isna(v) else f"{v:.4g}")
 
 
@@ -133,7 +133,7 @@ def sharpness_plot(res: Results, folder: Path) -> Plot | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return finish(fig, folder, Plot("sharpness", "Sharpness vs batch size", "Top eigenvalue of the training loss's "
-                                    "Hessian at the end of training (harness.sharpness), mean over seeds, per series."))
+                                    "Hessian at the end of training (harness.trial.sharpness), mean over seeds, per series."))
 
 
 def _has_arms(res: Results) -> bool:

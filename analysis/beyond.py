@@ -5,13 +5,13 @@ for it (e.g. no adascale trials), so every report shows what its sweep measured 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-
 from matplotlib.lines import Line2D
 
 from analysis.aggregate import Results, rule_of, series_order
@@ -19,7 +19,7 @@ from analysis.critical import critical_summary
 from analysis.figure import Plot, finish, log2_axis, proxy
 from analysis.style import DIVERGED_MARK, FIT, MEASURED, REFERENCE, batch_styles, series_styles
 from analysis.tables import Table
-from harness.scaling import BaseRecipe
+from harness.rules.scaling import BaseRecipe
 
 
 def _trial_curves(res: Results, method: str, column: str) -> pd.DataFrame:
@@ -89,9 +89,12 @@ def noise_curves(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
         handles.append(proxy(DIVERGED_MARK, "diverged after its last point"))
     fig.legend(handles=handles, loc="outside upper center", ncol=min(8, len(handles)), fontsize=7)
     left_out = [label for label, _, _ in methods if label not in curves]
+    off = (res.meta.get("spec_resolved") or {}).get("noise_scale") is False
+    why = (" (the spec turns the measurement off, noise_scale: false; AdaScale measures it as part of its method)"
+           if off and left_out else "")
     p = Plot("noise_scale", "Gradient noise scale", "B_simple = tr(Sigma)/|G|^2 from the two-batch estimator "
              "(micro-batch vs step gradients), a moving average over examples, per batch size (first seed), for every "
-             "method that measured it" + (f"; not measured: {', '.join(left_out)}" if left_out else "")
+             "method that measured it" + (f"; not measured: {', '.join(left_out)}{why}" if left_out else "")
              + "; tuned is left out (its trials are a search, not one run). "
              + (f"x: the run diverged after its last point drawn ({', '.join(diverged)}). " if diverged else
                 "No run drawn diverged. ")
@@ -201,30 +204,53 @@ def adascale_gain(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     return finish(fig, folder, p)
 
 
+def _ended_by(t: pd.DataFrame) -> pd.Series:
+    """Why each AutoWU trial's warmup ended: ``test`` (its GP test found the minimum), ``cooldown``
+    or ``cap`` (it reached ``max_warmup_fraction`` of the run: a cap, not a detection)."""
+    return t.extra.fillna("{}").map(lambda e: json.loads(e or "{}").get("autowu_switched_by") or "never")
+
+
+def _ended_words(why: pd.Series) -> str:
+    counts = why.value_counts()
+    return ", ".join(f"{WHY.get(k, k)} {n}/{len(why)}" for k, n in counts.items())
+
+
+WHY = {"test": "GP test", "cooldown": "cooldown", "cap": "cap (max_warmup_fraction)", "never": "never ended"}
+
+
 def autowu_table(res: Results) -> Table | None:
     t = res.trials[(res.trials.method == "autowu")]
     if t.empty or "autowu_warmup_epochs" not in t:
         return None
+    t = t.assign(ended_by=_ended_by(t))
     rows = t.groupby("batch_size").agg(warmup_epochs=("autowu_warmup_epochs", "mean"),
                                        warmup_steps=("autowu_warmup_steps", "mean"),
                                        peak_lr=("autowu_peak_lr", "mean"), final=("final_metric", "mean"))
+    ended = t.groupby("batch_size").ended_by.apply(_ended_words)
     o = next(iter(res.meta["workload"]["base_recipes"]))
     w0 = BaseRecipe.model_validate(res.meta["workload"]["base_recipes"][o]).warmup_epochs
     display = pd.DataFrame(index=pd.Index(rows.index, name="batch size"))
-    display["detected warmup (epochs)"] = [f"{v:.3g}" if pd.notna(v) else "never ended" for v in rows.warmup_epochs]
-    display["detected warmup (steps)"] = [f"{v:.0f}" if pd.notna(v) else "" for v in rows.warmup_steps]
+    display["warmup (epochs)"] = [f"{v:.3g}" if pd.notna(v) else "never ended" for v in rows.warmup_epochs]
+    display["warmup (steps)"] = [f"{v:.0f}" if pd.notna(v) else "" for v in rows.warmup_steps]
+    display["warmup ended by (seeds)"] = [ended.get(b, "") for b in rows.index]
     display["LEGW would use (epochs)"] = [f"{w0 * b / res.base_batch_size:.3g}" for b in rows.index]
-    display["detected peak LR"] = [f"{v:.4g}" if pd.notna(v) else "" for v in rows.peak_lr]
+    display["peak LR (where the warmup ended)"] = [f"{v:.4g}" if pd.notna(v) else "" for v in rows.peak_lr]
     display[f"final {res.metric}"] = [f"{v:.4f}" if pd.notna(v) else "diverged" for v in rows.final]
-    return Table("autowu", "AutoWU: warmup length and peak LR it detected per batch size (LEGW predicts warmup "
-                 "epochs linear in B)", display, rows, pd.DataFrame(False, index=display.index, columns=display.columns))
+    capped = bool(len(t)) and (t.ended_by == "cap").all()
+    return Table("autowu", "AutoWU: where its warmup ended per batch size, and why (LEGW predicts warmup epochs linear "
+                 "in B)" + ("; in every trial the ramp reached its cap (max_warmup_fraction of the run) before the GP "
+                           "test fired: these are the cap's length and the ramp's LR there, not detected values"
+                           if capped else ""),
+                 display, rows, pd.DataFrame(False, index=display.index, columns=display.columns))
 
 
 def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     t = res.trials[res.trials.method == "autowu"].dropna(subset=["autowu_warmup_epochs"])
     if t.empty:
         return None
+    t = t.assign(detected=_ended_by(t) != "cap")
     g = t.groupby("batch_size")[["autowu_warmup_epochs", "autowu_peak_lr"]].mean().reset_index()
+    found = t.groupby("batch_size").detected.any().reindex(g.batch_size).to_numpy()  # some seed's test or cooldown
     o = next(iter(res.meta["workload"]["base_recipes"]))
     base = BaseRecipe.model_validate(res.meta["workload"]["base_recipes"][o])
     xs = np.array(sorted(res.trials.batch_size.unique()), dtype=float)
@@ -233,10 +259,16 @@ def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
     label = next((lbl for lbl, _, m in series_order(res) if m == "autowu"), "autowu")
     st = series_styles(res).get(label)
     kw = st.kw() if st else {"marker": "o"}
-    a1.plot(g.batch_size, g.autowu_warmup_epochs, label=f"{label}: detected", **kw)
+    points = {**kw, "linestyle": "none"}
+    for ax, col in ((a1, "autowu_warmup_epochs"), (a2, "autowu_peak_lr")):
+        ax.plot(g.batch_size, g[col], **{**kw, "marker": None})
+        if found.any():
+            ax.plot(g.batch_size[found], g[col][found], label=f"{label}: detected", **{**points, "fillstyle": "full"})
+        if (~found).any():
+            ax.plot(g.batch_size[~found], g[col][~found], label=f"{label}: at its cap (not detected)",
+                    **{**points, "fillstyle": "none"})
     a1.plot(xs, base.warmup_epochs * k, ls="--", color=REFERENCE, label="LEGW: w0 * k")
     a1.set_ylabel("warmup (epochs)")
-    a2.plot(g.batch_size, g.autowu_peak_lr, label=f"{label}: detected", **kw)
     a2.plot(xs, base.peak_lr * np.sqrt(k), ls=":", color=REFERENCE, label="sqrt rule")
     a2.plot(xs, base.peak_lr * k, ls="--", color=REFERENCE, label="linear rule")
     a2.set_ylabel("peak LR")
@@ -246,9 +278,11 @@ def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("AutoWU against LEGW's linear-epoch warmup", fontsize=10)
-    p = Plot("autowu", "AutoWU warmup and peak LR", "Warmup length and peak LR that AutoWU's GP test found "
-             "(mean over the seeds whose warmup ended; runs where it never ended are left out, see the AutoWU table), "
-             "against LEGW's warmup (w0 x k epochs) and the linear and sqrt LR rules.")
+    p = Plot("autowu", "AutoWU warmup and peak LR", "Warmup length and peak LR where AutoWU's warmup ended (mean over "
+             "the seeds whose warmup ended; see the AutoWU table for why each ended): filled markers where its GP test "
+             "(or a cooldown) ended it in some seed, hollow where every seed's ramp reached its cap "
+             "(max_warmup_fraction of the run), which is the cap's length, not a detected one; against LEGW's warmup "
+             "(w0 x k epochs) and the linear and sqrt LR rules.")
     return finish(fig, folder, p)
 
 

@@ -19,7 +19,7 @@ pace was pooled with the plain arms'). The spec's ``projection`` says where the 
 and the report says which was used for each series:
 
 * ``accelerator: measured`` (the default): the sweep's own trials, at the model's own pace (timed
-  without the noise measurement, harness.trial): per series, the median examples/s at each batch
+  without the noise measurement, harness.trial.loop): per series, the median examples/s at each batch
   size, interpolated (log-log) at each device's share B/n; the series' smallest batch measured is
   its efficient batch, below which the pace is not known. A series that timed no step borrows the
   pace of a series of the same optimizer and arm whose step is the same computation (``tuned`` and
@@ -50,7 +50,7 @@ import yaml
 
 from analysis.aggregate import Results, rule_of, series_order
 from harness.errors import BatchscaleError
-from harness.store import RAN_TO_END
+from harness.results.store import RAN_TO_END
 
 TABLE = Path(__file__).with_name("accelerators.yaml")
 
@@ -118,7 +118,7 @@ def accelerator_table() -> dict:
 
 def measured_curves(trials: pd.DataFrame) -> dict[Series, pd.Series]:
     """Per series (optimizer, method): the median examples/s per batch size over its finished
-    trials, at the model's own pace (timed without the noise measurement, harness.trial) where the
+    trials, at the model's own pace (timed without the noise measurement, harness.trial.loop) where the
     trials measured it. Never pooled over series: each arm's step costs what it costs."""
     t = trials[trials.status.isin(RAN_TO_END)]
     if t.empty:

@@ -17,8 +17,13 @@ from matplotlib.lines import Line2D  # noqa: E402
 from analysis.aggregate import Results, representative_trials, series_order  # noqa: E402
 from analysis.figure import Plot, finish, proxy  # noqa: E402
 from analysis.style import DIVERGED_MARK, REFERENCE, batch_styles  # noqa: E402
-from harness.scaling import AUTOMATIC_METHODS, GOYAL_WARMUP_FRACTION, BaseRecipe, resolve  # noqa: E402
-from harness.schedules import lr_table  # noqa: E402
+from harness.rules.scaling import (  # noqa: E402
+    AUTOMATIC_METHODS,
+    GOYAL_WARMUP_FRACTION,
+    BaseRecipe,
+    resolve,
+)
+from harness.rules.schedules import lr_table  # noqa: E402
 from harness.spec import Budget  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from harness.store import Status
+from harness.results.store import Status
 
 CHANCE_FRACTION = 0.1
 OUTCOMES = ("complete", "failed", "diverged", "error", "incomplete")

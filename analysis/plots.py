@@ -23,7 +23,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
 from matplotlib.lines import Line2D  # noqa: E402
 
 from analysis.aggregate import Results, eval_grid, series_order  # noqa: E402
@@ -31,8 +30,8 @@ from analysis.curves import schedules, training_curves  # noqa: E402
 from analysis.figure import Plot, finish, log2_axis, proxy, seeds_phrase, spread  # noqa: E402
 from analysis.outcome import chance_metric  # noqa: E402
 from analysis.style import DIVERGED_MARK, REFERENCE, series_styles  # noqa: E402
-from harness.scaling import BaseRecipe  # noqa: E402
-from harness.store import RAN_TO_END  # noqa: E402
+from harness.results.store import RAN_TO_END  # noqa: E402
+from harness.rules.scaling import BaseRecipe  # noqa: E402
 
 
 def _series(res: Results, agg: pd.DataFrame):

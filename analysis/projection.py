@@ -10,7 +10,6 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
-
 from matplotlib.lines import Line2D
 
 from analysis.aggregate import Results, series_order

@@ -41,7 +41,7 @@ def _budget_that_ran(res: Results) -> str:
 
 
 def _left_out(res: Results) -> str:
-    """``claims_only``: the cells no claim reads, which did not run (harness.claims)."""
+    """``claims_only``: the cells no claim reads, which did not run (harness.spec.claims)."""
     cells: dict[str, list[int]] = {}
     for arm, b in res.meta.get("claims_left_out") or []:
         cells.setdefault(arm, []).append(b)

@@ -26,9 +26,9 @@ from analysis.outcome import CHANCE_FRACTION, chance_metric
 from analysis.plots import Plot, all_plots, range_edge
 from analysis.provenance import ran_with
 from analysis.reproduce import judge_all, verdict_table
-from analysis.tuning import bracket_frame, bracket_sentence, lr_scaling, lr_scaling_sentence
 from analysis.tables import Table, all_tables, cell_status, to_csv, to_html, to_markdown, write_table
-from harness.store import replaced_whole
+from analysis.tuning import bracket_frame, bracket_sentence, lr_scaling, lr_scaling_sentence
+from harness.results.store import replaced_whole
 
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -221,7 +221,7 @@ def summary(res: Results, agg: pd.DataFrame, tables: list[Table], critical: dict
 
 def build_report(root: str | Path) -> dict:
     """Write the report folder; returns paths and the judged claims. Written beside the old one and
-    swapped in whole (harness.store.replaced_whole): a report that fails leaves the old one as it was."""
+    swapped in whole (harness.results.store.replaced_whole): a report that fails leaves the old one as it was."""
     res = load_results(root)
     final = res.root / "report"
     with replaced_whole(final) as staging:

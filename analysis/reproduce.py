@@ -22,7 +22,7 @@ in some or all seeds loses to one with a number in every seed (decided, and the 
 so); two arms that both lack numbers are not measurable.
 
 Budgets. A batch size whose budget cannot reach the target for any rule (the aggregate's
-``feasible``, harness.protocol) is not evidence: a claim that needs it is ``not measurable`` unless it
+``feasible``, harness.sweep.protocol) is not evidence: a claim that needs it is ``not measurable`` unless it
 fails where it can be judged. base - tolerance (``within_base``, ``loses_or_diverges``) can be
 stricter than the target: such a claim is judged at a batch size only where the pilot said the
 budget feasible (``protocol.budgets``) or an arm of the optimizer (all seeds complete) reached that

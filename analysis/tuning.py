@@ -1,6 +1,6 @@
 """The tuned arm as a reviewer checks it: per batch size, the LRs its bracketing search tried, the
 one it selected, and whether that optimum is bracketed (both lattice neighbours tried and worse) and
-at what spacing (harness.tuning). Read from ``sweep.json``'s ``studies``, which the sweep writes
+at what spacing (harness.spec.tuning). Read from ``sweep.json``'s ``studies``, which the sweep writes
 from the trials (``Sweep._record_bracket``); older per-seed TPE studies are left to
 ``analysis.report.studies_frame``."""
 
@@ -68,7 +68,7 @@ def bracket_sentence(res: Results) -> str:
     first = any(v.get("select_seeds") == "first" for v in bracket_studies(res).values())
     how = ("each LR ran on the first seed and was judged on it, and the chosen LR then ran every seed"
            if first else "each LR ran on every seed and was judged on the seeds' median")
-    return (f"The tuned arm's bracketing search (harness.tuning) bracketed its optimum at {ok} of {len(frame)} "
+    return (f"The tuned arm's bracketing search (harness.spec.tuning) bracketed its optimum at {ok} of {len(frame)} "
             f"batch sizes; {how} on {judged}.")
 
 

@@ -48,7 +48,7 @@ def trial_spec(batch: int, examples: int, **over) -> dict:
 
 def trial_throughput(batch: int, examples: int, **over) -> tuple[float, int]:
     from harness.spec import load_spec
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     t = Trial(load_spec(data=trial_spec(batch, examples, **over)))
     s = t.run().summary
@@ -171,7 +171,7 @@ def sweep_ratio(spec_dict: dict, repeats: int) -> tuple[float, float, float, int
     import yaml
 
     from harness.spec import load_spec
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     sweep = load_spec(data=spec_dict)
     sweep.workload_obj().prepare()
@@ -260,9 +260,9 @@ def bench_pilot(repeats: int) -> list[dict]:
     """The protocol's pilot on the default study against the training it is made of: the base recipe
     at B0 for the S0 steps the pilot needed to reach the target, without evaluation. The pilot adds
     dense evaluation (400 per budget) and the noise probe at the target (>= 4 B_simple examples)."""
-    from harness.protocol import run_pilot
+    from harness.sweep.protocol import run_pilot
     from harness.spec import load_spec
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     spec = load_spec(REPO / "experiments/default.yaml")
     n = spec.workload_obj().train_size()
@@ -292,7 +292,7 @@ def bench_store(repeats: int) -> list[dict]:
     """Recording a trial into a synthetic store of 1000 trials against recording it into one of 10
     (each trial: one row and 40 evaluations, the default study's size): every trial is its own
     record, so the cost must not grow with the store."""
-    from harness.store import ResultsStore
+    from harness.results.store import ResultsStore
 
     def fill(root: Path, n: int) -> ResultsStore:
         store = ResultsStore(root)
@@ -336,7 +336,7 @@ def bench_packing(repeats: int) -> list[dict]:
         subprocess.run([sys.executable, "-m", "harness.cli", "sweep", str(REPO / "experiments" / "default.yaml"),
                         "--results", tmp, "--name", "packing", "--no-report", "--quiet"], check=True, cwd=REPO,
                        capture_output=True)
-        from harness.store import ResultsStore
+        from harness.results.store import ResultsStore
 
         store = ResultsStore(Path(tmp) / "packing")
         meta, trials, _ = store.load()
@@ -356,15 +356,15 @@ CALIBRATED = {"mnist1d_mlp": {"n_train": 20000}, "teacher_regression": {}, "fmni
 
 
 def bench_calibration(repeats: int) -> list[dict]:
-    """Per workload: the micro-batch harness.calibrate chooses (measured afresh, one thread, as a
+    """Per workload: the micro-batch harness.trial.calibrate chooses (measured afresh, one thread, as a
     sweep's trial has) against the best of a scan of sizes, both through the real trial loop at
     B=8192 (1.5 s each)."""
     import torch
 
-    from harness import calibrate
+    from harness.trial import calibrate
     from harness.errors import DatasetMissing
     from harness.spec import TrialSpec
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     def rate(name: str, options: dict, micro: int) -> float:
         spec = TrialSpec(workload=name, workload_options=options, batch_size=8192, micro_batch_size=micro, threads=1,
@@ -403,9 +403,9 @@ def bench_calibration(repeats: int) -> list[dict]:
 
 
 def _step_seconds(workload: str, batch: int, steps: int, augment: str, options: dict) -> float:
-    """Model-only seconds per optimizer step of a trial (harness.trial's timing steps)."""
+    """Model-only seconds per optimizer step of a trial (harness.trial.loop's timing steps)."""
     from harness.spec import load_spec
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     spec = {"workload": workload, "workload_options": options, "batch_size": batch, "method": "legw",
             "threads": THREADS, "budget": {"examples": batch * steps}, "noise_scale": False,
@@ -445,7 +445,7 @@ sys.path.insert(0, {repo!r})
 from pathlib import Path
 from benchmarks.run import peak_rss_mb
 from harness.spec import TrialSpec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 from tests.test_imagenet import make_imagefolder
 root = make_imagefolder(Path(tempfile.mkdtemp()) / "imagenet", classes=4, train=16, val=4)
 spec = TrialSpec(workload="imagenet_resnet50", data_dir=str(root), batch_size={batch}, micro_batch_size=32,
@@ -477,10 +477,10 @@ def bench_resnet_memory(repeats: int) -> list[dict]:
 def bench_fixed_epoch_eval(repeats: int) -> list[dict]:
     """One epoch (469 steps) of the LEGW MNIST-LSTM study's B0 = 128 trial, one thread, past its target
     (B0 reaches 87% in ~2,000 of its 56,250 steps), as the study runs it now (no noise measurement,
-    the per-epoch grid past the target: harness.protocol) against as it ran before (the noise
+    the per-epoch grid past the target: harness.sweep.protocol) against as it ran before (the noise
     measured, evaluation every 49 steps for the whole budget). One repeat: each run is ~1.5 min."""
     from harness.spec import load_spec
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     def run(noise: bool, after: int | None) -> float:
         spec = {"workload": "fmnist_lstm", "batch_size": 128, "method": "legw", "threads": 1,
@@ -509,7 +509,7 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from harness.store import environment
+    from harness.results.store import environment
 
     env = environment()
     print(f"machine: {env['cpu']} x{env['cpu_count']}, torch {env['torch']}, threads {THREADS}, {env['gpu'] or 'no GPU'}")

@@ -52,8 +52,8 @@ def _overrides(args) -> list[str]:
 
 
 def _spec(args) -> str:
-    """The spec path given, or the shipped example it names (harness.catalog)."""
-    from harness.catalog import find_spec
+    """The spec path given, or the shipped example it names (harness.spec.catalog)."""
+    from harness.spec.catalog import find_spec
 
     return str(find_spec(args.spec))
 

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from harness.spec import load_spec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 
 
 def trajectory(method: str, batch: int, micro: int, steps: int) -> list[torch.Tensor]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from harness.spec import load_spec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 
 
 def main(argv: list[str]) -> int:

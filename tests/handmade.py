@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.store import ResultsStore
+from harness.results.store import ResultsStore
 
 BASE = {"base_batch_size": 128, "peak_lr": 0.1, "warmup_epochs": 0.05, "warmup_init": "zero", "epochs": 10,
         "decay": {"kind": "poly", "power": 2.0, "end_factor": 0.0}, "optimizer": {"name": "momentum"},
@@ -66,7 +66,7 @@ NONE_GRID = {("none", 128, s): ("complete", 0.86, 500, 5.0, 0.1) for s in range(
 
 def write_handmade_store(root: Path, failed_cell: bool = False, model_step_seconds: float | None = None,
                          lr_range: tuple[float, float] = (0.01, 2.0)) -> ResultsStore:
-    """``model_step_seconds``: every trial also records its model-only step time (harness.trial)."""
+    """``model_step_seconds``: every trial also records its model-only step time (harness.trial.loop)."""
     store = ResultsStore(root)
     methods = ["goyal", "legw", "tuned"] + (["none"] if failed_cell else [])
     spec = {"name": "handmade", "description": "hand-made results with known answers", "workload": "fmnist_lstm",

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.adversarial import Adversary, perturbation
+from harness.trial.adversarial import Adversary, perturbation
 
 
 def loss_fn(model, batch):

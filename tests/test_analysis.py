@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -224,6 +225,8 @@ def test_smaller_drop_and_matches_claims(store):
     assert verdict("matches", method="legw", other="sqrt").verdict == UNMEASURABLE  # not in the sweep
 
 
+# slow (~20 s on the 2-core VM): builds the whole report (every table and matplotlib plot) of the handmade store
+@pytest.mark.slow
 def test_the_report_opens_with_the_answer_then_the_claims(store):
     """The first section: median steps to the target per batch size and arm (a miss counts as
     infinitely late; how the other seeds ended), the fewest of each clean row in bold; then the claims."""
@@ -239,3 +242,28 @@ def test_the_report_opens_with_the_answer_then_the_claims(store):
     assert "- (0/3 reached; 3 diverged)" in head and "**300**" in head  # the tuned arm's 300 beats 400 at B0
     assert "The spec's 8 comparisons, each judged on a 90% t-interval over the seeds: 3 not measurable, 3 holds, " \
            "2 does not hold" in head
+
+
+def test_autowu_says_why_its_warmup_ended_and_a_cap_is_not_called_detected(tmp_path):
+    """The committed default study: every AutoWU ramp reached its cap (half the run) before the GP
+    test fired, so the table and the plot say "cap", not "detected"; a seed whose test fired is
+    counted as such, and its batch size is drawn filled ("detected")."""
+    import json as _json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from analysis.beyond import autowu_plot, autowu_table
+
+    res = load_results(Path(__file__).resolve().parents[1] / "docs/results/default")
+    t = autowu_table(res)
+    assert set(t.display["warmup ended by (seeds)"]) == {"cap (max_warmup_fraction) 3/3"}
+    assert "not detected values" in t.title and "detected" not in " ".join(t.display.columns)
+    p = autowu_plot(res, aggregate(res), tmp_path)
+    assert "not a detected one" in p.caption
+    first = res.trials[(res.trials.method == "autowu") & (res.trials.batch_size == 4096)].index[0]
+    extra = _json.loads(res.trials.at[first, "extra"])
+    res.trials.at[first, "extra"] = _json.dumps({**extra, "autowu_switched_by": "test"})
+    mixed = autowu_table(res).display["warmup ended by (seeds)"]
+    assert mixed.loc[4096] == "cap (max_warmup_fraction) 2/3, GP test 1/3" and mixed.loc[8192].endswith("3/3")
+    assert "not detected values" not in autowu_table(res).title

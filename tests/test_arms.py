@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from harness.errors import SpecError
-from harness.sharpness import top_eigenvalue
+from harness.trial.sharpness import top_eigenvalue
 from harness.spec import TrialSpec, load_spec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 from tests.test_sweep import cli, load, write_spec
 
 MLP = {"workload": "mnist1d_mlp", "workload_options": {"n_train": 4000, "n_test": 500}, "optimizer": "momentum",
@@ -105,6 +105,8 @@ def test_simulated_decentralized_trials_record_consensus_and_resume_exactly(algo
     assert same_row(resumed(spec, 4).run().measurements[-1], whole.measurements[-1])
 
 
+# slow (~97 s on the 2-core VM): real Ray, 4 Ray Train gloo workers on a ring, against the 4-worker simulation
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_train_workers_exchanging_with_neighbours_match_the_simulation(tmp_path, ray_tmp):
     """4 Ray Train workers (gloo point-to-point on a ring) against 4 simulated workers: after 3
@@ -112,7 +114,7 @@ def test_ray_train_workers_exchanging_with_neighbours_match_the_simulation(tmp_p
     within 1e-5."""
     import ray
 
-    from harness.distributed import trainer
+    from harness.trial.distributed import trainer
 
     fields = trial_spec(data_parallel={"workers": 4, "algorithm": "decentlam"}, recipe={"peak_lr": 0.5},
                         budget={"examples": 256 * 3}).model_dump(mode="json")
@@ -134,7 +136,7 @@ def test_ray_train_workers_exchanging_with_neighbours_match_the_simulation(tmp_p
 
 
 def test_the_neighbour_lists_of_a_ring_and_an_exponential_graph():
-    from harness.decentralized import mixing_matrix
+    from harness.trial.decentralized import mixing_matrix
 
     ring, expo = mixing_matrix("ring", 8), mixing_matrix("exponential", 8)
     assert [j for j in range(8) if j != 0 and ring[0, j] > 0] == [1, 7]
@@ -187,6 +189,8 @@ def test_plan_names_every_arm(tmp_path, ray_tmp):
         assert name in listing
 
 
+# slow (~108 s on the 2-core VM): real Ray sweep of 8 trials (augment x algorithm x batch) on 4 simulated workers
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_sweep_with_an_augment_axis_and_decentralized_trials(tmp_path, ray_tmp):
     """axes.augment [none, conadv] x axes.algorithm [allreduce, decentlam] on 4 simulated workers:
@@ -211,7 +215,7 @@ def test_a_sweep_with_an_augment_axis_and_decentralized_trials(tmp_path, ray_tmp
 
 
 def test_combine_mean_halves_the_summed_loss_and_keeps_the_clean_loss_reported():
-    from harness.adversarial import Objective
+    from harness.trial.adversarial import Objective
 
     torch.manual_seed(0)
     model = torch.nn.Linear(5, 3)

@@ -10,9 +10,9 @@ import torch
 
 from harness.data.cifar import TEST_FILE, TRAIN_FILES, read_batch, write_batch
 from harness.errors import DatasetMissing, SpecError
-from harness.ghostbn import GhostBatchNorm2d, set_ghost_batch
+from harness.trial.ghostbn import GhostBatchNorm2d, set_ghost_batch
 from harness.spec import TrialSpec, load_spec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 from harness.workloads.cifar import crop_and_flip, resnet18, resnet20
 from tests.test_arms import resumed, same_row
 from tests.test_sweep import cli, load, write_spec
@@ -68,6 +68,8 @@ def test_crop_and_flip_is_a_window_of_the_padded_image_and_the_same_for_the_same
         assert any(torch.equal(a[i], w) for w in windows)
 
 
+# slow (~123 s on the 2-core VM): float64 ResNet-20 forward/backward of 1024 images, whole and in 8 micro-batches
+@pytest.mark.slow
 def test_accumulated_micro_batches_equal_one_pass_split_into_ghost_batches():
     """B = 1024 of ResNet-20 in micro-batches of 128 with bn_batch_size 128, against one pass of
     1024 split into 8 ghost batches: the same gradient within 1e-5 and the same running statistics."""
@@ -108,6 +110,8 @@ def test_resnet18_builds_and_bn_batch_size_is_checked(cifar_dir):
         load_spec(data={"workload": "mnist1d_mlp", "bn_batch_size": 32}, kind="trial")
 
 
+# slow (~63 s on the 2-core VM): real local Ray sweep of 2 ResNet-20 trials on the tiny CIFAR-10 folder
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_resnet20_sweep_of_a_few_steps(cifar_dir, tmp_path, ray_tmp):
     path = write_spec(tmp_path, {"name": "r20", "workload": "cifar10_resnet20", "data_dir": str(cifar_dir),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.claims import left_out, needed_cells
+from harness.spec.claims import left_out, needed_cells
 from harness.errors import SweepConflict
 from harness.spec import load_spec
 from harness.sweep import growth, plan

@@ -44,7 +44,7 @@ def test_train_writes_measurements_recipe_and_summary(data_dir, tmp_path, capsys
 def test_sweep_lines_say_whether_the_target_was_reached_and_a_log_gets_an_eta():
     from rich.console import Console
 
-    from harness.progress import SweepProgress
+    from harness.sweep.progress import SweepProgress
 
     buf = io.StringIO()
     progress = SweepProgress("s", "accuracy", Console(file=buf, force_terminal=False, width=200), target=0.85)
@@ -99,7 +99,7 @@ def test_plan_prints_counts_budgets_recipes_and_a_time_estimate_then_refuses_an_
 
 
 def test_check_budgets_refuses_a_sweep_that_ran_under_its_pilot(capsys, tmp_path):
-    from harness.store import ResultsStore
+    from harness.results.store import ResultsStore
 
     store = ResultsStore(tmp_path / "s")
     store.root.mkdir()
@@ -275,7 +275,7 @@ def test_sighup_and_sigterm_end_a_sweep_as_ctrl_c_does():
 def test_a_sweep_and_its_pilot_say_how_long_they_will_take_before_they_start(monkeypatch):
     """The estimate before the pilot (its whole budget at the probed pace) and before the trials
     (harness.sweep.eta); past an hour it says that stopping now loses nothing."""
-    from harness import protocol
+    from harness.sweep import protocol
     from harness.spec import load_spec
     from harness.sweep import eta
     from harness.sweep.plan import plan
@@ -301,3 +301,29 @@ def test_a_sweep_and_its_pilot_say_how_long_they_will_take_before_they_start(mon
     pilot = eta.pilot_line(spec.model_copy(update={"protocol": spec.protocol.model_copy(update={"pilot_epochs": 3.0})}),
                            4096)
     assert pilot == " (at most ~20.5 min: 3 epoch(s) of 4,096 examples at ~10/s; it stops at the target)", pilot
+
+
+def test_the_pace_probe_counts_the_examples_it_ran_not_the_batch_it_stands_for(monkeypatch, data_dir):
+    """Above 8 micro-batches the probe runs a trial of 8 micro-batches (they run one after another:
+    B's pace is theirs); its examples per second are that trial's. A fake clock (1 s per step) makes
+    the arithmetic exact: counting B per step had the LSTM study's 8K look 16x faster than it trains."""
+    from harness.spec import load_spec
+    from harness.sweep import eta
+    from harness.trial.loop import Trial
+
+    spec = load_spec(data={"name": "pace", "workload": "fmnist_lstm", "data_dir": str(data_dir), "micro_batch_cap": 16,
+                           "axes": {"batch_sizes": [64, 1024], "methods": ["legw"], "seeds": [0]},
+                           "noise_scale": False}, kind="sweep")
+    clock = {"t": 0.0}
+    monkeypatch.setattr(eta.time, "perf_counter", lambda: clock["t"])
+    ran = []
+
+    def step(self, measure=True):
+        clock["t"] += 1.0
+        ran.append(self.recipe.batch_size)
+        return 0.0
+
+    monkeypatch.setattr(Trial, "_train_step", step)
+    pace = eta.throughput_probe(spec, "momentum", [64, 1024], seconds=5.0)
+    assert set(ran) == {64, 128}  # 64 ran itself; 1024 ran as 8 micro-batches of 16
+    assert pace == {64: 64.0, 1024: 128.0}, pace

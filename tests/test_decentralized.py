@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.decentralized import consensus_distance, dsgd_fixed_point, mixing_matrix, step
+from harness.trial.decentralized import consensus_distance, dsgd_fixed_point, mixing_matrix, step
 
 
 def quadratic(k=4, d=3, seed=0):

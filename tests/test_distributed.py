@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from harness.spec import load_spec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 from tests.conftest import tiny_trial
 from tests.test_sweep import cli, load, write_spec
 
@@ -85,6 +85,8 @@ def test_workers_must_divide_the_batch(data_dir):
         _spec(data_dir, 2, micro_batch_size=48)
 
 
+# slow (~67 s on the 2-core VM): two `batchscale train` runs: 1 worker, then 2 Ray Train gloo workers on real Ray
+@pytest.mark.slow
 @pytest.mark.ray
 def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, ray_tmp):
     """`batchscale train` with 2 CPU workers (Ray Train TorchTrainer, gloo) gives the measurements
@@ -105,6 +107,8 @@ def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, ray_tmp):
     assert two["noise_scale"] == pytest.approx(one["noise_scale"], rel=1e-3)
 
 
+# slow (~71 s on the 2-core VM): real Ray sweep whose trial starts a 2-worker Ray Train (gloo) run
+@pytest.mark.slow
 @pytest.mark.ray
 def test_sweep_of_data_parallel_trials(tmp_path, ray_tmp):
     """A sweep whose trials are 2 Ray Train workers each: Tune gets their reports, the store its rows."""

@@ -16,7 +16,7 @@ from harness.data.imagefolder import (ImageFolderSource, center_crop_box, random
                                       scan)
 from harness.errors import DatasetMissing
 from harness.spec import TrialSpec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 from harness.workloads.imagenet import ResNet50
 from tests.test_arms import resumed, same_row
 from tests.test_sweep import cli, load, write_spec
@@ -100,6 +100,8 @@ def test_resnet50_is_torchvision_s_architecture():
     assert ResNet50(classes=3)(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 
+# slow (~22 s on the 2-core VM): ResNet-50 trial run twice on CPU: with 2 DataLoader workers and with none
+@pytest.mark.slow
 def test_a_streamed_trial_is_served_by_the_loader_and_does_not_depend_on_its_workers(imagenet_dir):
     """Every training and evaluation example comes from the DataLoader's read-ahead (none decoded
     on demand), and 2 worker processes give the same measurements as none."""
@@ -112,6 +114,8 @@ def test_a_streamed_trial_is_served_by_the_loader_and_does_not_depend_on_its_wor
     assert all(same_row(a, b) for a, b in zip(result.measurements, alone.measurements))
 
 
+# slow (~38 s on the 2-core VM): ResNet-50 trial run whole, then again stopped at step 3 and resumed, on CPU
+@pytest.mark.slow
 def test_a_streamed_trial_resumes_at_the_exact_position(imagenet_dir):
     s = spec(imagenet_dir)
     whole = Trial(s).run().measurements
@@ -146,6 +150,8 @@ def test_the_legw_imagenet_study_plans_the_paper_s_table(imagenet_dir, ray_tmp):
     assert [float(r[6]) for r in rows] == [0.3125 * 2**i for i in range(6)]  # warmup epochs
 
 
+# slow (~134 s on the 2-core VM): runs legw_imagenet via real Ray: 4 ResNet-50 bf16 trials on generated JPEGs
+@pytest.mark.slow
 @pytest.mark.ray
 def test_the_legw_imagenet_study_runs_cut_down_on_generated_data(imagenet_dir, tmp_path, ray_tmp):
     cut = ["--set", f"data_dir={imagenet_dir}", *SMALL, "--set", "budget.epochs=1", "--set", "axes.batch_sizes=[12, 24]",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.optimizers import OPTIMIZERS, build_optimizer
+from harness.rules.optimizers import OPTIMIZERS, build_optimizer
 from harness.spec import load_spec
 
 

@@ -1,4 +1,4 @@
-"""``precision: bf16``, ``channels_last`` and ``compile`` (harness.precision): each changes how the
+"""``precision: bf16``, ``channels_last`` and ``compile`` (harness.trial.precision): each changes how the
 model computes, not what the trial is; each is recorded and resumes exactly."""
 
 from __future__ import annotations
@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from harness.errors import SpecError
-from harness.precision import Precise
+from harness.trial.precision import Precise
 from harness.spec import load_spec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 from tests.test_arms import MLP, resumed, same_row, trial_spec
 from tests.test_cifar import cifar_dir, spec  # noqa: F401 (a fixture)
 
 
+# slow (~50 s on the 2-core VM): ResNet-20 CIFAR trial run to completion in bf16 autocast on CPU
+@pytest.mark.slow
 def test_bf16_runs_the_convolutions_in_bfloat16_and_keeps_weights_and_losses_in_float32(cifar_dir):  # noqa: F811
     plain, bf16 = Trial(spec(cifar_dir)), Trial(spec(cifar_dir, precision="bf16"))
     seen = []
@@ -29,6 +31,8 @@ def test_bf16_runs_the_convolutions_in_bfloat16_and_keeps_weights_and_losses_in_
     assert result.summary["precision"] == "bf16" and result.status == "complete"
 
 
+# slow (~69 s on the 2-core VM): bf16 channels_last ResNet-20 epoch on CPU, whole and resumed at step 2
+@pytest.mark.slow
 def test_a_bf16_channels_last_trial_resumes_exactly_and_channels_last_alone_changes_nothing(cifar_dir):  # noqa: F811
     s = spec(cifar_dir, precision="bf16", channels_last=True)
     whole = Trial(s).run().measurements
@@ -40,6 +44,8 @@ def test_a_bf16_channels_last_trial_resumes_exactly_and_channels_last_alone_chan
     assert losses == pytest.approx([plain._train_step() for _ in range(2)], rel=1e-4)
 
 
+# slow (~67 s on the 2-core VM): torch.compile (Inductor builds C++ on CPU) of an MLP trial, vs the eager run
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's CPU backend needs a C compiler")
 def test_a_compiled_trial_equals_the_eager_one():
     eager = Trial(trial_spec(noise_scale=False)).run().measurements

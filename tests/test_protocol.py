@@ -11,7 +11,7 @@ import pytest
 from analysis.aggregate import aggregate, load_results
 from analysis.reproduce import FAILS, HOLDS, UNMEASURABLE, judge_all
 from harness.errors import SpecError
-from harness.protocol import Estimate, best_trial, budget_table, refuse_infeasible, run_pilot, trial_settings
+from harness.sweep.protocol import Estimate, best_trial, budget_table, refuse_infeasible, run_pilot, trial_settings
 from harness.spec import load_spec
 from harness.sweep import plan
 from tests.handmade import write_handmade_store
@@ -113,7 +113,7 @@ def test_pilot_measures_s0_and_b_simple_at_b0():
 
 def handmade_with_budgets(tmp_path, feasible: dict[int, bool], unreached: tuple[int, ...] = ()):
     """The hand-made store with a budget table; ``unreached`` batch sizes lose their target hits."""
-    from harness.store import TRIAL_SCHEMA, write_table
+    from harness.results.store import TRIAL_SCHEMA, write_table
 
     store = write_handmade_store(tmp_path / "handmade")
     rows = store.trial_rows()

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from harness.errors import SpecError
-from harness.scaling import METHODS, BaseRecipe, get_method, resolve
+from harness.rules.scaling import METHODS, BaseRecipe, get_method, resolve
 from harness.spec import load_spec
 
 IMAGENET = 1_281_167
@@ -105,7 +105,7 @@ def test_realised_peak_lr_is_stated_and_a_shortfall_warns():
     n = 37_095 * 20  # ~PTB-sized: 1855 steps per epoch at B0
     r = resolve(base, 1280, "legw", n)
     assert r.peak_lr == pytest.approx(160)
-    from harness.schedules import lr_at
+    from harness.rules.schedules import lr_at
 
     assert r.realised_peak_lr == pytest.approx(max(lr_at(s, r) for s in range(r.total_steps)))
     assert r.realised_peak_lr < 0.2 * r.peak_lr

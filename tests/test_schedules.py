@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from harness.scaling import BaseRecipe, resolve
-from harness.schedules import lr_at, lr_table
+from harness.rules.scaling import BaseRecipe, resolve
+from harness.rules.schedules import lr_at, lr_table
 
 
 def recipe(decay, warmup_epochs=0.0, method="none", batch=100, n=1000, epochs=10, lr=1.0, **extra):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from harness.store import ResultsStore
+from harness.results.store import ResultsStore
 
 
 def test_readers_see_whole_files_while_the_sweep_rewrites_them(tmp_path):
@@ -77,13 +77,13 @@ def test_each_trial_is_its_own_record_until_the_run_folds_them_in(tmp_path):
 
 
 def test_the_store_schemas_are_derived_from_the_typed_records():
-    """A column is declared once, in harness.schema: its Arrow type follows its Python type, in order."""
+    """A column is declared once, in harness.results.schema: its Arrow type follows its Python type, in order."""
     import dataclasses
 
     import pyarrow as pa
 
-    from harness.schema import Measurement, TrialRecord, arrow_schema
-    from harness.store import MEASUREMENT_SCHEMA, TRIAL_SCHEMA
+    from harness.results.schema import Measurement, TrialRecord, arrow_schema
+    from harness.results.store import MEASUREMENT_SCHEMA, TRIAL_SCHEMA
 
     assert TRIAL_SCHEMA.names == [f.name for f in dataclasses.fields(TrialRecord)]
     assert MEASUREMENT_SCHEMA.names == [f.name for f in dataclasses.fields(Measurement)]
@@ -100,7 +100,7 @@ def test_the_store_schemas_are_derived_from_the_typed_records():
 
 def test_a_corrupt_store_file_is_named_in_one_line(tmp_path, capsys):
     from harness.cli import main
-    from harness.store import ResultsStore
+    from harness.results.store import ResultsStore
 
     store = ResultsStore(tmp_path / "s")
     store.root.mkdir()

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.store import ResultsStore
+from harness.results.store import ResultsStore
 from harness.sweep import leftovers
 from tests.conftest import kill_tree_matching
 
@@ -95,6 +95,9 @@ def finished_sweep(tmp_path_factory):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
     _, _, results, proc = finished_sweep
     meta, trials, measurements = load(results)
@@ -137,8 +140,11 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
         assert t.micro_batch_size == planned[t.trial_id if t.method != "tuned" else t.study], t.trial_id
 
 
+# slow (~27 s on the 2-core VM): headless Chromium renders the report of the finished_sweep fixture's sweep
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                     reason="Debian's chromium is not installed (make test installs it as root)")
+@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_path):
     """The report of this small real sweep, rendered as a reader sees it."""
     import matplotlib.colors
@@ -179,6 +185,9 @@ def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_
     assert tuned.caption.startswith(f"Every one of the {int(counts.sum())} searched trials")
 
 
+# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(finished_sweep):
     _, _, results, _ = finished_sweep
     meta, trials, measurements = load(results)
@@ -212,6 +221,9 @@ def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(fini
         assert saved.best_value == pytest.approx(-valid.max())
 
 
+# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, ray_tmp):
     tmp, spec, results, _ = finished_sweep
     before = (results / "trials.parquet").read_bytes()
@@ -220,6 +232,9 @@ def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, ray_tmp):
     assert (results / "trials.parquet").read_bytes() == before
 
 
+# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, ray_tmp):
     tmp, spec, results, _ = finished_sweep
     before = (results / "sweep.json").read_text()
@@ -229,6 +244,8 @@ def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, ray_tmp):
     assert (results / "sweep.json").read_text() == before
 
 
+# slow (~86 s on the 2-core VM): two real Ray sweeps: 1 trial, then grown by a seed, plus 2 refused CLI runs
+@pytest.mark.slow
 def test_a_finished_sweep_grows_by_a_seed_and_runs_only_the_new_trials(tmp_path, ray_tmp):
     small = {**SPEC, "name": "grow", "budget": {"epochs": 1}, "axes": {"batch_sizes": [512], "methods": ["legw"]}}
     spec = write_spec(tmp_path, small)
@@ -262,6 +279,8 @@ def _running(results: Path) -> list[dict]:
     return ResultsStore(results).trial_rows() if (results / "sweep.json").exists() else []
 
 
+# slow (~108 s on the 2-core VM): SIGKILLs a real Ray sweep driver mid-grid, then reruns it to resume and finish
+@pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
     """Kill the driver (SIGKILL) while trials of the grid and of a tuned study are running; the
     same command finishes the sweep: finished trials keep their rows, the running ones continue
@@ -326,6 +345,8 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
         assert list(curve.step[:len(rows_of(m_before, [row.trial_id]))]) == list(rows_of(m_before, [row.trial_id]).step)
 
 
+# slow (~66 s on the 2-core VM): kills a real Ray sweep driver after a checkpoint, reruns it to end the trial
+@pytest.mark.slow
 def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
     """After the driver dies, a trial whose record names a checkpoint continues from it, not from
     step 0, and its evaluations join up with no gap or repeat. Tune's experiment state plays no
@@ -362,6 +383,8 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
     assert not list((results / "ray").rglob("checkpoint_*")), "a finished trial's checkpoints are dropped"
 
 
+# slow (~59 s on the 2-core VM): real Ray sweep with a retried failing trial and TensorBoard/MLflow/W&B tracking
+@pytest.mark.slow
 def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp):
     spec = write_spec(tmp_path, {
         "name": "flaky", "workload": "flaky_mnist1d", "workload_options": {"n_train": 2000, "n_test": 500},
@@ -452,6 +475,9 @@ def wandb_records(path):
     return out
 
 
+# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_an_unreachable_cluster_address_fails_fast_in_one_line(tmp_path, ray_tmp, finished_sweep):
     """Nothing listens at the address: one line naming it and what to check, within 30 s, before
     anything is written; a stored sweep keeps its status (it is not left 'running')."""
@@ -487,6 +513,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# slow (~85 s on the 2-core VM): `ray start`s a 2-node token-auth cluster, sweeps 4 trials on it, stops it
+@pytest.mark.slow
 def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
     """`ray start --head` on 127.0.0.1 with token authentication, a sweep with --address, then
     that cluster stopped (its process group and its own temp folder) and nothing else."""
@@ -561,6 +589,9 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
     assert not leftovers, f"processes of the test cluster still running after stop: {leftovers}"
 
 
+# slow (~43 s on the 2-core VM): finished_sweep fixture, then a real Ray rerun of a study's missing trials
+@pytest.mark.slow
+@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_folder(
         tmp_path, ray_tmp, finished_sweep):
     """The store is the truth: with all but two of a bracketing study's trials gone from it and the
@@ -595,6 +626,8 @@ def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_
     assert len(saved.trials) == len(ours)  # one Optuna trial per LR, the kept ones told again
 
 
+# slow (~39 s on the 2-core VM): real Ray sweep of a 6-trial TPE study with ASHA over 9 epochs
+@pytest.mark.slow
 def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
     """ASHA stops the worse trials of a tuned study at rungs measured in examples seen; stopped
     trials are recorded as incomplete (stopped by ASHA), the rest complete."""
@@ -710,6 +743,9 @@ def test_a_sweep_grows_along_its_axes_and_its_studies_and_never_shrinks():
     tpe = resolved(tuning__search="tpe", tuning__trials=4)
     assert growth(tpe, resolved(tuning__search="tpe", tuning__trials=6)) == {"tuning.trials": 2}
     assert growth(base, resolved(tuning__concurrent_trials=4)) == {}  # changes no trial already run
+    top = json.loads(json.dumps(base))
+    for key, value in (("retries", 3), ("max_concurrent", 1)):  # how it runs, not what
+        assert growth(base, {**top, key: value}) == {}, key
     with pytest.raises(SweepConflict, match=r"changed: tuning\.search"):
         growth(base, tpe)
     for changed, words in ((resolved(tuning__search="tpe", tuning__trials=3), "tuning.trials drops from 4 to 3"),
@@ -719,6 +755,8 @@ def test_a_sweep_grows_along_its_axes_and_its_studies_and_never_shrinks():
             growth(tpe if "trials" in words else base, changed)
 
 
+# slow (~54 s on the 2-core VM): real Ray sweep: a pilot, then 4 trials run to the target, then a refused spec
+@pytest.mark.slow
 def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an_infeasible_budget(tmp_path, ray_tmp):
     """The protocol end to end on the teacher: the pilot's estimates and the budget table in
     sweep.json, trials stopping at the target within their own step budgets, evaluations dense
@@ -779,6 +817,8 @@ def test_a_trial_checkpoints_at_its_first_evaluation_then_every_checkpoint_secon
     assert reports == [True] * 8 + [False]  # every evaluation, and the final report
 
 
+# slow (~68 s on the 2-core VM): real Ray sweep of 4 plugin-rule trials and its report, then a 2nd report run
+@pytest.mark.slow
 def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it_keeps_the_old_one(tmp_path, ray_tmp):
     """LR and warmup rules from a user's module (tests/plugins.py: pow75, half), named as
     <lr>+<warmup>: resolved by the sweep's workers, read by its report; a report run without the
@@ -811,8 +851,9 @@ def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it
     assert not list(results.glob(".report.*"))  # no half-written report left beside it
 
 
-# ~1-2 min: a Ray declared with 8 CPUs starts 8 workers on this 2-core machine, and the barrier holds
+# slow (~110 s on the 2-core VM): a Ray declared with 8 CPUs starts 8 workers here, and the barrier holds
 # them until all 8 have started (the proof that 8 ran at once, without timing luck)
+@pytest.mark.slow
 def test_trials_share_gpus_four_to_a_gpu_on_a_ray_with_declared_gpus(tmp_path, ray_tmp):
     """``resources.gpus: 0.25`` on an embedded Ray declared with 2 GPUs (BATCHSCALE_RAY_GPUS; this
     machine has none): plan says 4 trials share each GPU; the sweep runs 8 trials 8 at a time, 4 on

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from analysis.critical import fit_critical_batch
-from harness.noise import noise_scale_at
+from harness.trial.noise import noise_scale_at
 from harness.spec import load_spec
-from harness.trial import Trial
+from harness.trial.loop import Trial
 from harness.workloads import get_workload
 
 SMALL = {"dim": 16, "n_train": 2**17}
@@ -27,6 +27,8 @@ def at_fixed_weights(options: dict, error_scale: float):
     return wl, model
 
 
+# slow (~25 s on the 2-core VM): each case: 3000 steps of 256 in micro-batches of 32 for the noise EMA to settle
+@pytest.mark.slow
 @pytest.mark.parametrize("options,error_scale", [
     ({"condition": 1, "noise_std": 0.5}, 0.5),
     ({"condition": 1, "noise_std": 2.0}, 0.5),
@@ -69,6 +71,8 @@ def test_excess_risk_metric_is_exact_and_the_student_starts_near_one():
     assert 0.3 < metric < 3  # about 1 at the start
 
 
+# slow (~73 s on the 2-core VM): 90 teacher-regression trials (6 batch sizes x 15 LRs) to fit B_crit
+@pytest.mark.slow
 def test_critical_batch_fitted_from_steps_to_result_is_within_2x_of_the_closed_form():
     """Isotropic teacher (B_noise = B_simple exactly): per batch size, the fewest steps to an excess
     risk of 5e-4 over an LR grid (steps to result, evaluated every step), fitted to
@@ -99,8 +103,8 @@ def test_every_eighth_step_runs_without_the_noise_split_and_times_the_model_alon
     """B0 = 256 runs as one micro-batch, so measuring the noise splits it in two: 7 steps in 8 do,
     every 8th runs unsplit and unmeasured and gives the model's own step time; the moving average
     still decays per step (one update covering two steps decays twice)."""
-    from harness.noise import NoiseScale
-    from harness.trial import TIMING_EVERY
+    from harness.trial.noise import NoiseScale
+    from harness.trial.loop import TIMING_EVERY
 
     spec = load_spec(data={"workload": "teacher_regression", "workload_options": SMALL, "batch_size": 256,
                            "method": "none", "threads": 1, "budget": {"examples": 256 * 100},

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from harness.spec import load_spec
-from harness.placement import auto_micro_batch
-from harness.trial import Trial
+from harness.trial.placement import auto_micro_batch
+from harness.trial.loop import Trial
 from tests.conftest import tiny_trial
 
 
@@ -102,7 +102,7 @@ def test_target_is_recorded_at_first_evaluation_reaching_it_and_can_stop(data_di
 
 def test_past_the_target_evaluation_goes_back_to_the_sparser_grid_and_training_is_unchanged(data_dir):
     """The protocol evaluates densely to resolve the steps to the target; past it, a fixed-epoch
-    trial evaluates on the per-epoch grid (harness.protocol). Same training, same target step, same
+    trial evaluates on the per-epoch grid (harness.sweep.protocol). Same training, same target step, same
     last evaluation; a checkpoint taken past the target resumes on the sparse grid."""
     spec = dict(budget={"epochs": 4}, eval={"every_examples": 64}, target={"metric": "accuracy", "value": 0.5})
     dense = trial(data_dir, **spec).run()
@@ -187,7 +187,7 @@ def test_the_micro_batch_cap_is_measured_once_per_machine_then_cached(tmp_path, 
 
     import torch
 
-    from harness import calibrate
+    from harness.trial import calibrate
     from harness.spec import TrialSpec
 
     assert calibrate.choose({64: 90.0, 128: 98.0, 256: 100.5, 512: 60.0}) == 128  # the smallest within 3% of 100.5

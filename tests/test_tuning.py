@@ -13,8 +13,8 @@ import torch
 
 from harness.spec import SweepSpec, TrialSpec
 from harness.sweep.plan import plan
-from harness.trial import Trial
-from harness.tuning import BracketSearch, Lattice, PENALTY, candidate_value, objective, select
+from harness.trial.loop import Trial
+from harness.spec.tuning import BracketSearch, Lattice, PENALTY, candidate_value, objective, select
 
 ETA0 = 0.0707  # teacher_regression's base LR at B0 = 256
 OPTIONS = {"n_train": 2**15, "dim": 16}  # a small teacher: an 18-point dense grid at 3 batch sizes in ~15 s

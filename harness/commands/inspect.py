@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer):
-    from harness.scaling import AUTOMATIC_METHODS, resolve
+    from harness.rules.scaling import AUTOMATIC_METHODS, resolve
     from harness.spec import RecipeSpec, SweepSpec, load_spec
 
     spec = load_spec(spec_path, overrides)
@@ -36,12 +36,12 @@ def _schedule_recipes(spec_path, overrides, batch_sizes, methods, optimizer):
 
 
 def _steps_to_result_recipes(spec, base, batches, methods, n):
-    """Under steps_to_result each batch size runs its own step budget (harness.protocol), and the
+    """Under steps_to_result each batch size runs its own step budget (harness.sweep.protocol), and the
     fixed warmup is pinned to the study's epochs: the recipes the sweep runs, from the estimates the
     spec gives, an earlier run of the sweep stored (results/<name>), or the pilot, run here as
     ``plan`` runs it."""
-    from harness import protocol
-    from harness.store import ResultsStore
+    from harness.results.store import ResultsStore
+    from harness.sweep import protocol
 
     store = ResultsStore(Path("results") / spec.name)
     stored = store.read_meta().get("protocol", {}).get("estimates") if store.exists() else None
@@ -56,8 +56,8 @@ def _steps_to_result_recipes(spec, base, batches, methods, n):
 def budgeted_recipes(spec, rows, n, optimizers, methods, batches):
     """The recipes a sweep's trials run: each batch size's budget from the protocol's table
     (``rows``), with the trial settings it sets (the fixed warmup pinned to the study's epochs)."""
-    from harness import protocol
-    from harness.scaling import resolve
+    from harness.rules.scaling import resolve
+    from harness.sweep import protocol
 
     by_cell = {(r["optimizer"], r["batch_size"]): r for r in rows}
     out = []
@@ -72,7 +72,7 @@ def budgeted_recipes(spec, rows, n, optimizers, methods, batches):
 
 def claims_left_out_words(spec) -> str:
     """The cells ``claims_only`` leaves out, per arm, in words."""
-    from harness.claims import left_out
+    from harness.spec.claims import left_out
 
     out: dict[str, list[int]] = {}
     for arm, b in left_out(spec):
@@ -103,7 +103,7 @@ def recipe_table(recipes) -> list[str]:
 def schedule(spec_path: str, overrides: list[str], *, batch_sizes=None, methods=None, optimizer=None,
              every: int = 1, recipe_only: bool = False, plot: str | None = None) -> int:
     """``batchscale schedule``: the resolved recipes, then the LR at every step as CSV."""
-    from harness.schedules import lr_table
+    from harness.rules.schedules import lr_table
 
     if plot and Path(plot).suffix.lower() not in (".png", ".svg", ".pdf"):
         from harness.errors import SpecError
@@ -134,18 +134,18 @@ def _arm_costs(spec, seconds: float) -> dict[tuple[str, str], float]:
     """(augment, algorithm) -> time per example of that arm over a plain trial's, measured at the
     largest batch size by the protocol's throughput probe (augmented steps take two passes;
     simulated workers split a step into K gradients). Printed, and used by the time estimate."""
-    from harness import protocol
+    from harness.sweep import eta
 
     arms = [a for a in spec.arms() if a != ("none", "allreduce") or spec.data_parallel.simulate]
     if not arms:
         return {}
     b, optimizer = max(spec.axes.batch_sizes), spec.optimizers()[0]
-    plain = protocol.throughput_probe(spec, optimizer, [b], seconds=seconds / 2)[b]
+    plain = eta.throughput_probe(spec, optimizer, [b], seconds=seconds / 2)[b]
     out = {}
     for augment, algorithm in arms:
         arm = {"augment": {**spec.augment.model_dump(), "kind": augment},
                "data_parallel": {**spec.data_parallel.model_dump(), "algorithm": algorithm}}
-        out[(augment, algorithm)] = plain / protocol.throughput_probe(spec, optimizer, [b], seconds / 2, arm)[b]
+        out[(augment, algorithm)] = plain / eta.throughput_probe(spec, optimizer, [b], seconds / 2, arm)[b]
     print(f"arm cost per example against a plain trial at B={b}, measured here: "
           + ", ".join(f"{a}/{g} {c:.2f}x" for (a, g), c in out.items()))
     return out
@@ -162,10 +162,9 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     """What a sweep spec will run, whether its budgets can reach the target, and how long it takes."""
     import os
 
-    from harness import protocol
-    from harness.scaling import AUTOMATIC_METHODS
+    from harness.rules.scaling import AUTOMATIC_METHODS
     from harness.spec import load_spec
-    from harness.sweep import plan
+    from harness.sweep import eta, plan, protocol
     from harness.sweep.plan import check_fits_the_data
 
     spec = load_spec(spec_path, overrides, kind="sweep")
@@ -173,8 +172,8 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
     wl.prepare()
     n = wl.train_size()
     check_fits_the_data(spec, n)
-    from harness.calibrate import sweep_cap
     from harness.sweep.memory import check_memory
+    from harness.trial.calibrate import sweep_cap
 
     cap, cap_source = sweep_cap(spec)
     check_memory(spec, cap)
@@ -236,13 +235,13 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         protocol.refuse_infeasible(spec, rows)
         return 0
     probe_batches = sorted({min(spec.axes.batch_sizes), max(spec.axes.batch_sizes)})
-    throughput = protocol.throughput_probe(spec, spec.optimizers()[0], probe_batches, seconds=probe_seconds)
+    throughput = eta.throughput_probe(spec, spec.optimizers()[0], probe_batches, seconds=probe_seconds)
     slots = slots or max(1, (os.cpu_count() or 1) // spec.resources.cpus)
     if spec.resources.gpus:  # the GPUs' room, when it is the smaller (the probe ran on one of them)
         slots = max(1, min(slots, int(local_gpus() // spec.resources.gpus)))
     if spec.max_concurrent:
         slots = min(slots, spec.max_concurrent)
-    t = protocol.time_estimate(spec, rows, throughput, per_cell, slots, overhead_s=trial_overhead_s)
+    t = eta.time_estimate(spec, rows, throughput, per_cell, slots, overhead_s=trial_overhead_s)
     print("throughput probe on this machine (" + f"{spec.resources.cpus} thread(s) per trial): "
           + ", ".join(f"B={b}: {v:,.0f} examples/s" for b, v in throughput.items()))
     print(f"estimated wall time: {t['low_s'] / 60:.1f} - {t['high_s'] / 60:.1f} min on {slots} slot(s) (trials stopping "
@@ -254,8 +253,8 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
 
 def list_all() -> int:
     """``batchscale list``: workloads, methods, optimizers."""
-    from harness.optimizers import OPTIMIZERS
-    from harness.scaling import AUTOMATIC_METHODS, LR_RULES, METHODS, WARMUP_RULES, lr_rules, warmup_rules
+    from harness.rules.optimizers import OPTIMIZERS
+    from harness.rules.scaling import AUTOMATIC_METHODS, LR_RULES, METHODS, WARMUP_RULES, lr_rules, warmup_rules
     from harness.workloads import WORKLOADS, workload_names
 
     print("workloads:")
@@ -287,7 +286,7 @@ def list_all() -> int:
     print("  dmsgd          decentralized momentum SGD: neighbours average x - lr*m (Yuan et al. 2021's baseline)")
     print("  decentlam      DecentLaM: neighbours average x - lr*g; the momentum takes the corrected step (Yuan et "
           "al. 2021)")
-    from harness.catalog import examples, studies
+    from harness.spec.catalog import examples, studies
 
     print("paper studies (batchscale reproduce NAME):")
     for name, path in studies().items():

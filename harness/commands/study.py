@@ -13,10 +13,10 @@ def sweep(spec_path: str, overrides: list[str], *, name: str | None = None, addr
           storage: str | None = None, results: str = "results", report: bool = True, quiet: bool = False,
           verbose: bool = False) -> int:
     """``batchscale sweep``: run (or resume, or grow) a sweep, then write its report."""
-    from harness.catalog import find_spec
-    from harness.progress import SweepProgress
     from harness.spec import apply_overrides, load_spec, read_yaml
+    from harness.spec.catalog import find_spec
     from harness.sweep import Sweep
+    from harness.sweep.progress import SweepProgress
 
     spec_path = str(find_spec(spec_path))
     spec = load_spec(spec_path, overrides, kind="sweep")
@@ -61,9 +61,9 @@ def sweep(spec_path: str, overrides: list[str], *, name: str | None = None, addr
 def check_budgets(results: str) -> None:
     """Run the protocol's pilot for a finished sweep's spec (as given) and record, in its
     ``sweep.json``, the budget table it implies, marked as checked after the run."""
-    from harness import protocol
+    from harness.results.store import ResultsStore, now
     from harness.spec import load_spec
-    from harness.store import ResultsStore, now
+    from harness.sweep import protocol
 
     store = ResultsStore(results)
     meta = store.read_meta()
@@ -126,7 +126,7 @@ def _print_verdicts(verdicts) -> None:
 def reproduce(study: str, overrides: list[str], *, name: str | None = None, address: str | None = None,
               results: str = "results", quiet: bool = False, verbose: bool = False) -> int:
     """``batchscale reproduce``: run (or reuse) a paper study, then judge its claims in the report."""
-    from harness.catalog import find_study
+    from harness.spec.catalog import find_study
 
     return sweep(str(find_study(study)), overrides, name=name, address=address, results=results, quiet=quiet,
                  verbose=verbose)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 def train(spec_path: str, overrides: list[str], out: str | None = None, quiet: bool = False) -> int:
     """``batchscale train``: one trial in this process (data-parallel: its workers on an embedded Ray)."""
-    from harness.progress import target_words
-    from harness.protocol import with_b_noise
     from harness.spec import load_spec
-    from harness.trial import Trial
+    from harness.sweep.progress import target_words
+    from harness.sweep.protocol import with_b_noise
+    from harness.trial.loop import Trial
 
     spec = with_b_noise(load_spec(spec_path, overrides, kind="trial"))
     if spec.threads is None:  # the rule of a sweep's trials (resources.cpus, default 1): comparable timings
@@ -79,8 +79,8 @@ def _train_data_parallel(spec, trial):
     """A data-parallel trial: its workers through Ray Train on an embedded Ray."""
     import tempfile
 
-    from harness.distributed import run_standalone
-    from harness.trial import TrialResult
+    from harness.trial.distributed import run_standalone
+    from harness.trial.loop import TrialResult
 
     workers, gpu = spec.data_parallel.workers, trial.device.type == "cuda"
     print(f"data-parallel: {workers} workers (Ray Train, {'nccl' if gpu else 'gloo'}), {trial.local_batch} examples "
@@ -91,7 +91,7 @@ def _train_data_parallel(spec, trial):
 
 
 def _write_train(out: Path, spec, result) -> None:
-    from harness.store import write_json_atomic, write_table
+    from harness.results.store import write_json_atomic, write_table
 
     out.mkdir(parents=True, exist_ok=True)
     write_table(out / "measurements.parquet", result.measurements)

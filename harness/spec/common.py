@@ -8,7 +8,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import SpecError, did_you_mean
-from harness.scaling import BaseRecipe, merge_recipe
+from harness.rules.scaling import BaseRecipe, merge_recipe
 
 
 class Strict(BaseModel):

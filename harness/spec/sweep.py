@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, StrictInt, model_validator
 
 from harness.errors import SpecError
-from harness.optimizers import OPTIMIZERS
-from harness.scaling import AUTOMATIC_METHODS, BaseRecipe, validate_method
+from harness.rules.optimizers import OPTIMIZERS
+from harness.rules.scaling import AUTOMATIC_METHODS, BaseRecipe, validate_method
 from harness.spec.common import Strict, _base_recipe, _check_batch_split, _merge
 from harness.spec.trial import Common, Resources, TrialSpec
 
@@ -56,7 +56,7 @@ class Asha(Strict):
 class Tuning(Strict):
     """The ``tuned`` method: a search of the peak LR per (optimizer, batch size, arm).
 
-    ``search: bracket`` (the default; harness.tuning): a deterministic bracketing search on a log
+    ``search: bracket`` (the default; harness.spec.tuning): a deterministic bracketing search on a log
     lattice of LRs, every candidate run on every seed and judged on the seeds' median on the
     validation split; it ends when the best LR's neighbours one lattice step away were both tried.
     ``search: tpe``: one Optuna TPE study of ``trials`` trials per seed (selects per seed)."""
@@ -98,7 +98,7 @@ class Tuning(Strict):
 
 class Protocol(Strict):
     """How a study gives each batch size its budget, so that it can answer its question
-    (harness.protocol; ../docs/protocols.md).
+    (harness.sweep.protocol; ../docs/protocols.md).
 
     * ``fixed_epochs`` (You et al. 2019, Goyal et al. 2017): the same epoch budget at every batch
       size, no retuning; the budget must let the largest batch reach the target at all.
@@ -193,7 +193,7 @@ class SweepSpec(Common):
     projection: Projection = Projection()
     protocol: Protocol = Protocol()
     claims: list[Claim] = []
-    #: Run only the cells the claims read (harness.claims; ``--claims-only``); the report lists the
+    #: Run only the cells the claims read (harness.spec.claims; ``--claims-only``); the report lists the
     #: cells left out. Turning it off later grows the sweep by them.
     claims_only: bool = False
     #: true: a batch size may exceed the training set (a stand-in data set smaller than the study's

@@ -7,9 +7,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from harness.errors import SpecError
-from harness.optimizers import OPTIMIZERS
-from harness.scaling import BaseRecipe, validate_method
+from harness.rules.optimizers import OPTIMIZERS
+from harness.rules.scaling import BaseRecipe, validate_method
 from harness.spec.common import Strict, _base_recipe, _check_batch_split
+
+#: The optimizers whose update the decentralized algorithms and simulated workers reproduce
+#: (heavy-ball momentum SGD; harness.trial.gossip).
+DECENTRALIZED_OPTIMIZERS = ("sgd", "momentum")
 
 
 class Budget(Strict):
@@ -82,7 +86,7 @@ class Divergence(Strict):
 
 
 class AutoWUSpec(Strict):
-    """Settings of the ``autowu`` method (harness.autotune.AutoWUControl). The defaults are Kim et
+    """Settings of the ``autowu`` method (harness.trial.autotune.AutoWUControl). The defaults are Kim et
     al.'s (arXiv 2107.05855, official code kakaobrain/autowu); a trial that changes one says so in
     its recipe warnings."""
 
@@ -111,15 +115,15 @@ class NoiseAwareSpec(Strict):
 
 
 class DataParallel(Strict):
-    """A trial as several data-parallel workers (harness.distributed, through Ray Train; or
-    simulated in one process, harness.decentralized)."""
+    """A trial as several data-parallel workers (harness.trial.distributed, through Ray Train; or
+    simulated in one process, harness.trial.decentralized)."""
 
     #: Workers per trial; each takes batch_size / workers examples of every step.
     workers: PositiveInt = 1
     #: ``allreduce``: every step averages the gradients over all workers (parallel momentum SGD);
     #: ``dmsgd`` / ``decentlam``: each worker averages only with its neighbours (Yuan et al. 2021).
     algorithm: Literal["allreduce", "dmsgd", "decentlam"] = "allreduce"
-    #: The neighbours of a decentralized algorithm (harness.decentralized.mixing_matrix).
+    #: The neighbours of a decentralized algorithm (harness.trial.decentralized.mixing_matrix).
     topology: Literal["ring", "exponential"] = "ring"
     #: Run the workers as K simulated workers in one process (identical mathematics, one CPU slot)
     #: instead of W Ray Train processes.
@@ -157,7 +161,7 @@ class Augment(Strict):
 
 
 class Sharpness(Strict):
-    """The top eigenvalue of the training loss's Hessian at the end of a trial (harness.sharpness),
+    """The top eigenvalue of the training loss's Hessian at the end of a trial (harness.trial.sharpness),
     by power iteration on Hessian-vector products over a fixed set of training examples."""
 
     #: The first n training examples (the same set for every trial of a workload).
@@ -186,21 +190,21 @@ class Common(Strict):
     divergence: Divergence = Divergence()
     micro_batch_size: PositiveInt | None = None
     #: BatchNorm statistics over groups of this many examples (ghost batch norm, Hoffer et al. 2017;
-    #: harness.ghostbn), whatever the micro-batch, device or workers; default: the workload's
+    #: harness.trial.ghostbn), whatever the micro-batch, device or workers; default: the workload's
     #: (CIFAR-10 ResNets: 128). Every micro-batch is a whole number of groups.
     bn_batch_size: PositiveInt | None = None
     #: ``bf16``: the forward pass under bfloat16 autocast, weights and optimizer in float32
-    #: (harness.precision); ``float32``: everything in float32.
+    #: (harness.trial.precision); ``float32``: everything in float32.
     precision: Literal["float32", "bf16"] = "float32"
     #: Convolutional models' weights and inputs in NHWC order (faster convolutions on GPUs).
     channels_last: bool = False
     #: ``torch.compile`` the model (the first steps pay the compilation; off the clock it is not).
     compile: bool = False
     #: Largest micro-batch chosen automatically (the largest divisor of the batch up to it).
-    #: Default: measured on this machine on first use, then cached (harness.calibrate).
+    #: Default: measured on this machine on first use, then cached (harness.trial.calibrate).
     micro_batch_cap: PositiveInt | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    #: Measure the gradient noise scale (harness.noise). It needs two micro-batches per step: a
+    #: Measure the gradient noise scale (harness.trial.noise). It needs two micro-batches per step: a
     #: batch that fits one micro-batch is split in two (same update, a little slower).
     noise_scale: bool = True
     #: Window of the moving averages of the noise-scale estimates, in epochs of examples seen: they
@@ -239,15 +243,13 @@ class Common(Strict):
                             "(their parameter vectors need contiguous weights)")
         if algorithm != "allreduce" and dp.workers < 2:
             raise SpecError("data_parallel.workers", dp.workers, f"allowed: 2 or more with {alg_key} {algorithm}")
-        from harness.gossip import OPTIMIZERS as DECENTRAL
-
         for name, base in bases.items():
             opt = base.optimizer
-            if opt.name not in DECENTRAL or opt.params.get("nesterov") or opt.params.get("dampening"):
+            if opt.name not in DECENTRALIZED_OPTIMIZERS or opt.params.get("nesterov") or opt.params.get("dampening"):
                 raise SpecError(alg_key if algorithm != "allreduce" else "data_parallel.simulate",
                                 algorithm if algorithm != "allreduce" else True,
                                 f"allowed with optimizer {name!r} ({opt.name}): none; the decentralized algorithms and "
-                                f"simulated workers run heavy-ball momentum SGD: optimizers {', '.join(DECENTRAL)}")
+                                f"simulated workers run heavy-ball momentum SGD: optimizers {', '.join(DECENTRALIZED_OPTIMIZERS)}")
         if "adascale" in methods:
             raise SpecError(alg_key, algorithm, "allowed: allreduce without simulated workers for method adascale "
                             "(its gain needs the noise scale, not measured across decentralized workers)")

@@ -22,18 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import protocol
-from harness.calibrate import sweep_cap
-from harness.claims import left_out as claims_left_out
 from harness.errors import BatchscaleError, SweepConflict
+from harness.results.store import FINAL, ResultsStore, environment, now
 from harness.spec import SweepSpec
-from harness.store import FINAL, ResultsStore, environment, now
-from harness.sweep import eta, leftovers
+from harness.spec.claims import left_out as claims_left_out
+from harness.sweep import eta, leftovers, protocol
 from harness.sweep.console import check_address, check_local_gpus, declared_resources, ray_output
 from harness.sweep.lock import check_folder, check_name, interrupts_as_ctrl_c, sweep_lock
 from harness.sweep.memory import check_memory
 from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, check_fits_the_data, growth, plan,
                                 probe_b_noise, spec_hash)
+from harness.trial.calibrate import sweep_cap
 
 
 class Sweep:

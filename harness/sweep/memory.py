@@ -2,7 +2,7 @@
 one line when it will not.
 
 A trial holds its data set, the model with its gradients and optimizer state, the index of one
-step's examples, and one micro-batch's activations at a time (harness.trial accumulates larger
+step's examples, and one micro-batch's activations at a time (harness.trial.loop accumulates larger
 batches). The activations are measured, not guessed: a forward pass at two small micro-batches
 records every tensor autograd saves for the backward pass (``torch.autograd.graph.
 saved_tensors_hooks``; parameters left out), and their growth per example, with a margin for the
@@ -84,7 +84,7 @@ def trial_memory(spec, concurrent: int) -> tuple[float, str]:
     """(bytes one trial may use, where that comes from)."""
     if spec.resources.memory_gb:
         return spec.resources.memory_gb * GB, "resources.memory_gb"
-    from harness.calibrate import available_bytes
+    from harness.trial.calibrate import available_bytes
 
     share = (available_bytes(torch.device("cpu")) - RAY_RESERVE_BYTES) / max(concurrent, 1)
     return share, f"this machine's available memory less Ray's, shared by {concurrent} trial(s) at once"
@@ -92,7 +92,7 @@ def trial_memory(spec, concurrent: int) -> tuple[float, str]:
 
 def check_memory(spec, cap: int, address: str | None = None) -> None:
     """Refuse, before anything runs, a batch size whose trial would not fit in the memory it has."""
-    from harness.placement import micro_batch_sizes
+    from harness.trial.placement import micro_batch_sizes
 
     if address or spec.resources.gpus > 0 or spec.device == "cuda":
         return

@@ -8,20 +8,19 @@ stored sweep, or refuses it naming the keys that would change cells it already h
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import protocol
-from harness.claims import needed_cells
 from harness.errors import SpecError, SweepConflict
-from harness.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
+from harness.rules.scaling import AUTOMATIC_METHODS, LR_RULES, resolve, warmup_epochs_for
 from harness.spec import Budget, SweepSpec
+from harness.spec.claims import needed_cells
 from harness.spec.sweep import arm_label
-from harness.placement import micro_batch_sizes
-from harness.tuning import BracketSearch, Lattice
-
+from harness.spec.tuning import BracketSearch, Lattice
+from harness.sweep import protocol
+from harness.trial.placement import micro_batch_sizes
 
 
 @dataclass
@@ -42,19 +41,19 @@ class Study:
     #: (steps_to_result; a miss counts as ``steps_objective``'s penalty).
     objective: str = "metric"
     budget_steps: int | None = None
-    #: ``bracket`` (harness.tuning: one study for every seed, each candidate LR run on all of them)
+    #: ``bracket`` (harness.spec.tuning: one study for every seed, each candidate LR run on all of them)
     #: or ``tpe`` (one study per seed)
     search: str = "tpe"
     seeds: list[int] = field(default_factory=list)
     trials_by_seed: dict[int, dict[str, Any]] = field(default_factory=dict)
-    bracket: Any = None  # harness.tuning.BracketSearch of a bracket study
+    bracket: Any = None  # harness.spec.tuning.BracketSearch of a bracket study
     trials_budget: int = 0  # tpe: ``tuning.trials``
     #: bracket: ``all`` seeds decide, or the ``first`` alone and the others run its LR (``tuning.select_seeds``)
     select_seeds: str = "all"
 
     @property
     def search_seeds(self) -> list[int]:
-        """The seeds every candidate LR runs (``first``: the smallest, as harness.tuning.select reads it)."""
+        """The seeds every candidate LR runs (``first``: the smallest, as harness.spec.tuning.select reads it)."""
         return [min(self.seeds)] if self.select_seeds == "first" else self.seeds
 
     @property
@@ -74,8 +73,8 @@ class Plan:
 
 #: what the report does with the results may change without a new sweep
 REPORT_ONLY = ("name", "description", "claims", "projection")
-#: how a run is watched: changes no trial
-RUN_ONLY = ("tracking", "repeat_examples")
+#: how a run is watched and paced: changes no trial
+RUN_ONLY = ("tracking", "repeat_examples", "retries", "max_concurrent")
 #: axes a finished sweep can grow along: new values add cells and leave every existing cell as it was
 GROWABLE_AXES = ("seeds", "batch_sizes", "methods", "augment", "algorithm")
 
@@ -194,8 +193,8 @@ def check_fits_the_data(spec: SweepSpec, dataset_size: int) -> None:
 def plan(spec: SweepSpec, dataset_size: int, b_noise: dict[str, float] | None = None,
          budgets: list[dict[str, Any]] | None = None, micro_batch_cap: int | None = None) -> Plan:
     """Expand the grid; ``b_noise`` (optimizer -> B_noise at B0) feeds the noise-aware rule;
-    ``budgets`` (harness.protocol.budget_table) sets each batch size's budget and evaluation grid;
-    ``micro_batch_cap`` (harness.calibrate, measured by the driver) is written into every trial, so
+    ``budgets`` (harness.sweep.protocol.budget_table) sets each batch size's budget and evaluation grid;
+    ``micro_batch_cap`` (harness.trial.calibrate, measured by the driver) is written into every trial, so
     the trials split their batches exactly as planned (default: the spec's, else the workload's table)."""
     p = Plan()
     wl = spec.workload_obj()
@@ -310,7 +309,7 @@ def probe_b_noise(spec: SweepSpec, meta: dict[str, Any] | None,
     (``noise_aware_source`` says which)."""
     if "noise-aware" not in spec.axes.methods:
         return {}
-    from harness.protocol import probe_noise_scale
+    from harness.sweep.protocol import probe_noise_scale
 
     known = dict((meta or {}).get("noise_aware", {}))
     out = {}

@@ -21,7 +21,7 @@ from typing import Any
 from pyarrow.fs import FileSelector, FileSystem, FileType, LocalFileSystem
 from ray import tune
 
-from harness.store import FINAL, ResultsStore, Status
+from harness.results.store import FINAL, ResultsStore, Status
 
 #: what a trial's config carries besides its TrialSpec fields, kept in its record's ``extra`` so
 #: that a rerun can issue the same trial again

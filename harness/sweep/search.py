@@ -26,9 +26,9 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from harness.objective import steps_objective, worst_objective
-from harness.store import FINAL, Status
+from harness.results.store import FINAL, Status
 from harness.sweep.plan import Study
+from harness.trial.objective import steps_objective, worst_objective
 
 
 def counts_against_budget(row: dict[str, Any]) -> bool:
@@ -134,7 +134,7 @@ LR_DISTRIBUTION = FloatDistribution(1e-12, 1e6, log=True)
 
 
 class BracketStudyRun:
-    """One bracketing study during a run (harness.tuning): every seed of each candidate LR, the
+    """One bracketing study during a run (harness.spec.tuning): every seed of each candidate LR, the
     next candidates decided once the current ones finished. Rebuilt from the store at every run:
     finished trials are results, unfinished ones are issued again from their checkpoints."""
 
@@ -160,13 +160,13 @@ class BracketStudyRun:
         self.pending = 0
 
     def _objective(self, row: dict[str, Any]) -> float:
-        from harness.tuning import objective
+        from harness.spec.tuning import objective
 
         return objective(row, self.by_steps, self.study.budget_steps, self.higher_is_better)
 
     def values(self) -> dict[int, tuple[float, float]]:
         """Every candidate that ran every deciding seed: (median, mean) of its seeds' objectives."""
-        from harness.tuning import candidate_value
+        from harness.spec.tuning import candidate_value
 
         seeds, out = self.study.search_seeds, {}
         for j in {j for j, _ in self.results}:
@@ -186,7 +186,9 @@ class BracketStudyRun:
         values = self.values()
         todo = self.search.next(values)
         if not todo and values and len(seeds) < len(self.study.seeds):  # select_seeds: first: the search is over,
-            from harness.tuning import best_index  # and its LR runs the other seeds
+            from harness.spec.tuning import (
+                best_index,  # and its LR runs the other seeds
+            )
 
             best = best_index(values)
             todo_seeds = [(best, s) for s in self.study.seeds if (best, s) not in self.results]

@@ -1,15 +1,15 @@
 """What a finished run writes about its tuned studies: each study to ``optuna.db`` (for
 optuna-dashboard) and its summary to ``sweep.json`` (``studies``): for a bracketing study
-(harness.tuning) every LR tried with its value over the seeds, the tuned LR and its bracket; for a
+(harness.spec.tuning) every LR tried with its value over the seeds, the tuned LR and its bracket; for a
 TPE study its best trial."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from harness.protocol import best_trial
-from harness.store import FINAL, Status
+from harness.results.store import FINAL, Status
 from harness.sweep.plan import Plan
+from harness.sweep.protocol import best_trial
 
 
 def record_studies(store, spec, p: Plan, mode: str) -> None:
@@ -48,8 +48,8 @@ def record_studies(store, spec, p: Plan, mode: str) -> None:
 def _record_bracket(study, rows: list[dict], storage_url: str, higher: bool) -> dict[str, Any]:
     """A bracketing study's summary (every LR's value over the seeds, the tuned LR, its bracket)
     for sweep.json, and its candidates as trials of an Optuna study in ``optuna.db``."""
+    from harness.spec.tuning import select
     from harness.sweep.search import export_bracket_study
-    from harness.tuning import select
 
     done = [r for r in rows if r["status"] in FINAL]
     lr, values = select(done, study.objective == "steps", study.budget_steps, higher, study.select_seeds)

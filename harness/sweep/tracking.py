@@ -20,7 +20,7 @@ from typing import Any
 from ray import tune
 
 from harness.errors import BatchscaleError
-from harness.store import Status
+from harness.results.store import Status
 
 #: measurement columns sent as scalars (the workload's metric is sent under its own name)
 SCALARS = ("train_loss", "eval_loss", "lr", "noise_scale", "gain")

@@ -1,6 +1,6 @@
 """The function Ray Tune runs for every trial of a sweep, in a Ray worker.
 
-It builds ``harness.trial.Trial`` from the config the driver's searcher gave it, continues from a
+It builds ``harness.trial.loop.Trial`` from the config the driver's searcher gave it, continues from a
 checkpoint when there is one (Tune's, after a retry in this run; or ``resume_from``, the last
 checkpoint an earlier run of the sweep recorded in the store), runs, and reports each evaluation
 (with a checkpoint at the first and then every ``CHECKPOINT_SECONDS``) and the final result. No
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.objective import report_metrics, worst_objective
 from harness.spec import TrialSpec
+from harness.trial.objective import report_metrics, worst_objective
 
 #: the keys a tuned study's searcher sets in a trial's config, over the trial's own fields
 SEARCHED = ("peak_lr", "warmup_epochs")
@@ -37,14 +37,14 @@ def tune_trial(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     spec_fields = dict(config["trial"])
     spec_fields.update({k: config[k] for k in SEARCHED if config.get(k) is not None})
     spec = TrialSpec.model_validate(spec_fields)
     steps_budget = config.get("objective_steps_budget")
     if spec.data_parallel.processes > 1:  # W workers of Ray Train; their reports reach Tune
-        from harness.distributed import run_in_tune
+        from harness.trial.distributed import run_in_tune
 
         res = config.get("resources", {})
         run_in_tune(spec_fields, config["trial_id"], spec.data_parallel.workers, res.get("cpus", 1),

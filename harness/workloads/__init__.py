@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.errors import SpecError
+
 # plugin modules (harness.plugins) register workloads with a ``WORKLOADS`` tuple
 from harness.plugins import PLUGIN_PATH_ENV, PLUGINS_ENV  # noqa: F401 (documented names)
 from harness.workloads.base import Dataset, NoOptions, Workload  # noqa: F401 (the contract, re-exported)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import SpecError
-from harness.scaling import BaseRecipe, merge_recipe
+from harness.rules.scaling import BaseRecipe, merge_recipe
 
 
 class NoOptions(BaseModel):
@@ -98,12 +98,12 @@ class Workload(ABC):
     eval_batch_size: ClassVar[int] = 2048
     Options: ClassVar[type[BaseModel]] = NoOptions
     #: Whether the inputs (the batch's first tensor) are real-valued, so that adversarial
-    #: augmentation (harness.adversarial) can perturb them; token ids cannot be.
+    #: augmentation (harness.trial.adversarial) can perturb them; token ids cannot be.
     adversarial_inputs: ClassVar[bool] = True
     #: Whether the batch's last tensor holds one class label per example, so that
     #: ``data_parallel.shards: label`` can split the training set by class.
     class_labels: ClassVar[bool] = True
-    #: BatchNorm's default ghost batch (harness.ghostbn; the spec's ``bn_batch_size`` overrides it);
+    #: BatchNorm's default ghost batch (harness.trial.ghostbn; the spec's ``bn_batch_size`` overrides it);
     #: None: the model has no BatchNorm.
     bn_batch_size: ClassVar[int | None] = None
     #: Whether the metric is computed exactly from the weights (no evaluation sample): then nothing

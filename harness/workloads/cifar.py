@@ -8,7 +8,7 @@ Training batches get the standard augmentation of He et al. 2016: a random 32x32
 padded by 4 pixels (zeros), then a horizontal flip with probability 1/2; then every channel is
 normalised by the training set's mean and standard deviation. The random draws come from the
 trial's training RNG, so they are the same for the same seed and continue exactly after a
-checkpoint. BatchNorm statistics are over ghost batches of ``bn_batch_size`` (harness.ghostbn).
+checkpoint. BatchNorm statistics are over ghost batches of ``bn_batch_size`` (harness.trial.ghostbn).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 
 from harness.data import find_files
 from harness.data.cifar import FILES, TEST_FILE, TRAIN_FILES, read_batch
-from harness.ghostbn import GhostBatchNorm2d
+from harness.trial.ghostbn import GhostBatchNorm2d
 from harness.workloads.base import Dataset, ImageClassifier, recipes
 
 MEAN = (0.4914, 0.4822, 0.4465)  # per channel, over the 50K training images

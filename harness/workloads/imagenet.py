@@ -3,7 +3,7 @@ Goyal et al. 2017, on an ImageFolder tree the user provides, streamed (harness.d
 
 Model: ResNet-50 as torchvision defines it (He et al. 2016, "v1.5": the stride of a downsampling
 bottleneck on its 3x3 convolution; 25,557,032 parameters for 1000 classes; Kaiming-normal
-convolutions, BatchNorm weights 1 and biases 0), with ghost BatchNorm (harness.ghostbn) over
+convolutions, BatchNorm weights 1 and biases 0), with ghost BatchNorm (harness.trial.ghostbn) over
 ``bn_batch_size`` examples (default 32 per group, as Goyal et al. hold it per GPU).
 
 Data: ``<data_dir>/train/<class>/*.JPEG`` and ``<data_dir>/val/<class>/*.JPEG`` (the val images
@@ -25,7 +25,7 @@ from harness.data import candidate_dirs
 from harness.data.imagefolder import ImageFolderSource, scan
 from harness.data.loader import StreamedColumn
 from harness.errors import DatasetMissing
-from harness.ghostbn import GhostBatchNorm2d
+from harness.trial.ghostbn import GhostBatchNorm2d
 from harness.workloads.base import Dataset, ImageClassifier
 
 MEAN = (0.485, 0.456, 0.406)

@@ -92,7 +92,7 @@ class IdxImageWorkload(Workload):
 
     def augment(self, batch):
         """A training batch as the model takes it: pixels in [0, 1], so that adversarial
-        augmentation (harness.adversarial) perturbs real values."""
+        augmentation (harness.trial.adversarial) perturbs real values."""
         x, y = batch
         return self.inputs(x), y
 

@@ -25,10 +25,10 @@ estimates by about B_simple/n_train.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
-from typing import Annotated
 
 from harness.workloads.base import Dataset, Workload
 

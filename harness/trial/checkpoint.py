@@ -11,12 +11,12 @@ import torch
 from harness.errors import BatchscaleError
 
 if TYPE_CHECKING:
-    from harness.trial import Trial
+    from harness.trial.types import TrialView
 
 CHECKPOINT_VERSION = 1
 
 
-def trial_state(trial: "Trial") -> dict[str, Any]:
+def trial_state(trial: "TrialView") -> dict[str, Any]:
     """Everything a trial needs to continue bit for bit."""
     return {
         "version": CHECKPOINT_VERSION,
@@ -42,7 +42,7 @@ def trial_state(trial: "Trial") -> dict[str, Any]:
         "sharpness": trial.sharpness,
     }
 
-def load_trial_state(trial: "Trial", state: dict[str, Any]) -> None:
+def load_trial_state(trial: "TrialView", state: dict[str, Any]) -> None:
     """Continue ``trial`` from ``trial_state``'s dict; refuses another recipe or micro-batch size."""
     if state.get("version") != CHECKPOINT_VERSION:
         raise BatchscaleError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")

@@ -1,7 +1,7 @@
 """The micro-batch size that runs fastest on the machine at hand: measured on the first use of a
 workload on a device (with the thread count a trial will have), then cached.
 
-A large batch runs as micro-batches (harness.trial); which size is fastest depends on the CPU's
+A large batch runs as micro-batches (harness.trial.loop); which size is fastest depends on the CPU's
 caches or the GPU, not on the workload alone: a table measured on one CPU was 10% slow on another.
 So ``micro_batch_cap`` scans powers of two, training the workload's model on its own data for a
 fraction of a second at each, and takes the smallest size within 3% of the fastest (smaller
@@ -31,7 +31,7 @@ MEMORY_SHARE = 0.25
 
 
 def _key(workload, device: torch.device, threads: int) -> str:
-    from harness.store import cpu_name
+    from harness.results.store import cpu_name
 
     chip = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     options = json.dumps(workload.options.model_dump(), sort_keys=True)
@@ -118,7 +118,7 @@ def micro_batch_cap(workload, device: torch.device, threads: int) -> tuple[int, 
     if os.environ.get(ENV, "1") == "0":
         return table, f"the workload's table ({ENV}=0)"
     from harness.data import cache_dir
-    from harness.store import write_json_atomic
+    from harness.results.store import write_json_atomic
 
     path = cache_dir() / "micro_batch.json"
     key = _key(workload, device, threads)

@@ -21,10 +21,8 @@ Steps may be fractional: AdaScale advances the schedule's clock by its gain.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # a schedule reads a resolved recipe; harness.scaling builds on this module
-    from harness.scaling import ResolvedRecipe
+from harness.rules.recipe import ResolvedRecipe
 
 
 def decay_lr(step: float, r: ResolvedRecipe) -> float:

@@ -23,7 +23,7 @@ class TrialRecord:
     batch_size: int
     seed: int
     study: str | None = None  # the tuned study the trial belongs to
-    status: str | None = None  # harness.store.Status
+    status: str | None = None  # harness.results.store.Status
     metric_name: str | None = None
     higher_is_better: bool | None = None
     final_metric: float | None = None  # null when diverged
@@ -34,9 +34,9 @@ class TrialRecord:
     total_steps: int | None = None
     steps_per_epoch: float | None = None
     dataset_size: int | None = None
-    micro_batch_size: int | None = None  # harness.placement.micro_batch_sizes
-    bn_batch_size: int | None = None  # BatchNorm's ghost batch (harness.ghostbn); null: no BatchNorm
-    precision: str | None = None  # float32 | bf16 (harness.precision)
+    micro_batch_size: int | None = None  # harness.trial.placement.micro_batch_sizes
+    bn_batch_size: int | None = None  # BatchNorm's ghost batch (harness.trial.ghostbn); null: no BatchNorm
+    precision: str | None = None  # float32 | bf16 (harness.trial.precision)
     parameters: int | None = None
     steps: int | None = None
     examples_seen: int | None = None
@@ -52,10 +52,10 @@ class TrialRecord:
     device: str | None = None
     threads: int | None = None
     workers: int | None = None  # data-parallel workers
-    augment: str | None = None  # adversarial augmentation: none | disadv | conadv (harness.adversarial)
-    dp_algorithm: str | None = None  # data-parallel algorithm: allreduce | dmsgd | decentlam (harness.gossip)
+    augment: str | None = None  # adversarial augmentation: none | disadv | conadv (harness.trial.adversarial)
+    dp_algorithm: str | None = None  # data-parallel algorithm: allreduce | dmsgd | decentlam (harness.trial.gossip)
     consensus_distance: float | None = None  # decentralized workers' spread at the last evaluation
-    sharpness: float | None = None  # top Hessian eigenvalue at the end (harness.sharpness)
+    sharpness: float | None = None  # top Hessian eigenvalue at the end (harness.trial.sharpness)
     adascale_mean_gain: float | None = None
     autowu_warmup_steps: int | None = None
     autowu_warmup_epochs: float | None = None

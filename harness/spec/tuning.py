@@ -36,7 +36,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-PENALTY = 2.0  # a miss or a divergence counts as PENALTY x the step budget (harness.objective)
+PENALTY = 2.0  # a miss or a divergence counts as PENALTY x the step budget (harness.trial.objective)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Decentralized data-parallel updates, simulated: K workers in one process, each averaging only
 with its neighbours (Yuan et al., "DecentLaM", ICCV 2021; ../shared/notes/large-batch-science.md
 section 7): the mathematics, tested against closed-form fixed points. Trials use it through
-harness.gossip (``data_parallel.algorithm``), simulated or over Ray Train workers.
+harness.trial.gossip (``data_parallel.algorithm``), simulated or over Ray Train workers.
 
 Workers hold their parameters as rows of one tensor ``x`` (K x d) and their momenta as ``m``;
 ``W`` is a doubly stochastic mixing matrix (``mixing_matrix``); ``grads(x)`` gives every worker's
@@ -15,7 +15,7 @@ gradient at its own parameters (K x d). One step of each algorithm:
 Both decentralized ones exchange one vector per neighbour per step: ``outgoing`` gives what a
 worker sends (and its momentum after), ``incoming`` its update from the mixed vectors it received,
 sum_j w_ij v_j. Rows of a K x d matrix or one worker's own vector: the same functions serve the
-simulation (mixed = W @ v) and real workers (harness.gossip, point-to-point). With exact gradients DmSGD's
+simulation (mixed = W @ v) and real workers (harness.trial.gossip, point-to-point). With exact gradients DmSGD's
 fixed point is decentralized SGD's at step gamma / (1 - beta) (the momentum-amplified bias) and
 DecentLaM's is decentralized SGD's at step gamma (``dsgd_fixed_point`` gives it for a quadratic).
 """

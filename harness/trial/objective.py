@@ -1,7 +1,7 @@
 """What a trial tells Ray Tune and its searchers: one report per evaluation, and the objective.
 
 Shared by the sweep's trainable (harness.sweep) and the data-parallel workers
-(harness.distributed), so that neither imports the other.
+(harness.trial.distributed), so that neither imports the other.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Large batches on small memory come from gradient accumulation: a logical batch o
 split into micro-batches of m (B % m == 0); each micro-batch's mean loss is scaled by m/B before
 ``backward``, so the summed gradient is exactly the gradient of the mean loss over all B examples
 and the update equals one big-batch update up to float rounding; BatchNorm's statistics are over
-``bn_batch_size`` groups whatever the micro-batch (harness.ghostbn). Both sizes are recorded.
+``bn_batch_size`` groups whatever the micro-batch (harness.trial.ghostbn). Both sizes are recorded.
 
 Time: only training steps run on the clock (data gathering included), as AlgoPerf counts
 time-to-result; ``loss.item()`` once per step syncs a GPU and feeds the divergence check.
@@ -26,21 +26,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness import checkpoint
-from harness.adversarial import Objective
-from harness.autotune import make_control, resolve_trial_recipe
-from harness.calibrate import micro_batch_cap
 from harness.data.loader import bind as bind_loader
 from harness.data.stream import make_stream
-from harness.ghostbn import set_ghost_batch
-from harness.gossip import NOTE as DECENTRALIZED_NOTE, is_decentralized, make_workers
-from harness.noise import NoiseScale, squared_grad_norm
-from harness.optimizers import build_optimizer
-from harness.precision import for_device
-from harness.placement import derive_seeds, micro_batch_sizes, pick_device
-from harness.scaling import ResolvedRecipe
+from harness.results.store import Status
+from harness.rules.optimizers import build_optimizer
+from harness.rules.scaling import ResolvedRecipe
 from harness.spec import TrialSpec
-from harness.store import Status
+from harness.trial import checkpoint
+from harness.trial.adversarial import Objective
+from harness.trial.autotune import make_control, resolve_trial_recipe
+from harness.trial.calibrate import micro_batch_cap
+from harness.trial.ghostbn import set_ghost_batch
+from harness.trial.gossip import NOTE as DECENTRALIZED_NOTE
+from harness.trial.gossip import is_decentralized, make_workers
+from harness.trial.noise import NoiseScale, squared_grad_norm
+from harness.trial.placement import derive_seeds, micro_batch_sizes, pick_device
+from harness.trial.precision import for_device
 
 TIMING_EVERY = 8  # every 8th step runs without the noise measurement, to time the model alone
 
@@ -55,7 +56,7 @@ class TrialResult:
 
 class Trial:
     """One training run. ``world`` = (rank, workers) makes it one worker of a data-parallel trial
-    (harness.distributed): it takes its share of every step's examples and all-reduces."""
+    (harness.trial.distributed): it takes its share of every step's examples and all-reduces."""
 
     def __init__(self, spec: TrialSpec, world: tuple[int, int] = (0, 1), device: torch.device | None = None):
         self.spec, self.workload = spec, spec.workload_obj()
@@ -71,7 +72,7 @@ class Trial:
         # measured steps split the batch for the noise scale; timing steps run the model's own micro-batches
         self.micro_batch_cap, self.micro_batch_cap_source = ((spec.micro_batch_cap, "the spec") if spec.micro_batch_cap
                                                              else micro_batch_cap(wl, self.device, torch.get_num_threads()))
-        decentralized = is_decentralized(spec)  # simulated workers or a neighbour exchange (harness.gossip)
+        decentralized = is_decentralized(spec)  # simulated workers or a neighbour exchange (harness.trial.gossip)
         shares = spec.data_parallel.workers if spec.data_parallel.simulate else self.world_size
         self.micro_batch_size, self.timing_micro_batch = micro_batch_sizes(spec, batch, self.micro_batch_cap, shares)
         self.noise: NoiseScale | None = None
@@ -88,7 +89,7 @@ class Trial:
 
         torch.manual_seed(self.seeds["init"])
         self.model = for_device(wl.build_model().to(self.device), spec.precision, spec.channels_last, spec.compile,
-                                self.device)  # bf16 autocast, channels-last, torch.compile (harness.precision)
+                                self.device)  # bf16 autocast, channels-last, torch.compile (harness.trial.precision)
         self.bn_batch_size = spec.ghost_batch(wl) if set_ghost_batch(self.model, spec.ghost_batch(wl)) else None
         self.optimizer = build_optimizer(self.model, self.recipe.optimizer.name, self.recipe.peak_lr,
                                          self.recipe.optimizer.params)
@@ -154,7 +155,7 @@ class Trial:
             if micro is not None:
                 micro.add(last=start + m >= self.local_batch)
         if self.world_size > 1:  # gradients, loss and micro-batch norms summed over the workers
-            from harness.collectives import all_reduce_step
+            from harness.trial.collectives import all_reduce_step
 
             total = all_reduce_step(self.params, total, micro)
         if micro is not None:  # mean |micro-batch gradient|^2, and the whole step's |gradient|^2
@@ -184,7 +185,7 @@ class Trial:
         for start in range(self.rank * bs, n, bs * self.world_size):  # workers split the batches
             sums += self.workload.eval_sums(self.model, tuple(t[start:min(start + bs, n)] for t in ev))
         if self.world_size > 1:
-            from harness.collectives import all_reduce_sums
+            from harness.trial.collectives import all_reduce_sums
 
             sums = all_reduce_sums(sums)
         self.model.train()
@@ -267,7 +268,9 @@ class Trial:
         if self.status == "running":
             self.status = Status.COMPLETE
         if self.spec.sharpness and self.status == Status.COMPLETE and self.sharpness is None:
-            from harness.sharpness import trial_sharpness  # off the clock, on the model evaluated
+            from harness.trial.sharpness import (
+                trial_sharpness,  # off the clock, on the model evaluated
+            )
 
             with self.workers.averaged() if self.workers is not None else contextlib.nullcontext():
                 self.sharpness = trial_sharpness(self, self.spec.sharpness.examples, self.spec.sharpness.iterations)
@@ -333,7 +336,7 @@ class Trial:
             **self.control.summary(),
         }
 
-    # -- checkpoints (harness.checkpoint) ------------------------------------------------------------
+    # -- checkpoints (harness.trial.checkpoint) ------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return checkpoint.trial_state(self)
 

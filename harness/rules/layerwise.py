@@ -15,7 +15,7 @@ LAMB (You et al. 2019, arXiv 1904.00962, Algorithm 2), per layer l:
     w <- w - lr_t * phi(||w||) / ||u|| * u                (phi: identity, or min(., phi_max))
 
 Both fall back to a trust ratio of 1 when a norm is zero (a zero-initialized layer) and skip the
-ratio in groups with ``adapt=False`` (biases and norm scales, see ``harness.optimizers``).
+ratio in groups with ``adapt=False`` (biases and norm scales, see ``harness.rules.optimizers``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The collectives of a data-parallel trial's step (harness.distributed runs the workers): one
+"""The collectives of a data-parallel trial's step (harness.trial.distributed runs the workers): one
 all-reduce of the flattened gradients with the loss and the noise-scale sums, and the sum of the
 evaluation's sums. The trial loop calls them; they need only torch.distributed's process group.
 """

@@ -64,7 +64,7 @@ class NoiseScale:
 
     def update(self, small_sq: torch.Tensor, big_sq: torch.Tensor, steps: int = 1) -> None:
         """One more pair of squared norms; ``steps``: the optimizer steps since the last update (the
-        trial leaves the measurement out of some steps, harness.trial.Trial.timing_step), so that
+        trial leaves the measurement out of some steps, harness.trial.loop.Trial.timing_step), so that
         the average decays per step (per example) whether or not every step was measured."""
         bs, bb = self.b_small, self.b_big
         small_sq, big_sq = small_sq.double(), big_sq.double()

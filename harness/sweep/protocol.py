@@ -10,7 +10,7 @@ steps to a fixed target fall as
 with B_crit close to the gradient noise scale B_simple near the target. A **pilot** measures both
 at the base batch B0, before any trial runs: the base recipe trained to the target (steps S0), and
 B_simple at the weights that reached it, from 64 micro-batches of B0 or more with the weights held
-(harness.noise.noise_scale_at), beside the in-trial moving average (which spans a window over
+(harness.trial.noise.noise_scale_at), beside the in-trial moving average (which spans a window over
 which the gradient shrinks, and is dominated by its start). B_crit is the *smaller* of the two:
 S(B)/S0 = (1 + B_crit/B)/(1 + B_crit/B0) falls as B_crit grows, so an overestimate would cut the
 large batches' budgets, and B_simple overestimates B_crit when the Hessian is ill-conditioned
@@ -42,17 +42,13 @@ and evaluating densely for the rest of the budget cost as much as a third of the
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
 from harness.errors import BatchscaleError, SpecError
-from harness.noise import noise_scale_at
-from harness.scaling import GOYAL_WARMUP_FRACTION, epochs_to_steps
-from harness.spec import SweepSpec
-
+from harness.rules.scaling import GOYAL_WARMUP_FRACTION, epochs_to_steps
+from harness.spec import SweepSpec, TrialSpec
+from harness.trial.noise import noise_scale_at
 
 #: The pilot's noise-scale probe at the target: this many micro-batches of B0, at least this many
 #: examples (|G|^2 is resolved when the probe's examples exceed B_simple).
@@ -89,7 +85,7 @@ def needs_estimate(spec: SweepSpec) -> bool:
 def run_pilot(spec: SweepSpec, optimizer: str, dataset_size: int) -> Estimate:
     """The base recipe at B0 to the target, evaluated densely; B_simple where it reached it. Its
     budget: ``protocol.pilot_epochs``, else the larger of the study's and the recipe's epochs."""
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     base = spec.base_recipe(optimizer)
     b0 = base.base_batch_size
@@ -113,7 +109,7 @@ def run_pilot(spec: SweepSpec, optimizer: str, dataset_size: int) -> Estimate:
             f"{'n/a' if best is None else f'{best:.4g}'}, status {result.status}), so no batch size can be judged; "
             f"allowed: more pilot epochs, an easier target, or protocol.s_min and protocol.b_crit")
     s0 = s["steps_to_target"]
-    # B_simple at the weights that reached the target, from many micro-batches (harness.noise)
+    # B_simple at the weights that reached the target, from many micro-batches (harness.trial.noise)
     probe = probe_noise_scale_at_target(trial, dataset_size, seed=spec.axes.seeds[0])
     in_trial = next((r["noise_scale"] for r in result.measurements if r["step"] == s0), None)
     candidates = [v for v in (probe["b_simple"], in_trial) if v is not None and math.isfinite(v) and v > 0]
@@ -219,7 +215,7 @@ def refuse_infeasible(spec: SweepSpec, rows: list[dict[str, Any]]) -> None:
 
 
 #: The pilot and the throughput probe measure the problem itself: one process, no augmentation
-#: (the noise scale is not measured across decentralized workers; harness.gossip).
+#: (the noise scale is not measured across decentralized workers; harness.trial.gossip).
 PLAIN = {"augment": {"kind": "none"}, "data_parallel": {"workers": 1}}
 
 
@@ -288,66 +284,12 @@ def best_trial(rows: list[dict[str, Any]], higher_is_better: bool, by_steps: boo
     return max(rows, key=key)
 
 
-PROBE_MICRO_BATCHES = 8  # the probe's most micro-batches per step: they run in turn, so B=32K's pace is theirs
-
-
-def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], seconds: float = 2.0,
-                     arm: dict[str, Any] | None = None) -> dict[int, float]:
-    """Examples per second of training on this machine, with the sweep's threads per trial, at each
-    of ``batch_sizes``: about ``seconds`` each, >= 3 steps, the first not timed; ``arm``: an arm's fields."""
-    from harness.trial import Trial
-
-    def probe_trial(b: int) -> Trial:
-        return Trial(spec.trial_spec(optimizer, "none", b, spec.axes.seeds[0], target=None,
-                                     budget={"epochs": None, "examples": b * 10**6},
-                                     eval={**spec.eval.model_dump(), "every_examples": 10**15},
-                                     divergence={"loss_factor": None}, **(arm or PLAIN)))
-
-    out = {}
-    for b in batch_sizes:
-        trial = probe_trial(b)
-        if b > PROBE_MICRO_BATCHES * trial.timing_micro_batch:  # micro-batches run one after another: B's
-            trial = probe_trial(PROBE_MICRO_BATCHES * trial.timing_micro_batch)  # pace is a few of them's
-        trial._train_step()  # warm-up (allocations, first-call costs)
-        start, steps = time.perf_counter(), 0
-        while steps < 3 or time.perf_counter() - start < seconds:
-            trial._train_step()
-            steps += 1
-            if steps >= 10_000:
-                break
-        out[b] = steps * b / (time.perf_counter() - start)
-    return out
-
-
-def time_estimate(spec: SweepSpec, rows: list[dict[str, Any]], throughput: dict[int, float], trials_per_cell: dict,
-                  slots: int, overhead_s: float = 1.0, start_s: float = 15.0) -> dict[str, float]:
-    """Wall-time range of the sweep: each trial's examples (its predicted steps to the target when it
-    stops there, else its whole budget; at most the whole budget) over the probed throughput
-    (log-interpolated in B), plus ``overhead_s`` per trial (Ray, data loading), over ``slots``."""
-    known = sorted(throughput)
-    logs = ([math.log(k) for k in known], [math.log(throughput[k]) for k in known])
-
-    def rate(b: int) -> float:  # log-log interpolation, constant beyond the probed sizes
-        return math.exp(float(np.interp(math.log(b), *logs)))
-
-    stops = spec.protocol.kind == "steps_to_result" or (spec.target is not None and spec.target.stop)
-    low = high = 0.0
-    for r in rows:
-        n = trials_per_cell.get((r["optimizer"], r["batch_size"]), 0)
-        full = r["budget_steps"] * r["batch_size"] / rate(r["batch_size"])
-        short = (min(r["steps_predicted"], r["budget_steps"]) * r["batch_size"] / rate(r["batch_size"])
-                 if stops and r["steps_predicted"] else full)
-        low += n * (short + overhead_s)
-        high += n * (full + overhead_s)
-    return {"low_s": start_s + low / slots, "high_s": start_s + high / slots, "slots": slots}
-
-
 # -- the noise-aware rule's B_noise ----------------------------------------------------------------
 
 
 def probe_noise_scale(spec: "TrialSpec") -> float:
     """B_noise measured at B0 in a short run of the base recipe (``noise_aware.probe_epochs``)."""
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
 
     base = spec.base_recipe()
     probe = spec.model_copy(update={"method": "none", "batch_size": base.base_batch_size, "peak_lr": None,

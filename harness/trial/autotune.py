@@ -33,16 +33,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harness.errors import BatchscaleError
-from harness.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve, warmup_epochs_for
-from harness.schedules import lr_at
+from harness.rules.scaling import AUTOMATIC_METHODS, ResolvedRecipe, resolve, warmup_epochs_for
+from harness.rules.schedules import lr_at
 
 if TYPE_CHECKING:
     from harness.spec import TrialSpec
-    from harness.trial import Trial
+    from harness.trial.types import TrialView
 
 
 class ScheduleControl:
-    def __init__(self, trial: "Trial"):
+    def __init__(self, trial: "TrialView"):
         self.trial = trial
 
     def lr(self) -> float:
@@ -68,7 +68,7 @@ class ScheduleControl:
 
 
 class AdaScaleControl(ScheduleControl):
-    def __init__(self, trial: "Trial", spec: "TrialSpec"):
+    def __init__(self, trial: "TrialView", spec: "TrialSpec"):
         super().__init__(trial)
         if trial.noise is None:
             raise BatchscaleError("method 'adascale' needs two or more micro-batches per step to measure the "
@@ -206,7 +206,7 @@ def minimum_behind(gp: LossGP, draws: int = 5, confidence: float = 0.95, grid_po
 
 
 class AutoWUControl(ScheduleControl):
-    def __init__(self, trial: "Trial", spec: "TrialSpec"):
+    def __init__(self, trial: "TrialView", spec: "TrialSpec"):
         super().__init__(trial)
         self.cfg = c = spec.autowu
         r = trial.recipe
@@ -294,7 +294,7 @@ def autowu_deviations(cfg) -> list[str]:
             for k in AutoWUSpec.model_fields if getattr(cfg, k) != getattr(kim, k)]
 
 
-def make_control(trial: "Trial", spec: "TrialSpec") -> ScheduleControl:
+def make_control(trial: "TrialView", spec: "TrialSpec") -> ScheduleControl:
     if spec.method == "adascale":
         return AdaScaleControl(trial, spec)
     if spec.method == "autowu":
@@ -320,8 +320,8 @@ def resolve_trial_recipe(spec: "TrialSpec", dataset_size: int) -> ResolvedRecipe
     peak, warmup = spec.peak_lr, spec.warmup_epochs
     if spec.method == "noise-aware" and peak is None:
         b_noise = spec.noise_aware.b_noise
-        if not b_noise:  # the sweep's driver and `batchscale train` probe it first (harness.protocol)
-            raise BatchscaleError("noise-aware: noise_aware.b_noise is not set; harness.protocol.with_b_noise(spec) "
+        if not b_noise:  # the sweep's driver and `batchscale train` probe it first (harness.sweep.protocol)
+            raise BatchscaleError("noise-aware: noise_aware.b_noise is not set; harness.sweep.protocol.with_b_noise(spec) "
                                   "probes it at B0 before the trial is built")
         peak = noise_aware_lr(base.peak_lr, base.base_batch_size, batch, b_noise)
         warmup = warmup_epochs_for(spec.noise_aware.warmup_rule, base, batch / base.base_batch_size, epochs)
@@ -332,7 +332,7 @@ def resolve_trial_recipe(spec: "TrialSpec", dataset_size: int) -> ResolvedRecipe
     recipe = resolve(base, batch, "none+none", dataset_size, epochs=epochs, peak_lr=peak, warmup_epochs=warmup,
                      lr_method_label=spec.method)
     if spec.method == "autowu":  # a method named after a paper runs with its parameters, or says it does not
-        from harness.autotune import autowu_deviations
+        from harness.trial.autotune import autowu_deviations
 
         recipe = recipe.model_copy(update={"warnings": (*recipe.warnings, *autowu_deviations(spec.autowu))})
     return recipe

@@ -1,14 +1,14 @@
 """Decentralized data-parallel trials (``data_parallel.algorithm``: dmsgd, decentlam; Yuan et al.,
 "DecentLaM", ICCV 2021): the trial loop's step when workers average only with their neighbours.
 
-Two ways to run the same mathematics (harness.decentralized's ``outgoing`` / ``incoming``):
+Two ways to run the same mathematics (harness.trial.decentralized's ``outgoing`` / ``incoming``):
 
 * ``SimulatedWorkers`` (``data_parallel.simulate: true``): K workers in one process. Each worker's
   parameters are a row of a K x d matrix; the one model is loaded with a worker's row to take its
   gradient on its share of the step's examples (B/K, in micro-batches), and the exchange is
   mixed = W @ v. It runs all three algorithms, all-reduce included, so a CPU study compares them
   through one code path.
-* ``NeighbourWorkers`` (``simulate: false``, W > 1 Ray Train workers, harness.distributed): each
+* ``NeighbourWorkers`` (``simulate: false``, W > 1 Ray Train workers, harness.trial.distributed): each
   worker holds its own parameters and sends its vector to the workers that listen to it and
   receives from those it listens to, by torch.distributed point-to-point (``batch_isend_irecv``),
   never an all-reduce of parameters or gradients. Only the step's scalar loss is all-reduced, so
@@ -29,15 +29,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from harness.adversarial import Objective
-from harness.decentralized import consensus_distance, incoming, mixing_matrix, outgoing, step
 from harness.errors import BatchscaleError
+from harness.spec.trial import DECENTRALIZED_OPTIMIZERS
+from harness.trial.adversarial import Objective
+from harness.trial.decentralized import consensus_distance, incoming, mixing_matrix, outgoing, step
 
 if TYPE_CHECKING:
-    from harness.trial import Trial
+    from harness.trial.types import TrialView
 
 #: optimizers whose update the decentralized algorithms reproduce (momentum SGD)
-OPTIMIZERS = ("sgd", "momentum")
+OPTIMIZERS = DECENTRALIZED_OPTIMIZERS
 NOTE = "noise scale not measured: the workers of a decentralized or simulated trial take gradients at their own weights"
 
 
@@ -47,7 +48,7 @@ def is_decentralized(spec) -> bool:
     return dp.simulate or dp.algorithm != "allreduce"
 
 
-def momentum_of(trial: "Trial") -> float:
+def momentum_of(trial: "TrialView") -> float:
     """The heavy-ball momentum of the trial's recipe; refuses optimizers the algorithms do not reproduce."""
     opt = trial.recipe.optimizer
     params = trial.optimizer.param_groups[0]
@@ -61,7 +62,7 @@ def momentum_of(trial: "Trial") -> float:
 class _Workers:
     """What both kinds share: each worker's gradient at its own parameters, and the bookkeeping."""
 
-    def __init__(self, trial: "Trial", k: int):
+    def __init__(self, trial: "TrialView", k: int):
         self.trial, self.k = trial, k
         self.algorithm = trial.spec.data_parallel.algorithm
         self.beta = momentum_of(trial)
@@ -102,7 +103,7 @@ class _Workers:
 class SimulatedWorkers(_Workers):
     """K workers in one process (``data_parallel.simulate``)."""
 
-    def __init__(self, trial: "Trial"):
+    def __init__(self, trial: "TrialView"):
         super().__init__(trial, trial.spec.data_parallel.workers)
         start = parameters_to_vector(trial.params).detach()
         self.x = start.repeat(self.k, 1)  # every worker starts from the same initialisation
@@ -140,7 +141,7 @@ class SimulatedWorkers(_Workers):
 class NeighbourWorkers(_Workers):
     """This process is worker ``rank`` of W Ray Train workers; it exchanges with its neighbours only."""
 
-    def __init__(self, trial: "Trial"):
+    def __init__(self, trial: "TrialView"):
         super().__init__(trial, trial.world_size)
         self.m = torch.zeros_like(self.decay)
         row = self.weights[trial.rank]
@@ -207,7 +208,7 @@ class NeighbourWorkers(_Workers):
         self.m = state["m"].to(self.m.device)
 
 
-def make_workers(trial: "Trial") -> SimulatedWorkers | NeighbourWorkers | None:
+def make_workers(trial: "TrialView") -> SimulatedWorkers | NeighbourWorkers | None:
     """The trial's decentralized step, or None for an ordinary (all-reduce or single) trial."""
     if not is_decentralized(trial.spec):
         return None

@@ -7,7 +7,7 @@ Every optimizer takes ``weight_decay`` and ``exclude_bias_and_norm``. The latter
 one dimension or fewer (biases, normalization scales) in a group without weight decay and, for
 LARS and LAMB, without trust-ratio adaptation, as You et al. do for ResNet-50.
 
-LARS and LAMB are ours (``harness.layerwise``): the maintained ``pytorch-optimizer`` versions
+LARS and LAMB are ours (``harness.rules.layerwise``): the maintained ``pytorch-optimizer`` versions
 differ from the papers (LARS applies the LR after the momentum instead of inside it, which
 changes the update whenever the LR varies, i.e. during warmup; LAMB drops Adam's bias correction
 and clamps the weight norm at 10).
@@ -63,13 +63,13 @@ def _adadelta(groups, lr, rho=0.9, eps=1e-6, **_):
 
 
 def _lars(groups, lr, momentum=0.9, trust_coefficient=1e-3, **_):
-    from harness.layerwise import LARS
+    from harness.rules.layerwise import LARS
 
     return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=trust_coefficient)
 
 
 def _lamb(groups, lr, beta1=0.9, beta2=0.999, eps=1e-6, phi_max=None, **_):
-    from harness.layerwise import LAMB
+    from harness.rules.layerwise import LAMB
 
     return LAMB(groups, lr=lr, beta1=beta1, beta2=beta2, eps=eps, phi_max=phi_max)
 

@@ -19,7 +19,7 @@ RECIPE_ONLY = "_recipe"
 
 def roots() -> list[Path]:
     """Folders holding an ``experiments`` tree, in lookup order (those that exist)."""
-    candidates = [Path.cwd() / "experiments", Path(__file__).resolve().parents[1] / "experiments",
+    candidates = [Path.cwd() / "experiments", Path(__file__).resolve().parents[2] / "experiments",
                   Path(sys.prefix) / "share" / "batchscale" / "experiments"]
     out = []
     for c in candidates:

@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from harness.errors import BatchscaleError
-from harness.schema import Measurement, TrialRecord, arrow_schema
+from harness.results.schema import Measurement, TrialRecord, arrow_schema
 
 SCHEMA_VERSION = 1
 _UMASK = os.umask(0)

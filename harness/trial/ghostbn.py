@@ -5,7 +5,7 @@ images per GPU at every total batch size, so their BN batch is 32 whatever B is.
 
 ``GhostBatchNorm2d`` normalises each group of ``ghost`` consecutive examples of its input with that
 group's mean and variance, and updates the running statistics group by group, in order. A
-micro-batch of the trial loop is a whole number of groups (harness.placement chooses it so), so
+micro-batch of the trial loop is a whole number of groups (harness.trial.placement chooses it so), so
 accumulating micro-batches gives exactly the groups one pass over the batch would: the result
 does not depend on the memory micro-batch, the device or how many data-parallel workers share the
 batch. Evaluation uses the running statistics, as ``BatchNorm2d`` does.

@@ -15,7 +15,7 @@ from harness.spec import TrialSpec
 
 def auto_micro_batch(batch_size: int, cap: int, multiple: int = 1) -> int:
     """The largest divisor of ``batch_size`` that is at most ``cap`` and a multiple of ``multiple``
-    (a BatchNorm group, harness.ghostbn; the group itself when the cap is below it)."""
+    (a BatchNorm group, harness.trial.ghostbn; the group itself when the cap is below it)."""
     for m in range(min(cap, batch_size), 0, -1):
         if batch_size % m == 0 and m % multiple == 0:
             return m

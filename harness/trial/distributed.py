@@ -2,7 +2,7 @@
 
 Ray Train starts the workers (one CPU or GPU share each, from the spec's ``resources``) and the
 torch.distributed process group (gloo on CPU, nccl on GPU). Every worker runs the same trial loop
-(``harness.trial.Trial`` with ``world=(rank, W)``): it draws the same examples as a single process
+(``harness.trial.loop.Trial`` with ``world=(rank, W)``): it draws the same examples as a single process
 would, trains on its share (``batch_size / W``, in micro-batches), and once per step the gradients,
 the loss and the noise-scale sums are all-reduced before the identical update on every worker. So
 the update equals the single-process one up to float rounding (``tests/test_distributed.py``), the
@@ -10,10 +10,10 @@ noise scale is measured over all W shares, and every decision (divergence, targe
 same on every worker. Evaluation splits the held-out batches over the workers and sums.
 
 With ``data_parallel.algorithm`` dmsgd or decentlam the workers do not all-reduce: each exchanges
-its vector with its neighbours only (harness.gossip.NeighbourWorkers), and every rank checkpoints
+its vector with its neighbours only (harness.trial.gossip.NeighbourWorkers), and every rank checkpoints
 its own parameters and momentum.
 
-The reduction (harness.collectives) is one all-reduce of the flattened gradients per step, after
+The reduction (harness.trial.collectives) is one all-reduce of the flattened gradients per step, after
 local accumulation:
 what ``DistributedDataParallel`` does under ``no_sync()`` plus a final synchronising backward,
 without the wrapper, because the noise-scale estimator needs each worker's own micro-batch
@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 
-
 # --- Ray Train ------------------------------------------------------------------------------------
 
 
@@ -44,8 +43,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     from harness.spec import TrialSpec
-    from harness.objective import report_metrics, worst_objective
-    from harness.trial import Trial
+    from harness.trial.loop import Trial
+    from harness.trial.objective import report_metrics, worst_objective
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
