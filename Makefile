@@ -1,7 +1,7 @@
 # batchscale: every target does its own set-up on a fresh machine.
 #   make sweep                      the default study (experiments/default.yaml), then its report
 #   make sweep SPEC=... ADDRESS=... another spec, optionally on a Ray cluster (ray://... or host:port)
-#   make test                       the test suite
+#   make test                       the test suite (make test-fast: without the tests marked slow)
 #   make bench                      benchmarks (trial loop vs bare PyTorch, memory at 32K, sweep overhead)
 #   make report RESULTS=results/x   rebuild a sweep's report
 PYTHON ?= python3
@@ -14,7 +14,7 @@ ARGS   ?=
 RESULTS ?= results/default
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup data browser test sweep report reproduce bench clean
+.PHONY: setup data browser test test-fast sweep report reproduce bench clean
 
 # torch first, bounded below 2.14: on a CPU machine that takes the local CPU build instead of a
 # multi-GB CUDA one (docs/install.md). Then the project with its test extras.
@@ -36,9 +36,19 @@ browser:
 	@scripts/install-debian-packages.sh chromium
 
 # The 20 slowest tests and the suite's wall time, every run: a suite that doubles is seen at once.
+# TEST_WORKERS pytest processes (pytest-xdist) share the machine: a third or more of the suite
+# waits on process start-up (Ray, subprocess CLIs, Chromium), so even 2 cores run 3 well
+# (docs/testing.md); TEST_WORKERS=0 runs it in one process. loadgroup keeps the tests that share a
+# module-scoped sweep (xdist_group) in one worker, so that sweep runs once.
+TEST_WORKERS ?= 3
 test: setup browser
-	@start=$$(date +%s); $(BIN)/python -m pytest -q --durations=20; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=20; rc=$$?; \
 	echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# The inner loop: every test but those marked slow (over 20 s each, the comment beside each says why)
+test-fast: setup browser
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" --durations=10; rc=$$?; \
+	echo "make test-fast: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 sweep: setup
 	$(BIN)/batchscale sweep $(SPEC) $(if $(NAME),--name $(NAME)) $(if $(ADDRESS),--address $(ADDRESS)) $(ARGS)
