@@ -97,7 +97,6 @@ def finished_sweep(tmp_path_factory):
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
     _, _, results, proc = finished_sweep
     meta, trials, measurements = load(results)
@@ -144,7 +143,6 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                     reason="Debian's chromium is not installed (make test installs it as root)")
-@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_path):
     """The report of this small real sweep, rendered as a reader sees it."""
     import matplotlib.colors
@@ -187,7 +185,6 @@ def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(finished_sweep):
     _, _, results, _ = finished_sweep
     meta, trials, measurements = load(results)
@@ -223,7 +220,6 @@ def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(fini
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, ray_tmp):
     tmp, spec, results, _ = finished_sweep
     before = (results / "trials.parquet").read_bytes()
@@ -234,7 +230,6 @@ def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, ray_tmp):
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, ray_tmp):
     tmp, spec, results, _ = finished_sweep
     before = (results / "sweep.json").read_text()
@@ -477,7 +472,6 @@ def wandb_records(path):
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_an_unreachable_cluster_address_fails_fast_in_one_line(tmp_path, ray_tmp, finished_sweep):
     """Nothing listens at the address: one line naming it and what to check, within 30 s, before
     anything is written; a stored sweep keeps its status (it is not left 'running')."""
@@ -591,7 +585,6 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
 
 # slow (~43 s on the 2-core VM): finished_sweep fixture, then a real Ray rerun of a study's missing trials
 @pytest.mark.slow
-@pytest.mark.xdist_group("finished_sweep")  # one worker: the fixture's sweep runs once
 def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_folder(
         tmp_path, ray_tmp, finished_sweep):
     """The store is the truth: with all but two of a bracketing study's trials gone from it and the
