@@ -237,11 +237,10 @@ def autowu_table(res: Results) -> Table | None:
     display["peak LR (where the warmup ended)"] = [f"{v:.4g}" if pd.notna(v) else "" for v in rows.peak_lr]
     display[f"final {res.metric}"] = [f"{v:.4f}" if pd.notna(v) else "diverged" for v in rows.final]
     capped = bool(len(t)) and (t.ended_by == "cap").all()
+    note = ("In every trial the ramp reached its cap (max_warmup_fraction of the run) before the GP test fired: these "
+            "are the cap's length and the ramp's LR there, not detected values." if capped else "")
     return Table("autowu", "AutoWU: where its warmup ended per batch size, and why (LEGW predicts warmup epochs linear "
-                 "in B)" + ("; in every trial the ramp reached its cap (max_warmup_fraction of the run) before the GP "
-                           "test fired: these are the cap's length and the ramp's LR there, not detected values"
-                           if capped else ""),
-                 display, rows, pd.DataFrame(False, index=display.index, columns=display.columns))
+                 "in B)", display, rows, pd.DataFrame(False, index=display.index, columns=display.columns), note=note)
 
 
 def autowu_plot(res: Results, agg: pd.DataFrame, folder: Path) -> Plot | None:
