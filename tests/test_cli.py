@@ -327,3 +327,25 @@ def test_the_pace_probe_counts_the_examples_it_ran_not_the_batch_it_stands_for(m
     pace = eta.throughput_probe(spec, "momentum", [64, 1024], seconds=5.0)
     assert set(ran) == {64, 128}  # 64 ran itself; 1024 ran as 8 micro-batches of 16
     assert pace == {64: 64.0, 1024: 128.0}, pace
+
+
+def test_plan_says_how_gpu_shares_pack_and_which_of_cpus_or_gpus_binds(monkeypatch):
+    """A quarter of a GPU per trial on 1 GPU and 16 CPUs: 4 at once; at 1 CPU per trial 3 of the 4
+    CPUs of each share sit idle, at 8 per trial the CPUs bind; without GPUs a sweep here is refused."""
+    from harness.spec import load_spec
+    from harness.sweep.console import gpu_line
+
+    def line(cpus: int, gpus: float = 0.25) -> str:
+        return gpu_line(load_spec(data={"name": "g", "workload": "mnist1d_mlp", "axes": {"batch_sizes": [128]},
+                                        "resources": {"cpus": cpus, "gpus": gpus}}, kind="sweep"))
+
+    monkeypatch.setenv("BATCHSCALE_RAY_GPUS", "1")
+    monkeypatch.setenv("BATCHSCALE_RAY_CPUS", "16")
+    assert ("4 trial(s) share each GPU (resources.gpus 0.25); 1 GPU(s) and 16 CPU(s) here, so 4 at once; a trial's "
+            "share of a GPU comes with 4 CPUs here and resources.cpus 1 leaves 3 idle: --set resources.cpus=4") in line(1)
+    assert "so 4 at once (on a cluster" in line(4)  # its share exactly: nothing to say
+    assert ("so 2 at once: the CPUs bind (2 trials of resources.cpus 8; the GPUs have room for 4; "
+            "--set resources.cpus=4 packs them)") in line(8)
+    assert "each trial holds 1 GPU(s); 1 GPU(s) and 16 CPU(s) here, so 1 at once; a trial's share" in line(1, 1)
+    monkeypatch.setenv("BATCHSCALE_RAY_GPUS", "0")
+    assert "no GPU here for torch or Ray: a sweep on this machine is refused" in line(1)

@@ -100,6 +100,22 @@ def test_resnet50_is_torchvision_s_architecture():
     assert ResNet50(classes=3)(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 
+def test_the_loader_workers_are_the_trial_s_cpus_less_one_unless_the_spec_names_them(imagenet_dir):
+    """A trial of 3 CPUs reads ahead with 2 DataLoader workers, one of 1 CPU decodes in its own
+    process, and ``workload_options.loader_workers`` overrides both; the summary records them."""
+    threads = torch.get_num_threads()
+    try:
+        for cpus, given, expected in ((3, None, 2), (1, None, 0), (1, 2, 2)):
+            trial = Trial(spec(imagenet_dir, workers=given, threads=cpus))
+            columns = [*trial.data.train[:1], *trial.data.eval[:1]]
+            assert [c.workers for c in columns] == [expected, expected], (cpus, given)
+            assert trial.summary()["loader_workers"] == expected
+            assert trial.workload.loader_workers(cpus) == expected
+    finally:
+        torch.set_num_threads(threads)
+    assert TrialSpec(workload="mnist1d_mlp").workload_obj().loader_workers(4) is None  # in memory: no loader
+
+
 # slow (~22 s on the 2-core VM): ResNet-50 trial run twice on CPU: with 2 DataLoader workers and with none
 @pytest.mark.slow
 def test_a_streamed_trial_is_served_by_the_loader_and_does_not_depend_on_its_workers(imagenet_dir):

@@ -864,7 +864,7 @@ def test_trials_share_gpus_four_to_a_gpu_on_a_ray_with_declared_gpus(tmp_path, r
     declared = {"BATCHSCALE_RAY_GPUS": "2", "BATCHSCALE_RAY_CPUS": "8", "BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
     planned = cli(["plan", str(spec), "--probe-seconds", "0.1"], ray_tmp, declared)
     assert planned.returncode == 0, why(planned)
-    assert "GPUs: 4 trial(s) share each GPU (resources.gpus 0.25); 2 GPU(s) here, so 8 at once" in planned.stdout
+    assert "GPUs: 4 trial(s) share each GPU (resources.gpus 0.25); 2 GPU(s) and 8 CPU(s) here, so 8 at once" in planned.stdout
     plugins = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
     here = cli(["plan", str(spec), "--probe-seconds", "0.1"], ray_tmp, plugins)  # a plan for a cluster is fine
     assert here.returncode == 0 and "no GPU here for torch or Ray: a sweep on this machine is refused" in here.stdout

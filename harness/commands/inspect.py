@@ -160,8 +160,6 @@ PROTOCOL_SOURCES = {"fixed_epochs": "the same epoch budget at every batch size, 
 def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1.5, slots: int | None = None,
               trial_overhead_s: float = 2.5) -> int:
     """What a sweep spec will run, whether its budgets can reach the target, and how long it takes."""
-    import os
-
     from harness.rules.scaling import AUTOMATIC_METHODS
     from harness.spec import load_spec
     from harness.sweep import eta, plan, protocol
@@ -183,7 +181,11 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         print("no target: budgets are not checked (steps to what?)")
     estimates = protocol.estimates(spec, n)
     rows = protocol.budget_table(spec, n, estimates)
-    print(f"{spec.resources.cpus} thread(s) per trial, micro-batches of at most {cap} ({cap_source})")
+    loaders = wl.loader_workers(spec.resources.cpus)
+    print(f"{spec.resources.cpus} thread(s) per trial, micro-batches of at most {cap} ({cap_source})"
+          + (f"; {loaders} DataLoader worker(s) per trial (workload_options.loader_workers"
+             + (")" if spec.workload_options.get("loader_workers") is not None else ": resources.cpus less one)")
+             if loaders is not None else ""))
     the_plan = plan(spec, n, {}, rows, micro_batch_cap=cap)
     costs = _arm_costs(spec, probe_seconds)  # an arm's step against a plain one, measured here
     counts: dict[str, int] = {}
@@ -221,14 +223,10 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         print("recipes (peak LR as the rule gives it; realised = the largest LR the schedule reaches):")
         for line in recipe_table(recipes):
             print("  " + line)
-    from harness.sweep.console import local_gpus, trials_per_gpu
+    from harness.sweep.console import gpu_line, local_cpus, local_gpus
 
     if spec.resources.gpus:  # a plan made here for a cluster is fine; a sweep here would be refused
-        here = (f"{local_gpus():g} GPU(s) here, so {int(local_gpus() // spec.resources.gpus)} at once on them"
-                if local_gpus() >= spec.resources.gpus else
-                f"no GPU here for torch or Ray: a sweep on this machine is refused; run it on a cluster (--address) "
-                f"or declare the GPUs Ray should use (BATCHSCALE_RAY_GPUS)")
-        print(f"GPUs: {trials_per_gpu(spec)}; {here} (on a cluster: its GPUs over a trial's share; Ray packs them)")
+        print(gpu_line(spec))
     if spec.resources.gpus and not __import__("torch").cuda.is_available():
         print(f"throughput probe: skipped (the trials run on GPUs, resources.gpus {spec.resources.gpus:g}, and this "
               "driver has none to probe on): no wall-time estimate; run plan where a GPU is")
@@ -236,7 +234,7 @@ def plan_sweep(spec_path: str, overrides: list[str], *, probe_seconds: float = 1
         return 0
     probe_batches = sorted({min(spec.axes.batch_sizes), max(spec.axes.batch_sizes)})
     throughput = eta.throughput_probe(spec, spec.optimizers()[0], probe_batches, seconds=probe_seconds)
-    slots = slots or max(1, (os.cpu_count() or 1) // spec.resources.cpus)
+    slots = slots or max(1, int(local_cpus()) // spec.resources.cpus)
     if spec.resources.gpus:  # the GPUs' room, when it is the smaller (the probe ran on one of them)
         slots = max(1, min(slots, int(local_gpus() // spec.resources.gpus)))
     if spec.max_concurrent:

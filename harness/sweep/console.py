@@ -82,6 +82,34 @@ def trials_per_gpu(spec) -> str:
             f"each trial holds {g:g} GPU(s)")
 
 
+def local_cpus() -> float:
+    """CPUs the embedded Ray will have: declared, else this machine's."""
+    given = declared(RAY_CPUS_ENV)
+    return given if given is not None else float(os.cpu_count() or 1)
+
+
+def gpu_line(spec) -> str:
+    """``plan``'s words on GPU trials: how they share the GPUs, how many run at once here and
+    whether the CPUs or the GPUs bind, and what CPU share goes with a trial's GPU share."""
+    r, per = spec.resources, max(1, spec.data_parallel.processes)
+    gpus, cpus = local_gpus(), local_cpus()
+    where = " (on a cluster: its GPUs over a trial's share; Ray packs them)"
+    if gpus < per * r.gpus:
+        return (f"GPUs: {trials_per_gpu(spec)}; no GPU here for torch or Ray: a sweep on this machine is refused; "
+                f"run it on a cluster (--address) or declare the GPUs Ray should use ({RAY_GPUS_ENV})" + where)
+    by_gpu, by_cpu = int(gpus // (per * r.gpus)), int(cpus // (per * r.cpus))
+    words = f"GPUs: {trials_per_gpu(spec)}; {gpus:g} GPU(s) and {cpus:g} CPU(s) here, so {min(by_gpu, by_cpu)} at once"
+    share = int(cpus / gpus * r.gpus)  # the CPUs that come with one trial's share of a GPU
+    if by_cpu < by_gpu:
+        words += (f": the CPUs bind ({by_cpu} trials of resources.cpus {r.cpus}; the GPUs have room for {by_gpu}; "
+                  f"--set resources.cpus={max(1, share)} packs them)")
+    elif share > r.cpus:
+        words += (f"; a trial's share of a GPU comes with {share} CPUs here and resources.cpus {r.cpus} leaves "
+                  f"{share - r.cpus} idle: --set resources.cpus={share} gives each trial them (its threads, and a "
+                  f"streamed workload's DataLoader workers)")
+    return words + where
+
+
 def check_local_gpus(spec) -> None:
     """Refuse, before anything is written, a sweep whose trials want more GPUs than this machine has
     (on the embedded Ray, Tune would wait for them for ever)."""

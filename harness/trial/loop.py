@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.data.loader import bind as bind_loader
+from harness.data.loader import bind as bind_loader, streamed_workers
 from harness.data.stream import make_stream
 from harness.results.store import Status
 from harness.rules.optimizers import build_optimizer
@@ -100,7 +100,8 @@ class Trial:
         torch.manual_seed(self.seeds["train"])
         self.stream = make_stream(spec.data_parallel, data.train, self.seeds["data"], self.device)
         self.data = bind_loader(self.data, self.stream, batch, math.gcd(self.micro_batch_size, self.timing_micro_batch),
-                                (self.rank, self.world_size))  # streamed data (ImageNet): its loader reads ahead
+                                (self.rank, self.world_size), torch.get_num_threads())  # streamed data (ImageNet):
+        # its loader reads ahead, in the trial's CPUs less one worker processes unless the workload names them
         n = data.train_size
         self.eval_every = spec.eval.every_examples or math.ceil(n / spec.eval.per_epoch)
         self.after_target_every = spec.eval.after_target_every_examples or self.eval_every
@@ -319,6 +320,7 @@ class Trial:
             # the GPUs Ray assigned the trial's worker (its share of one, with resources.gpus < 1)
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "threads": torch.get_num_threads(),
+            "loader_workers": streamed_workers(self.data),  # None: nothing streamed
             "workers": self.world_size,
             "peak_lr": r.peak_lr,
             "warmup_steps": r.warmup_steps,

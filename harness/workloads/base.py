@@ -127,6 +127,11 @@ class Workload(ABC):
         self.data_dir = data_dir
 
     # -- data -------------------------------------------------------------------------------
+    def loader_workers(self, cpus: int) -> int | None:
+        """DataLoader worker processes a trial of ``cpus`` CPUs reads the data with; None: the data
+        is in memory (a streamed workload, harness.data.loader, overrides this)."""
+        return None
+
     def prepare(self) -> None:
         """Make sure the data can be loaded (generate or convert caches); cheap when done."""
         self.load()

@@ -8,7 +8,7 @@ convolutions, BatchNorm weights 1 and biases 0), with ghost BatchNorm (harness.t
 
 Data: ``<data_dir>/train/<class>/*.JPEG`` and ``<data_dir>/val/<class>/*.JPEG`` (the val images
 sorted into class folders, as the common preparation scripts do), read by a torch DataLoader with
-``loader_workers`` worker processes; training images get RandomResizedCrop(image_size) and a
+``loader_workers`` worker processes (default: the trial's CPUs less one); training images get RandomResizedCrop(image_size) and a
 horizontal flip, evaluation images Resize(image_size * 256/224) and CenterCrop(image_size)
 (harness.data.imagefolder); both are normalised by the ImageNet channel means and deviations on
 the device. ``image_size`` below 224 (e.g. 32 or 64) makes small CPU runs and tests possible.
@@ -23,7 +23,7 @@ from torch import nn
 
 from harness.data import candidate_dirs
 from harness.data.imagefolder import ImageFolderSource, scan
-from harness.data.loader import StreamedColumn
+from harness.data.loader import StreamedColumn, loader_workers
 from harness.errors import DatasetMissing
 from harness.trial.ghostbn import GhostBatchNorm2d
 from harness.workloads.base import Dataset, ImageClassifier
@@ -39,8 +39,9 @@ class ImageNetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: The crop fed to the network (224 in the papers; smaller for CPU runs and tests).
     image_size: PositiveInt = 224
-    #: DataLoader worker processes that decode and augment ahead of the trial (0: in the trial's process).
-    loader_workers: NonNegativeInt = 8
+    #: DataLoader worker processes that decode and augment ahead of the trial (0: in the trial's process);
+    #: default: the trial's CPUs (``resources.cpus``, its threads) less the one its own process keeps.
+    loader_workers: NonNegativeInt | None = None
     #: A seeded random subset of n training images (smoke runs); all when unset.
     train_examples: PositiveInt | None = None
     #: A seeded random subset of n validation images; all when unset.
@@ -132,6 +133,10 @@ class ImageNetResNet50(ImageClassifier):
 
     def prepare(self) -> None:
         self._splits()
+
+    def loader_workers(self, cpus: int) -> int:
+        given = self.options.loader_workers
+        return given if given is not None else loader_workers(cpus)
 
     def train_size(self) -> int:
         n = len(self._splits()[1][1])
