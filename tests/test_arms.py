@@ -280,3 +280,14 @@ def test_adversarial_augmentation_perturbs_the_pixels_of_a_uint8_image_workload(
     plain = Trial(s.model_copy(update={"augment": s.augment.model_copy(update={"kind": "none"})}))
     assert con.run().status == "complete" and plain.run().status == "complete"
     assert not torch.allclose(flat(con), flat(plain))  # the adversarial copies changed the updates
+
+
+def test_a_state_taken_between_a_step_and_its_evaluation_resumes_with_that_evaluation():
+    """Stopped in on_step at step 3, whose evaluation is due (every 3 steps), and continued: the
+    evaluation at step 3 is made, and every row equals the uninterrupted run's (the last ones
+    too: the training loss averaged since the evaluation before)."""
+    spec = trial_spec(noise_scale=False)
+    whole = Trial(spec).run().measurements
+    again = resumed(spec, 3).run().measurements
+    assert [m["step"] for m in whole] == [m["step"] for m in again] == [3, 6]
+    assert all(same_row(a, b) for a, b in zip(whole, again))

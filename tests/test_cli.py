@@ -327,6 +327,8 @@ def test_the_pace_probe_counts_the_examples_it_ran_not_the_batch_it_stands_for(m
     pace = eta.throughput_probe(spec, "momentum", [64, 1024], seconds=5.0)
     assert set(ran) == {64, 128}  # 64 ran itself; 1024 ran as 8 micro-batches of 16
     assert pace == {64: 64.0, 1024: 128.0}, pace
+    ran.clear()  # a step longer than the probe's time is its own measurement: the warm-up and one timed step
+    assert eta.throughput_probe(spec, "momentum", [64], seconds=0.5) == {64: 64.0} and ran == [64, 64]
 
 
 def test_plan_says_how_gpu_shares_pack_and_which_of_cpus_or_gpus_binds(monkeypatch):

@@ -16,10 +16,15 @@ from tests.test_arms import MLP, resumed, same_row, trial_spec
 from tests.test_cifar import cifar_dir, spec  # noqa: F401 (a fixture)
 
 
-# slow (~50 s on the 2-core VM): ResNet-20 CIFAR trial run to completion in bf16 autocast on CPU
+#: bf16 autocast on a CPU without bf16 instructions is ~9x float32 (a ResNet-20 step of 64 images 6.7 s,
+#: an evaluation of the 100 test images 6.8 s on the 2-core VM): three steps of 32, evaluated at 64 and 96
+SHORT = {"batch_size": 32, "budget": {"examples": 96}, "eval": {"every_examples": 64}}
+
+
+# slow (~25 s on the 2-core VM): ResNet-20 CIFAR trial run to completion in bf16 autocast on CPU
 @pytest.mark.slow
 def test_bf16_runs_the_convolutions_in_bfloat16_and_keeps_weights_and_losses_in_float32(cifar_dir):  # noqa: F811
-    plain, bf16 = Trial(spec(cifar_dir)), Trial(spec(cifar_dir, precision="bf16"))
+    plain, bf16 = Trial(spec(cifar_dir, **SHORT)), Trial(spec(cifar_dir, precision="bf16", **SHORT))
     seen = []
     bf16.model.inner.stem[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     assert isinstance(bf16.model, Precise) and not isinstance(plain.model, Precise)
@@ -31,10 +36,10 @@ def test_bf16_runs_the_convolutions_in_bfloat16_and_keeps_weights_and_losses_in_
     assert result.summary["precision"] == "bf16" and result.status == "complete"
 
 
-# slow (~69 s on the 2-core VM): bf16 channels_last ResNet-20 epoch on CPU, whole and resumed at step 2
+# slow (~40 s on the 2-core VM): bf16 channels_last ResNet-20 steps on CPU, whole and resumed at step 2
 @pytest.mark.slow
 def test_a_bf16_channels_last_trial_resumes_exactly_and_channels_last_alone_changes_nothing(cifar_dir):  # noqa: F811
-    s = spec(cifar_dir, precision="bf16", channels_last=True)
+    s = spec(cifar_dir, precision="bf16", channels_last=True, **SHORT)
     whole = Trial(s).run().measurements
     assert same_row(resumed(s, 2).run().measurements[-1], whole[-1])
     last = Trial(spec(cifar_dir, channels_last=True))

@@ -80,7 +80,9 @@ PACE_MICRO_BATCHES = 8  # the pace probe's most micro-batches per step: they run
 def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], seconds: float = 2.0,
                      arm: dict[str, Any] | None = None) -> dict[int, float]:
     """Examples per second of training on this machine, with the sweep's threads per trial, at each
-    of ``batch_sizes``: about ``seconds`` each, >= 3 steps, the first not timed; ``arm``: an arm's fields."""
+    of ``batch_sizes``: a warm-up step, then steps until ``seconds`` have passed (one at least: a step
+    longer than that is its own measurement; three had made the estimate of a ResNet-50 sweep on a CPU
+    cost 40 s); ``arm``: an arm's fields."""
     from harness.trial.loop import Trial
 
     def probe_trial(b: int) -> Trial:
@@ -96,7 +98,7 @@ def throughput_probe(spec: SweepSpec, optimizer: str, batch_sizes: list[int], se
             trial = probe_trial(PACE_MICRO_BATCHES * trial.timing_micro_batch)  # pace is a few of them's
         trial._train_step()  # warm-up (allocations, first-call costs)
         start, steps = time.perf_counter(), 0
-        while steps < 3 or time.perf_counter() - start < seconds:
+        while steps < 1 or time.perf_counter() - start < seconds:
             trial._train_step()
             steps += 1
             if steps >= 10_000:

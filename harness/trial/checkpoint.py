@@ -33,6 +33,7 @@ def trial_state(trial: "TrialView") -> dict[str, Any]:
             "valid_hit": trial.valid_hit, "next_eval": trial.next_eval,
             "loss_sum": trial._loss_sum, "loss_steps": trial._loss_steps,
             "clean_seconds": trial.clean_seconds, "clean_steps": trial.clean_steps, "noise_step": trial.noise_step,
+            "last_lr": trial.last_lr,  # the LR of the last step, which the next evaluation's row records
         },
         "measurements": list(trial.measurements),
         "noise": trial.noise.state_dict() if trial.noise is not None else None,
@@ -64,6 +65,7 @@ def load_trial_state(trial: "TrialView", state: dict[str, Any]) -> None:
     trial.next_eval, trial._loss_sum, trial._loss_steps = c["next_eval"], c["loss_sum"], c["loss_steps"]
     trial.clean_seconds, trial.clean_steps = c.get("clean_seconds", 0.0), c.get("clean_steps", 0)
     trial.noise_step = c.get("noise_step", trial.step)
+    trial.last_lr = c.get("last_lr", float("nan"))
     trial.measurements = list(state["measurements"])
     if trial.noise is not None:
         trial.noise.load_state_dict(state["noise"])

@@ -237,6 +237,21 @@ class Trial:
         self.model.train()
         factor = self.spec.divergence.loss_factor
         wall_start = time.perf_counter() - self.wall_seconds
+
+        def due() -> bool:
+            return self.stream.position >= self.next_eval or self.control.done()
+
+        def evaluate() -> None:
+            while self.next_eval <= self.stream.position:
+                self.next_eval += self.eval_every
+            row = self._record()
+            self.wall_seconds = time.perf_counter() - wall_start
+            if on_eval:
+                on_eval(self, row)
+
+        # a state taken between a step and its evaluation (in on_step) resumes with that evaluation
+        if self.status == "running" and self.step and due() and [m["step"] for m in self.measurements[-1:]] != [self.step]:
+            evaluate()
         while self.status == "running" and not self.control.done():
             clean = self.timing_step()
             t0 = time.perf_counter()
@@ -259,13 +274,8 @@ class Trial:
                 break
             if on_step:
                 on_step(self)
-            if self.stream.position >= self.next_eval or self.control.done():
-                while self.next_eval <= self.stream.position:
-                    self.next_eval += self.eval_every
-                row = self._record()
-                self.wall_seconds = time.perf_counter() - wall_start
-                if on_eval:
-                    on_eval(self, row)
+            if due():
+                evaluate()
         if self.status == "running":
             self.status = Status.COMPLETE
         if self.spec.sharpness and self.status == Status.COMPLETE and self.sharpness is None:

@@ -41,6 +41,7 @@ class TrialView(Protocol):
     clean_seconds: float
     clean_steps: int
     noise_step: int
+    last_lr: float
     initial_loss: float | None
     diverged_step: int | None
     target_hit: dict[str, Any] | None
