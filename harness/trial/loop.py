@@ -250,7 +250,8 @@ class Trial:
                 on_eval(self, row)
 
         # a state taken between a step and its evaluation (in on_step) resumes with that evaluation
-        if self.status == "running" and self.step and due() and [m["step"] for m in self.measurements[-1:]] != [self.step]:
+        evaluated = bool(self.measurements) and self.measurements[-1]["step"] == self.step
+        if self.status == "running" and self.step and due() and not evaluated:
             evaluate()
         while self.status == "running" and not self.control.done():
             clean = self.timing_step()
