@@ -1,10 +1,13 @@
-"""Shared fixtures: small datasets written in the real file formats, an isolated cache."""
+"""Shared fixtures: small datasets written in the real file formats, an isolated cache, one Ray."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -108,3 +111,44 @@ def ray_tmp():
     yield folder
     kill_tree_matching(folder)
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    """One embedded Ray for this test process (of each xdist worker), as the CLI starts it: the sweeps
+    ``here`` runs join it (``harness.sweep.driver``), so each pays neither a Python start with its
+    imports nor a Ray start (~15 s of CPU together, docs/testing.md). A test whose subject is the
+    process itself (a killed driver, a cluster by address, declared GPUs, plugins imported by the
+    workers) runs ``python -m harness.cli`` instead (``tests.test_sweep.cli``)."""
+    import ray
+
+    folder = tempfile.mkdtemp(prefix="bst", dir="/tmp")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # as harness.sweep.driver sets them
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR",
+             _temp_dir=folder)
+    try:
+        yield folder
+    finally:
+        ray.shutdown()
+        kill_tree_matching(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def here(args, env_extra: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """``batchscale ARGS`` in this process, in ``cwd`` (the checkout unless given), with what
+    ``python -m harness.cli ARGS`` would return: its exit code, stdout and stderr. A sweep joins the
+    ``shared_ray`` fixture's Ray (request it)."""
+    from harness.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for key, value in (env_extra or {}).items():
+            mp.setenv(key, value)
+        mp.chdir(cwd or Path(__file__).resolve().parents[1])
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

@@ -14,7 +14,8 @@ from harness.errors import SpecError
 from harness.trial.sharpness import top_eigenvalue
 from harness.spec import TrialSpec, load_spec
 from harness.trial.loop import Trial
-from tests.test_sweep import cli, load, write_spec
+from tests.conftest import here
+from tests.test_sweep import load, write_spec
 
 MLP = {"workload": "mnist1d_mlp", "workload_options": {"n_train": 4000, "n_test": 500}, "optimizer": "momentum",
        "threads": 1, "method": "none", "micro_batch_cap": 64}
@@ -108,26 +109,21 @@ def test_simulated_decentralized_trials_record_consensus_and_resume_exactly(algo
 # slow (~97 s on the 2-core VM): real Ray, 4 Ray Train gloo workers on a ring, against the 4-worker simulation
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_train_workers_exchanging_with_neighbours_match_the_simulation(tmp_path, ray_tmp):
+def test_ray_train_workers_exchanging_with_neighbours_match_the_simulation(tmp_path, shared_ray):
     """4 Ray Train workers (gloo point-to-point on a ring) against 4 simulated workers: after 3
     steps the averaged model's evaluation, the training loss and the consensus distance agree
     within 1e-5."""
-    import ray
-
     from harness.trial.distributed import trainer
 
     fields = trial_spec(data_parallel={"workers": 4, "algorithm": "decentlam"}, recipe={"peak_lr": 0.5},
                         budget={"examples": 256 * 3}).model_dump(mode="json")
     sim = Trial(TrialSpec.model_validate({**fields, "data_parallel": {**fields["data_parallel"], "simulate": True}}))
     expected = sim.run().measurements[-1]
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
-    try:
-        result = trainer(fields, 4, 1, 0.0, "gossip", str(tmp_path)).fit()
-        assert result.error is None
-        got = json.loads(result.metrics["measurements"])[-1]
-        checkpoint = sorted(p.name for p in __import__("pathlib").Path(result.checkpoint.path).iterdir())
-    finally:
-        ray.shutdown()
+    # the test process's Ray (2 CPUs on the 2-core VM): four workers of half a CPU each
+    result = trainer(fields, 4, 0.5, 0.0, "gossip", str(tmp_path)).fit()
+    assert result.error is None
+    got = json.loads(result.metrics["measurements"])[-1]
+    checkpoint = sorted(p.name for p in __import__("pathlib").Path(result.checkpoint.path).iterdir())
     assert got["step"] == expected["step"] == 3
     for key in ("train_loss", "eval_loss", "metric", "consensus_distance"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-9), key
@@ -178,13 +174,13 @@ SWEEP = {"name": "arms", **{k: v for k, v in MLP.items() if k not in ("optimizer
                   "augment": ["none", "conadv"]}}
 
 
-def test_plan_names_every_arm(tmp_path, ray_tmp):
+def test_plan_names_every_arm(tmp_path):
     spec = write_spec(tmp_path, {**SWEEP, "data_parallel": {"workers": 4, "simulate": True},
                                  "axes": {**SWEEP["axes"], "augment": ["none"], "algorithm": ["allreduce", "dmsgd"]}})
-    proc = cli(["plan", str(spec)], ray_tmp)
+    proc = here(["plan", spec])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "trials: 4 = legw 2, legw:dmsgd 2;" in proc.stdout
-    listing = cli(["list"], ray_tmp).stdout
+    listing = here(["list"]).stdout
     for name in ("conadv", "disadv", "dmsgd", "decentlam", "exponential"):
         assert name in listing
 
@@ -192,13 +188,13 @@ def test_plan_names_every_arm(tmp_path, ray_tmp):
 # slow (~108 s on the 2-core VM): real Ray sweep of 8 trials (augment x algorithm x batch) on 4 simulated workers
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_sweep_with_an_augment_axis_and_decentralized_trials(tmp_path, ray_tmp):
+def test_a_sweep_with_an_augment_axis_and_decentralized_trials(tmp_path, shared_ray):
     """axes.augment [none, conadv] x axes.algorithm [allreduce, decentlam] on 4 simulated workers:
     every arm runs, the store says which, and the report names the arms as series."""
     spec = write_spec(tmp_path, {**SWEEP, "data_parallel": {"workers": 4, "simulate": True},
                                  "axes": {**SWEEP["axes"], "algorithm": ["allreduce", "decentlam"]},
                                  "sharpness": {"examples": 256, "iterations": 3}})
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--quiet"], ray_tmp)
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--quiet"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     _, trials, measurements = load(tmp_path / "results" / "arms")
     assert len(trials) == 8 and (trials.status == "complete").all()

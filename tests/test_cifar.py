@@ -15,7 +15,8 @@ from harness.spec import TrialSpec, load_spec
 from harness.trial.loop import Trial
 from harness.workloads.cifar import crop_and_flip, resnet18, resnet20
 from tests.test_arms import resumed, same_row
-from tests.test_sweep import cli, load, write_spec
+from tests.conftest import here
+from tests.test_sweep import load, write_spec
 
 
 @pytest.fixture(scope="module")
@@ -118,22 +119,22 @@ def test_resnet18_builds_and_bn_batch_size_is_checked(cifar_dir):
 # slow (~63 s on the 2-core VM): real local Ray sweep of 2 ResNet-20 trials on the tiny CIFAR-10 folder
 @pytest.mark.slow
 @pytest.mark.ray
-def test_a_resnet20_sweep_of_a_few_steps(cifar_dir, tmp_path, ray_tmp):
+def test_a_resnet20_sweep_of_a_few_steps(cifar_dir, tmp_path, shared_ray):
     path = write_spec(tmp_path, {"name": "r20", "workload": "cifar10_resnet20", "data_dir": str(cifar_dir),
                                  "budget": {"examples": 256}, "eval": {"per_epoch": 1}, "bn_batch_size": 32,
                                  "micro_batch_cap": 64, "axes": {"batch_sizes": [64, 128], "methods": ["legw"]}})
-    proc = cli(["sweep", str(path), "--results", str(tmp_path / "results"), "--quiet"], ray_tmp)
+    proc = here(["sweep", path, "--results", tmp_path / "results", "--quiet"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     _, trials, _ = load(tmp_path / "results" / "r20")
     assert (trials.status == "complete").all() and set(trials.bn_batch_size) == {32}
     assert sorted(trials.steps) == [2, 4]
 
 
-def test_batchscale_train_runs_resnet20_on_a_cifar_folder(cifar_dir, tmp_path, ray_tmp):
+def test_batchscale_train_runs_resnet20_on_a_cifar_folder(cifar_dir, tmp_path):
     import json
 
     path = write_spec(tmp_path, json.loads(spec(cifar_dir).model_dump_json(exclude_defaults=True)))
-    proc = cli(["train", str(path), "--out", str(tmp_path / "out"), "--quiet"], ray_tmp)
+    proc = here(["train", path, "--out", tmp_path / "out", "--quiet"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["bn_batch_size"] == 16 and summary["steps"] == 5

@@ -111,21 +111,23 @@ def test_check_budgets_refuses_a_sweep_that_ran_under_its_pilot(capsys, tmp_path
 
 
 def test_shipped_specs_and_studies_are_found_from_any_folder(tmp_path):
-    """From a folder that is not the checkout, through the installed `batchscale` script: `list`
-    names the paper studies and examples, `reproduce NAME` and `schedule NAME` find them, and an
-    unknown name lists what exists."""
+    """From a folder that is not the checkout: through the installed `batchscale` script, `list`
+    names the paper studies and examples; and (in this process, from that folder) `reproduce NAME`
+    and `schedule NAME` find them, and an unknown name lists what exists."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
+    from tests.conftest import here
+
     script = str(Path(sys.executable).with_name("batchscale"))
+    listed = subprocess.run([script, "list"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
     def run(*args):
-        return subprocess.run([script, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+        return here(args, cwd=tmp_path)
 
-    listed = run("list")
     assert listed.returncode == 0 and "mnist_lstm" in listed.stdout and "default" in listed.stdout
     assert "legw_imagenet_recipe" not in listed.stdout.split("paper studies")[1].split("example sweeps")[0]
     sched = run("schedule", "default", "--recipe-only")

@@ -14,8 +14,8 @@ import torch
 
 from harness.spec import load_spec
 from harness.trial.loop import Trial
-from tests.conftest import tiny_trial
-from tests.test_sweep import cli, load, write_spec
+from tests.conftest import here, tiny_trial
+from tests.test_sweep import load, write_spec
 
 
 def flat_params(model):
@@ -88,15 +88,14 @@ def test_workers_must_divide_the_batch(data_dir):
 # slow (~67 s on the 2-core VM): two `batchscale train` runs: 1 worker, then 2 Ray Train gloo workers on real Ray
 @pytest.mark.slow
 @pytest.mark.ray
-def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, ray_tmp):
+def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, shared_ray):
     """`batchscale train` with 2 CPU workers (Ray Train TorchTrainer, gloo) gives the measurements
     of the same trial in one process, up to float rounding."""
     spec = write_spec(tmp_path, tiny_trial(data_dir, batch_size=128, micro_batch_size=32, threads=1))
     outs = {}
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
-        proc = cli(["train", str(spec), "--quiet", "--out", str(out), "--set", f"data_parallel.workers={workers}"],
-                   ray_tmp)
+        proc = here(["train", spec, "--quiet", "--out", out, "--set", f"data_parallel.workers={workers}"])
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         outs[workers] = json.loads((out / "summary.json").read_text())
     assert "data-parallel: 2 workers (Ray Train, gloo), 64 examples each per step" in proc.stdout
@@ -110,13 +109,13 @@ def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, ray_tmp):
 # slow (~71 s on the 2-core VM): real Ray sweep whose trial starts a 2-worker Ray Train (gloo) run
 @pytest.mark.slow
 @pytest.mark.ray
-def test_sweep_of_data_parallel_trials(tmp_path, ray_tmp):
+def test_sweep_of_data_parallel_trials(tmp_path, shared_ray):
     """A sweep whose trials are 2 Ray Train workers each: Tune gets their reports, the store its rows."""
     spec = write_spec(tmp_path, {
         "name": "dp", "workload": "mnist1d_mlp", "workload_options": {"n_train": 4000, "n_test": 500},
         "budget": {"epochs": 2}, "eval": {"per_epoch": 1}, "data_parallel": {"workers": 2},
         "axes": {"batch_sizes": [256], "methods": ["legw"]}})  # one trial: each costs a Ray Train start (~20 s)
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--no-report", "--quiet"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     _, trials, measurements = load(tmp_path / "results" / "dp")
     assert list(trials.method) == ["legw"]

@@ -18,8 +18,9 @@ from harness.errors import DatasetMissing
 from harness.spec import TrialSpec
 from harness.trial.loop import Trial
 from harness.workloads.imagenet import ResNet50
+from tests.conftest import here
 from tests.test_arms import resumed, same_row
-from tests.test_sweep import cli, load, write_spec
+from tests.test_sweep import load, write_spec
 
 
 def make_imagefolder(root, classes=3, train=8, val=3, seed=0):
@@ -140,9 +141,9 @@ def test_a_streamed_trial_resumes_at_the_exact_position(imagenet_dir):
     assert again.data.train[0].served["direct"] == 0  # the plan restarted at the checkpoint's position
 
 
-def test_batchscale_train_runs_resnet50_on_an_imagefolder_tree(imagenet_dir, tmp_path, ray_tmp):
+def test_batchscale_train_runs_resnet50_on_an_imagefolder_tree(imagenet_dir, tmp_path):
     path = write_spec(tmp_path, json.loads(spec(imagenet_dir).model_dump_json(exclude_defaults=True)))
-    proc = cli(["train", str(path), "--out", str(tmp_path / "out"), "--quiet"], ray_tmp)
+    proc = here(["train", path, "--out", tmp_path / "out", "--quiet"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["bn_batch_size"] == 6 and summary["steps"] == 6
@@ -152,12 +153,12 @@ def test_batchscale_train_runs_resnet50_on_an_imagefolder_tree(imagenet_dir, tmp
 SMALL = ["--set", "workload_options.image_size=32", "--set", "workload_options.loader_workers=0"]
 
 
-def test_the_legw_imagenet_study_plans_the_paper_s_table(imagenet_dir, ray_tmp):
+def test_the_legw_imagenet_study_plans_the_paper_s_table(imagenet_dir):
     """``batchscale plan`` of the published study: LARS from 2^2.5 at 1K to 2^5 at 32K, warmup 0.3125
     to 10 epochs (the LEGW ImageNet table), 90 epochs, 12 trials."""
     # the generated tree holds 24 images: the paper's batches repeat them (repeat_examples)
-    proc = cli(["plan", "legw_imagenet", "--set", f"data_dir={imagenet_dir}", *SMALL, "--set", "repeat_examples=true",
-                "--probe-seconds", "0.1"], ray_tmp)
+    proc = here(["plan", "legw_imagenet", "--set", f"data_dir={imagenet_dir}", *SMALL, "--set", "repeat_examples=true",
+                 "--probe-seconds", "0.1"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "trials: 12 = legw 6, goyal 6" in proc.stdout
     rows = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["legw"]]
@@ -169,15 +170,15 @@ def test_the_legw_imagenet_study_plans_the_paper_s_table(imagenet_dir, ray_tmp):
 # slow (~70 s on the 2-core VM): runs legw_imagenet via real Ray: 4 ResNet-50 bf16 trials on generated JPEGs, and its report
 @pytest.mark.slow
 @pytest.mark.ray
-def test_the_legw_imagenet_study_runs_cut_down_on_generated_data(imagenet_dir, tmp_path, ray_tmp):
+def test_the_legw_imagenet_study_runs_cut_down_on_generated_data(imagenet_dir, tmp_path, shared_ray):
     # 16x16 crops (ResNet-50's strides end at 1x1): a quarter of the 32x32 compute, the same study
     cut = ["--set", f"data_dir={imagenet_dir}", "--set", "workload_options.image_size=16", "--set",
            "workload_options.loader_workers=0", "--set", "budget.epochs=1", "--set", "axes.batch_sizes=[12, 24]",
            "--set", "bn_batch_size=6", "--set", "resources.cpus=1", "--results", str(tmp_path / "results"), "--quiet"]
-    proc = cli(["reproduce", "legw_imagenet", *cut], ray_tmp)
+    proc = here(["reproduce", "legw_imagenet", *cut])
     assert proc.returncode == 1 and "resources.gpus 1: this machine has 0 GPU(s)" in proc.stderr
     assert not (tmp_path / "results").exists()  # refused before anything was written
-    proc = cli(["reproduce", "legw_imagenet", *cut, "--set", "resources.gpus=0"], ray_tmp)
+    proc = here(["reproduce", "legw_imagenet", *cut, "--set", "resources.gpus=0"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     trials = load(tmp_path / "results" / "legw_imagenet")[1]
     assert len(trials) == 4 and set(trials.status) <= {"complete", "diverged"}

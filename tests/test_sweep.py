@@ -1,7 +1,10 @@
 """Sweeps through real Ray: a local embedded Ray started by the CLI, and a cluster started here.
 
-Every sweep runs ``python -m harness.cli`` in a subprocess with its own Ray temp folder, so a
-killed driver's leftovers can be found and stopped without touching any other Ray processes.
+A sweep whose subject is the process (a killed driver and its leftovers, a cluster by address,
+declared GPUs, plugins the workers import) runs ``python -m harness.cli`` in a subprocess with its
+own Ray temp folder, so its leftovers can be found and stopped without touching any other Ray
+processes. The others run the same command in this process (``here``) on the test process's one
+Ray (the ``shared_ray`` fixture), as a sweep started from a notebook with Ray running would.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import yaml
 
 from harness.results.store import ResultsStore
 from harness.sweep import leftovers
-from tests.conftest import kill_tree_matching
+from tests.conftest import here, kill_tree_matching
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
@@ -81,18 +84,13 @@ def load(results: Path):
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory):
+def finished_sweep(tmp_path_factory, shared_ray):
     """One finished sweep (2 batch sizes x 2 methods + a bracketing tuned study per batch size), run once."""
     tmp = tmp_path_factory.mktemp("sweep")
-    folder = tempfile.mkdtemp(prefix="bst", dir="/tmp")
-    try:
-        spec = write_spec(tmp, SPEC)
-        proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--no-report", "--quiet"], folder)
-        assert proc.returncode == 0, why(proc)
-        yield tmp, spec, tmp / "results" / "grid", proc
-    finally:
-        kill_tree_matching(folder)
-        shutil.rmtree(folder, ignore_errors=True)
+    spec = write_spec(tmp, SPEC)
+    proc = here(["sweep", spec, "--results", tmp / "results", "--no-report", "--quiet"])
+    assert proc.returncode == 0, why(proc)
+    return tmp, spec, tmp / "results" / "grid", proc
 
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
@@ -220,20 +218,20 @@ def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(fini
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, ray_tmp):
+def test_rerunning_a_finished_sweep_does_nothing(finished_sweep):
     tmp, spec, results, _ = finished_sweep
     before = (results / "trials.parquet").read_bytes()
-    proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--no-report", "--quiet"], ray_tmp)
+    proc = here(["sweep", spec, "--results", tmp / "results", "--no-report", "--quiet"])
     assert proc.returncode == 0 and "already finished" in proc.stdout and "nothing to do" in proc.stdout
     assert (results / "trials.parquet").read_bytes() == before
 
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, ray_tmp):
+def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep):
     tmp, spec, results, _ = finished_sweep
     before = (results / "sweep.json").read_text()
-    proc = cli(["sweep", str(spec), "--results", str(tmp / "results"), "--set", "budget.epochs=4"], ray_tmp)
+    proc = here(["sweep", spec, "--results", tmp / "results", "--set", "budget.epochs=4"])
     assert proc.returncode == 4
     assert proc.stderr.strip().count("\n") == 0 and "different spec (changed: budget.epochs)" in proc.stderr
     assert (results / "sweep.json").read_text() == before
@@ -241,15 +239,15 @@ def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, ray_tmp):
 
 # slow (~86 s on the 2-core VM): two real Ray sweeps: 1 trial, then grown by a seed, plus 2 refused CLI runs
 @pytest.mark.slow
-def test_a_finished_sweep_grows_by_a_seed_and_runs_only_the_new_trials(tmp_path, ray_tmp):
+def test_a_finished_sweep_grows_by_a_seed_and_runs_only_the_new_trials(tmp_path, shared_ray):
     small = {**SPEC, "name": "grow", "budget": {"epochs": 1}, "axes": {"batch_sizes": [512], "methods": ["legw"]}}
     spec = write_spec(tmp_path, small)
     results = tmp_path / "results" / "grow"
-    first = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    first = here(["sweep", spec, "--results", tmp_path / "results", "--no-report", "--quiet"])
     assert first.returncode == 0, why(first)
     _, trials0, measurements0 = load(results)
     assert list(trials0.seed) == [0]
-    grown = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--set", "axes.seeds=[0, 1]"], ray_tmp)
+    grown = here(["sweep", spec, "--results", tmp_path / "results", "--set", "axes.seeds=[0, 1]"])
     assert grown.returncode == 0, why(grown)
     assert "grows: axes.seeds + [1]" in grown.stdout
     meta, trials, measurements = load(results)
@@ -264,7 +262,7 @@ def test_a_finished_sweep_grows_by_a_seed_and_runs_only_the_new_trials(tmp_path,
     # a sweep grows, it does not shrink; and a change to what fixes the cells is refused, naming it
     for extra, words in ((["--set", "axes.seeds=[1]"], "axes.seeds drops [0]"),
                          (["--set", "axes.seeds=[0, 1, 2]", "--set", "budget.epochs=2"], "changed: budget.epochs")):
-        proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), *extra], ray_tmp)
+        proc = here(["sweep", spec, "--results", tmp_path / "results", *extra])
         assert proc.returncode == 4 and words in proc.stderr, why(proc)
     assert sorted(load(results)[1].seed) == [0, 1]
 
@@ -585,8 +583,7 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
 
 # slow (~43 s on the 2-core VM): finished_sweep fixture, then a real Ray rerun of a study's missing trials
 @pytest.mark.slow
-def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_folder(
-        tmp_path, ray_tmp, finished_sweep):
+def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_folder(tmp_path, finished_sweep):
     """The store is the truth: with all but two of a bracketing study's trials gone from it and the
     whole Ray folder deleted, a rerun keeps the two, rebuilds the study from the store and runs the
     rest; the search is deterministic, so it ends on the same LRs and trial ids as the first run."""
@@ -605,7 +602,7 @@ def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_
     meta["status"] = "interrupted"
     (results / "sweep.json").write_text(json.dumps(meta))
 
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report"], ray_tmp)
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--no-report"])
     assert proc.returncode == 0, why(proc)
     assert f"{len(trials) - len(dropped)} already finished" in proc.stdout, proc.stdout
     after_meta, after, _ = load(results)
@@ -621,7 +618,7 @@ def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_
 
 # slow (~39 s on the 2-core VM): real Ray sweep of a 6-trial TPE study with ASHA over 9 epochs
 @pytest.mark.slow
-def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
+def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, shared_ray):
     """ASHA stops the worse trials of a tuned study at rungs measured in examples seen; stopped
     trials are recorded as incomplete (stopped by ASHA), the rest complete."""
     spec = write_spec(tmp_path, {
@@ -630,7 +627,7 @@ def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, ray_tmp):
         "axes": {"batch_sizes": [256], "methods": ["tuned"]},
         "tuning": {"search": "tpe", "trials": 6, "lr_range_factor": 8,
                    "asha": {"grace_epochs": 1, "reduction_factor": 3}}})
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report", "--quiet"], ray_tmp)
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--no-report", "--quiet"])
     assert proc.returncode == 0, why(proc)
     _, trials, measurements = load(tmp_path / "results" / "asha")
     assert len(trials) == 6 and set(trials.status) <= {"complete", "incomplete"}
@@ -750,7 +747,7 @@ def test_a_sweep_grows_along_its_axes_and_its_studies_and_never_shrinks():
 
 # slow (~54 s on the 2-core VM): real Ray sweep: a pilot, then 4 trials run to the target, then a refused spec
 @pytest.mark.slow
-def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an_infeasible_budget(tmp_path, ray_tmp):
+def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an_infeasible_budget(tmp_path, shared_ray):
     """The protocol end to end on the teacher: the pilot's estimates and the budget table in
     sweep.json, trials stopping at the target within their own step budgets, evaluations dense
     enough to resolve the steps to 5%; then a fixed-epoch budget too small for the largest batch
@@ -760,8 +757,7 @@ def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an
             "recipe": {"peak_lr": 0.1}, "target": {"metric": "excess_risk", "value": 0.02},
             "axes": {"batch_sizes": [256, 4096], "methods": ["sqrt", "none"]},
             "protocol": {"kind": "steps_to_result"}}
-    proc = cli(["sweep", str(write_spec(tmp_path, spec)), "--results", str(tmp_path / "results"), "--no-report"],
-               ray_tmp)
+    proc = here(["sweep", write_spec(tmp_path, spec), "--results", tmp_path / "results", "--no-report"])
     assert proc.returncode == 0, why(proc)
     assert "S_min" in proc.stdout and "measurable" in proc.stdout
     meta, trials, measurements = load(tmp_path / "results" / "str")
@@ -778,7 +774,7 @@ def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an
     assert sqrt.target_reached.all()
     too_small = write_spec(tmp_path, {**spec, "name": "fixed", "budget": {"epochs": 0.05},
                                       "protocol": {"kind": "fixed_epochs"}}, "fixed.yaml")
-    proc = cli(["sweep", str(too_small), "--results", str(tmp_path / "results"), "--quiet"], ray_tmp)
+    proc = here(["sweep", too_small, "--results", tmp_path / "results", "--quiet"])
     assert proc.returncode == 2, why(proc)
     line = proc.stderr.strip()
     assert "\n" not in line and "batch size 4096 needs" in line and "epochs" in line, line
@@ -812,7 +808,8 @@ def test_a_trial_checkpoints_at_its_first_evaluation_then_every_checkpoint_secon
 
 # slow (~68 s on the 2-core VM): real Ray sweep of 4 plugin-rule trials and its report, then a 2nd report run
 @pytest.mark.slow
-def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it_keeps_the_old_one(tmp_path, ray_tmp):
+def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it_keeps_the_old_one(
+        tmp_path, ray_tmp, shared_ray):
     """LR and warmup rules from a user's module (tests/plugins.py: pow75, half), named as
     <lr>+<warmup>: resolved by the sweep's workers, read by its report; a report run without the
     module is one line that says where the rule comes from, and the report already there stays whole."""
@@ -822,7 +819,7 @@ def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it
         "recipe": {"peak_lr": 0.1}, "budget": {"epochs": 1}, "noise_scale": False,
         "axes": {"batch_sizes": [256, 1024], "methods": ["pow75+legw", "sqrt+half"]}})
     plugins = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--quiet"], ray_tmp, plugins)
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--quiet"], plugins)
     assert proc.returncode == 0, why(proc)
     results = tmp_path / "results" / "rules"
     meta, trials, _ = load(results)
@@ -836,6 +833,7 @@ def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it
     assert set(aggregate.method) == {"pow75+legw", "sqrt+half"}
     before = sorted(p.relative_to(results) for p in (results / "report").rglob("*"))
 
+    # a new process: this one imported tests.plugins when the suite was collected
     proc = cli(["report", str(results)], ray_tmp, {"BATCHSCALE_WORKLOAD_MODULES": ""})
     assert proc.returncode == 2, why(proc)
     line = proc.stderr.strip()
@@ -862,13 +860,13 @@ def test_trials_share_gpus_four_to_a_gpu_on_a_ray_with_declared_gpus(tmp_path, r
                                  "axes": {"batch_sizes": [256], "methods": ["none"], "seeds": list(range(8))},
                                  "resources": {"cpus": 1, "gpus": 0.25}})
     declared = {"BATCHSCALE_RAY_GPUS": "2", "BATCHSCALE_RAY_CPUS": "8", "BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
-    planned = cli(["plan", str(spec), "--probe-seconds", "0.1"], ray_tmp, declared)
+    planned = here(["plan", spec, "--probe-seconds", "0.1"], declared)
     assert planned.returncode == 0, why(planned)
     assert "GPUs: 4 trial(s) share each GPU (resources.gpus 0.25); 2 GPU(s) and 8 CPU(s) here, so 8 at once" in planned.stdout
     plugins = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
-    here = cli(["plan", str(spec), "--probe-seconds", "0.1"], ray_tmp, plugins)  # a plan for a cluster is fine
-    assert here.returncode == 0 and "no GPU here for torch or Ray: a sweep on this machine is refused" in here.stdout
-    refused = cli(["sweep", str(spec), "--results", str(tmp_path / "none"), "--quiet"], ray_tmp, plugins)
+    local = here(["plan", spec, "--probe-seconds", "0.1"], plugins)  # a plan for a cluster is fine
+    assert local.returncode == 0 and "no GPU here for torch or Ray: a sweep on this machine is refused" in local.stdout
+    refused = here(["sweep", spec, "--results", tmp_path / "none", "--quiet"], plugins)
     assert refused.returncode == 1 and "resources.gpus 0.25: this machine has 0 GPU(s)" in refused.stderr, why(refused)
     assert len(refused.stderr.strip().splitlines()) == 1
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "r"), "--quiet", "--no-report"], ray_tmp, declared)

@@ -7,7 +7,8 @@
 * ``search``: the searcher that hands Tune what the store lacks, grid cells and Optuna studies
   sharing the slots, and per-study ASHA;
 * ``records``: the callback that writes each trial's record to the store as it checkpoints and ends;
-* ``driver``: ``Sweep``, which ties them together and owns Ray's start and stop;
+* ``driver``: ``Sweep``, which ties them together;
+* ``ray_session``: the Ray a sweep runs on (started, joined or a cluster's) and its trials' env;
 * ``leftovers``: the processes a killed driver's embedded Ray leaves, ended by the next run;
 * ``progress``: the console's view of a running sweep or trial.
 

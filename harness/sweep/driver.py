@@ -1,7 +1,8 @@
 """The sweep driver: plans what the results store lacks, runs it as one Ray Tune run, records.
 
-Ray: an embedded local Ray by default (started for the sweep, stopped after), or an existing
-cluster with ``--address`` / ``RAY_ADDRESS``; the current Tune API only (``Tuner``, ``tune.report``).
+Ray: an embedded local Ray by default (started for the sweep, stopped after), a Ray this process
+already runs, or an existing cluster with ``--address`` / ``RAY_ADDRESS`` (``harness.sweep.ray_session``);
+the current Tune API only (``Tuner``, ``tune.report``).
 
 The store is the truth. Each run reads it, skips every finished trial, issues every unfinished
 one again from the checkpoint its record names, and runs what is new, all in one Tune run
@@ -27,11 +28,12 @@ from harness.results.store import FINAL, ResultsStore, environment, now
 from harness.spec import SweepSpec
 from harness.spec.claims import left_out as claims_left_out
 from harness.sweep import eta, leftovers, protocol
-from harness.sweep.console import check_address, check_local_gpus, declared_resources, ray_output
+from harness.sweep.console import check_address, check_local_gpus, ray_output
 from harness.sweep.lock import check_folder, check_name, interrupts_as_ctrl_c, sweep_lock
 from harness.sweep.memory import check_memory
 from harness.sweep.plan import (REPORT_ONLY, RUN_ONLY, Plan, b_noise_source, check_fits_the_data, growth, plan,
                                 probe_b_noise, spec_hash)
+from harness.sweep.ray_session import RaySession, trial_env
 from harness.trial.calibrate import sweep_cap
 
 
@@ -45,6 +47,7 @@ class Sweep:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.storage = storage or str((self.store.root / "ray").resolve())
         self.progress = progress
+        self.ray = RaySession(self.address, self.storage, verbose)
 
     def _say(self, line: str) -> None:
         if self.progress:
@@ -167,7 +170,10 @@ class Sweep:
         try:
             with ray_output(self.store.root / "ray.log", self.verbose):
                 try:
-                    self._init_ray(session, sessions)
+                    if ray_info := self.ray.start():
+                        session["ray"] = ray_info
+                    if not self.address:
+                        self.store.update_meta(sessions=[*sessions, session])
                     if self.progress:
                         self.progress.start(total=len(the_plan.grid) + self._study_trials(the_plan),
                                             done=self.finished_ids())
@@ -182,7 +188,7 @@ class Sweep:
                     if tracker:
                         tracker.close()
                     self.store.consolidate()  # the trials' records into the two tables readers open
-                    self._shutdown_ray()
+                    self.ray.stop()
         except Exception as e:  # recorded as failed (with why), then raised as it was
             failure = e
             raise
@@ -224,7 +230,7 @@ class Sweep:
 
         rows = self.store.trial_rows()
         by_id = {r["trial_id"]: r for r in rows}
-        res = self._worker_resources()
+        res = {**self._worker_resources(), "env": trial_env(self.storage)}
         cells = []
         for tid, fields in p.grid.items():
             row = by_id.get(tid)
@@ -319,31 +325,6 @@ class Sweep:
         record_studies(self.store, self.spec, p, self.mode)
 
     # -- Ray ---------------------------------------------------------------------------------------------
-    def _init_ray(self, session: dict[str, Any], earlier: list[dict]) -> None:
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store replaces Tune's CSV/JSON logs
-        # Ctrl-C raises KeyboardInterrupt in the driver; the store holds every checkpoint so far.
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our view reports
-        import ray
-
-        env = {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
-        env["BATCHSCALE_TRAIN_STORAGE"] = f"{self.storage.rstrip('/')}/data-parallel"  # Ray Train runs
-        runtime_env = {"env_vars": env}
-        level = "INFO" if self.verbose else "ERROR"
-        if self.address:
-            ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=self.verbose, logging_level=level)
-            return
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=self.verbose,
-                 configure_logging=True, logging_level=level, **declared_resources())
-        session["ray"] = {"driver": leftovers.identity(os.getpid()), "processes": leftovers.started_by(os.getpid())}
-        self.store.update_meta(sessions=[*earlier, session])
-
-    def _shutdown_ray(self) -> None:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-
     def _slots(self, limit: int | None) -> int:
         """Trials that can run at once: the cluster's CPUs (GPUs) over a trial's, within any limit."""
         import ray

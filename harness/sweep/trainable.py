@@ -34,6 +34,7 @@ def checkpoint_seconds() -> float:
 
 def tune_trial(config: dict[str, Any]) -> None:
     """One trial inside Tune: build, restore from the last checkpoint if any, run, report."""
+    os.environ.update(config.get("env") or {})  # the sweep's BATCHSCALE_ variables, on any Ray
     import torch
     from ray import tune
 

@@ -46,6 +46,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     from harness.trial.loop import Trial
     from harness.trial.objective import report_metrics, worst_objective
 
+    os.environ.update(config.get("env") or {})  # the sweep's BATCHSCALE_ variables, on any Ray
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     spec = TrialSpec.model_validate(config["trial"])
@@ -82,7 +83,7 @@ def worker_loop(config: dict[str, Any]) -> None:
            with_checkpoint=True)
 
 
-def trainer(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float, name: str, storage: str,
+def trainer(trial_fields: dict[str, Any], workers: int, cpus: float, gpus: float, name: str, storage: str,
             callbacks: list | None = None, steps_budget: int | None = None):
     """The ``TorchTrainer`` of one data-parallel trial (its run folder: ``storage/name``);
     ``steps_budget``: the trial belongs to a steps_to_result study (its objective is steps)."""
@@ -92,7 +93,8 @@ def trainer(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: float, 
     per_worker = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
     return TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": trial_fields, "objective_steps_budget": steps_budget},
+        train_loop_config={"trial": trial_fields, "objective_steps_budget": steps_budget,
+                           "env": {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),

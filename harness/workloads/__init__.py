@@ -19,10 +19,9 @@ from harness.workloads.base import Dataset, NoOptions, Workload  # noqa: F401 (t
 
 
 def _registry() -> dict[str, type[Workload]]:
-    from harness.plugins import plugin_modules
     from harness.workloads import cifar, imagenet, images, language, mnist1d, synthetic
 
-    modules = [images, mnist1d, language, synthetic, cifar, imagenet, *plugin_modules()]
+    modules = [images, mnist1d, language, synthetic, cifar, imagenet]
     return {w.name: w for mod in modules for w in getattr(mod, "WORKLOADS", ())}
 
 
@@ -30,8 +29,15 @@ WORKLOADS: dict[str, type[Workload]] = {}
 
 
 def workload_names() -> list[str]:
+    """The built-in workloads, then those of the plugin modules BATCHSCALE_WORKLOAD_MODULES names now
+    (as the rules are: a process that sets it after its first sweep, such as a notebook, sees them)."""
+    from harness.plugins import plugin_modules
+
     if not WORKLOADS:
         WORKLOADS.update(_registry())
+    for module in plugin_modules():  # imported once per value of the variable
+        for w in getattr(module, "WORKLOADS", ()):
+            WORKLOADS.setdefault(w.name, w)
     return list(WORKLOADS)
 
 
