@@ -84,13 +84,33 @@ def load(results: Path):
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, shared_ray):
-    """One finished sweep (2 batch sizes x 2 methods + a bracketing tuned study per batch size), run once."""
-    tmp = tmp_path_factory.mktemp("sweep")
-    spec = write_spec(tmp, SPEC)
-    proc = here(["sweep", spec, "--results", tmp / "results", "--no-report", "--quiet"])
+def finished_sweep(tmp_path_factory, worker_id, request):
+    """One finished sweep (2 batch sizes x 2 methods + a bracketing tuned study per batch size), run
+    once per test session: under pytest-xdist the first worker that needs it runs it and the others
+    wait for it (a file lock) and read the same folder. So it is read-only: a test that writes to it
+    works on its own copy (``own_copy``)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # the folder the session's workers share
+    tmp = root / "finished-sweep"
+    with FileLock(str(root / "finished-sweep.lock")):
+        if not (tmp / "proc.json").exists():
+            tmp.mkdir(exist_ok=True)
+            request.getfixturevalue("shared_ray")
+            spec = write_spec(tmp, SPEC)
+            proc = here(["sweep", spec, "--results", tmp / "results", "--no-report", "--quiet"])
+            (tmp / "proc.json").write_text(json.dumps({"returncode": proc.returncode, "stdout": proc.stdout,
+                                                       "stderr": proc.stderr}))
+    proc = subprocess.CompletedProcess(["sweep"], **json.loads((tmp / "proc.json").read_text()))
     assert proc.returncode == 0, why(proc)
-    return tmp, spec, tmp / "results" / "grid", proc
+    return tmp, tmp / "spec.yaml", tmp / "results" / "grid", proc
+
+
+def own_copy(finished_sweep, folder: Path) -> Path:
+    """The finished sweep's results under ``folder``/results (its grid folder returned), to write to."""
+    shutil.copytree(finished_sweep[2], folder / "results" / "grid")
+    return folder / "results" / "grid"
 
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
@@ -150,8 +170,7 @@ def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_
     from analysis.style import series_styles
     from tests.test_report import rendered
 
-    _, _, results, _ = finished_sweep
-    out = build_report(results)
+    out = build_report(results := own_copy(finished_sweep, tmp_path))
     seen = rendered(out["html"], tmp_path / "page.png")
     assert len(seen["images"]) == len(out["plots"]) >= 6 and all(ok and w > 300 for _, ok, w in seen["images"])
     assert all(seen["captions"]) and set(seen["header_rows"]) == {1} and seen["overlaps"] == []
@@ -218,20 +237,22 @@ def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(fini
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-def test_rerunning_a_finished_sweep_does_nothing(finished_sweep):
-    tmp, spec, results, _ = finished_sweep
+def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, tmp_path):
+    _, spec, _, _ = finished_sweep
+    results = own_copy(finished_sweep, tmp_path)
     before = (results / "trials.parquet").read_bytes()
-    proc = here(["sweep", spec, "--results", tmp / "results", "--no-report", "--quiet"])
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--no-report", "--quiet"])
     assert proc.returncode == 0 and "already finished" in proc.stdout and "nothing to do" in proc.stdout
     assert (results / "trials.parquet").read_bytes() == before
 
 
 # slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
 @pytest.mark.slow
-def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep):
-    tmp, spec, results, _ = finished_sweep
+def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, tmp_path):
+    _, spec, _, _ = finished_sweep
+    results = own_copy(finished_sweep, tmp_path)
     before = (results / "sweep.json").read_text()
-    proc = here(["sweep", spec, "--results", tmp / "results", "--set", "budget.epochs=4"])
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--set", "budget.epochs=4"])
     assert proc.returncode == 4
     assert proc.stderr.strip().count("\n") == 0 and "different spec (changed: budget.epochs)" in proc.stderr
     assert (results / "sweep.json").read_text() == before
@@ -274,7 +295,7 @@ def _running(results: Path) -> list[dict]:
 
 # slow (~108 s on the 2-core VM): SIGKILLs a real Ray sweep driver mid-grid, then reruns it to resume and finish
 @pytest.mark.slow
-def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
+def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, shared_ray):
     """Kill the driver (SIGKILL) while trials of the grid and of a tuned study are running; the
     same command finishes the sweep: finished trials keep their rows, the running ones continue
     from the checkpoints their records name, every planned trial is in the store once, nothing of
@@ -305,7 +326,8 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
     # a process that looks like a leftover agent but was not started by the killed driver's Ray
     bystander = subprocess.Popen(["bash", "-c", "exec -a ray::DashboardAgent sleep 300"])
 
-    proc = cli(["sweep", str(spec), "--results", str(tmp_path / "results"), "--no-report"], ray_tmp)
+    # the rerun in this process, on its Ray: what it ends is the killed driver's, not its own Ray's
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--no-report"])
     alive = bystander.poll() is None
     bystander.kill()
     assert proc.returncode == 0, why(proc)
@@ -340,7 +362,7 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp):
 
 # slow (~66 s on the 2-core VM): kills a real Ray sweep driver after a checkpoint, reruns it to end the trial
 @pytest.mark.slow
-def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
+def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp, shared_ray):
     """After the driver dies, a trial whose record names a checkpoint continues from it, not from
     step 0, and its evaluations join up with no gap or repeat. Tune's experiment state plays no
     part: the Ray folder's experiment state is deleted before the rerun."""
@@ -364,7 +386,7 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp):
     for state in (results / "ray").rglob("experiment_state-*.json"):
         state.unlink()
 
-    proc = cli(cmd, ray_tmp)
+    proc = here(cmd)  # in this process, on its Ray
     assert proc.returncode == 0, why(proc)
     _, trials, measurements = load(results)
     (row,) = trials.itertuples()

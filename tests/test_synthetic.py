@@ -82,17 +82,20 @@ def test_critical_batch_fitted_from_steps_to_result_is_within_2x_of_the_closed_f
     closed = 16 * (1 + 1.0 / (2 * target)) + 1
     batches, steps = [64, 256, 1024, 4096, 16384, 65536], []  # past B_crit, where S(B) flattens
     for b in batches:
-        best = math.inf
+        best = max(30, min(1500, 2**17 // b))  # the step budget; then the fewest steps so far
+        reached = False
         for lr in [2.0 ** (-k / 2) for k in range(0, 15)]:  # 1 ... 1/128 by factors of sqrt(2)
+            # the LR is constant, so a budget of the fewest steps so far cuts a trial short without
+            # changing its path: one that has not reached the target by then cannot lower the minimum
             spec = load_spec(data={
                 "workload": "teacher_regression", "workload_options": options, "batch_size": b, "method": "none",
                 "peak_lr": lr, "threads": 1, "noise_scale": False, "recipe": {"warmup_epochs": 0},
-                "budget": {"examples": b * max(30, min(1500, 2**17 // b))}, "eval": {"every_examples": b},
+                "budget": {"examples": b * best}, "eval": {"every_examples": b},
                 "target": {"metric": "excess_risk", "value": target, "stop": True}})
             s = Trial(spec).run().summary
             if s["target_reached"]:
-                best = min(best, s["steps_to_target"])
-        steps.append(best)
+                best, reached = min(best, s["steps_to_target"]), True
+        steps.append(best if reached else math.inf)
     assert all(np.isfinite(steps)), steps
     fit = fit_critical_batch(batches, steps)
     print(f"steps {steps}; fit S_min {fit.s_min:.2f}, B_crit {fit.b_crit:.0f}; closed form {closed:.0f}")
