@@ -106,7 +106,7 @@ def test_simulated_decentralized_trials_record_consensus_and_resume_exactly(algo
     assert same_row(resumed(spec, 4).run().measurements[-1], whole.measurements[-1])
 
 
-# slow (~97 s on the 2-core VM): real Ray, 4 Ray Train gloo workers on a ring, against the 4-worker simulation
+# slow (~24 s, Intel 2-core VM): real Ray, 4 Ray Train gloo workers on a ring, against the 4-worker simulation
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_train_workers_exchanging_with_neighbours_match_the_simulation(tmp_path, shared_ray):
@@ -185,7 +185,7 @@ def test_plan_names_every_arm(tmp_path):
         assert name in listing
 
 
-# slow (~108 s on the 2-core VM): real Ray sweep of 8 trials (augment x algorithm x batch) on 4 simulated workers
+# slow (~18 s, Intel 2-core VM): real Ray sweep of 8 trials (augment x algorithm x batch) on 4 simulated workers
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_sweep_with_an_augment_axis_and_decentralized_trials(tmp_path, shared_ray):

@@ -116,7 +116,7 @@ def test_resnet18_builds_and_bn_batch_size_is_checked(cifar_dir):
         load_spec(data={"workload": "mnist1d_mlp", "bn_batch_size": 32}, kind="trial")
 
 
-# slow (~63 s on the 2-core VM): real local Ray sweep of 2 ResNet-20 trials on the tiny CIFAR-10 folder
+# slow (~17 s, Intel 2-core VM): real local Ray sweep of 2 ResNet-20 trials on the tiny CIFAR-10 folder
 @pytest.mark.slow
 @pytest.mark.ray
 def test_a_resnet20_sweep_of_a_few_steps(cifar_dir, tmp_path, shared_ray):

@@ -85,7 +85,7 @@ def test_workers_must_divide_the_batch(data_dir):
         _spec(data_dir, 2, micro_batch_size=48)
 
 
-# slow (~67 s on the 2-core VM): two `batchscale train` runs: 1 worker, then 2 Ray Train gloo workers on real Ray
+# slow (~28 s, Intel 2-core VM): two `batchscale train` runs: 1 worker, then 2 Ray Train gloo workers on real Ray
 @pytest.mark.slow
 @pytest.mark.ray
 def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, shared_ray):
@@ -106,7 +106,7 @@ def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, shared_ray):
     assert two["noise_scale"] == pytest.approx(one["noise_scale"], rel=1e-3)
 
 
-# slow (~71 s on the 2-core VM): real Ray sweep whose trial starts a 2-worker Ray Train (gloo) run
+# slow (~33 s, Intel 2-core VM): real Ray sweep whose trial starts a 2-worker Ray Train (gloo) run
 @pytest.mark.slow
 @pytest.mark.ray
 def test_sweep_of_data_parallel_trials(tmp_path, shared_ray):

@@ -167,7 +167,7 @@ def test_the_legw_imagenet_study_plans_the_paper_s_table(imagenet_dir):
     assert [float(r[6]) for r in rows] == [0.3125 * 2**i for i in range(6)]  # warmup epochs
 
 
-# slow (~70 s on the 2-core VM): runs legw_imagenet via real Ray: 4 ResNet-50 bf16 trials on generated JPEGs, and its report
+# slow (~37 s, Intel 2-core VM): runs legw_imagenet via real Ray: 4 ResNet-50 bf16 trials on generated JPEGs, and its report
 @pytest.mark.slow
 @pytest.mark.ray
 def test_the_legw_imagenet_study_runs_cut_down_on_generated_data(imagenet_dir, tmp_path, shared_ray):

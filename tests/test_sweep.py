@@ -113,7 +113,7 @@ def own_copy(finished_sweep, folder: Path) -> Path:
     return folder / "results" / "grid"
 
 
-# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+# slow (~38 s, Intel 2-core VM): fixture finished_sweep, once per session: a real Ray sweep, 4 grid trials + 2 tuned studies
 @pytest.mark.slow
 def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
     _, _, results, proc = finished_sweep
@@ -157,7 +157,7 @@ def test_grid_sweep_writes_the_three_files_with_right_contents(finished_sweep):
         assert t.micro_batch_size == planned[t.trial_id if t.method != "tuned" else t.study], t.trial_id
 
 
-# slow (~27 s on the 2-core VM): headless Chromium renders the report of the finished_sweep fixture's sweep
+# slow (~11 s once the fixture ran, Intel 2-core VM): the finished_sweep fixture; headless Chromium renders its report
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
                     reason="Debian's chromium is not installed (make test installs it as root)")
@@ -200,7 +200,7 @@ def test_the_report_of_a_real_sweep_reads_right_in_chromium(finished_sweep, tmp_
     assert tuned.caption.startswith(f"Every one of the {int(counts.sum())} searched trials")
 
 
-# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+# slow (~38 s, Intel 2-core VM): fixture finished_sweep, once per session: a real Ray sweep, 4 grid trials + 2 tuned studies
 @pytest.mark.slow
 def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(finished_sweep):
     _, _, results, _ = finished_sweep
@@ -235,7 +235,7 @@ def test_tuned_studies_bracket_the_lr_on_the_validation_split_and_record_it(fini
         assert saved.best_value == pytest.approx(-valid.max())
 
 
-# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+# slow (~38 s, Intel 2-core VM): fixture finished_sweep, once per session: a real Ray sweep, 4 grid trials + 2 tuned studies
 @pytest.mark.slow
 def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, tmp_path):
     _, spec, _, _ = finished_sweep
@@ -246,7 +246,7 @@ def test_rerunning_a_finished_sweep_does_nothing(finished_sweep, tmp_path):
     assert (results / "trials.parquet").read_bytes() == before
 
 
-# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+# slow (~38 s, Intel 2-core VM): fixture finished_sweep, once per session: a real Ray sweep, 4 grid trials + 2 tuned studies
 @pytest.mark.slow
 def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, tmp_path):
     _, spec, _, _ = finished_sweep
@@ -258,7 +258,7 @@ def test_a_changed_spec_under_the_same_name_is_refused(finished_sweep, tmp_path)
     assert (results / "sweep.json").read_text() == before
 
 
-# slow (~86 s on the 2-core VM): two real Ray sweeps: 1 trial, then grown by a seed, plus 2 refused CLI runs
+# slow (~18 s, Intel 2-core VM): two real Ray sweeps: 1 trial, then grown by a seed, plus 2 refused CLI runs
 @pytest.mark.slow
 def test_a_finished_sweep_grows_by_a_seed_and_runs_only_the_new_trials(tmp_path, shared_ray):
     small = {**SPEC, "name": "grow", "budget": {"epochs": 1}, "axes": {"batch_sizes": [512], "methods": ["legw"]}}
@@ -293,7 +293,7 @@ def _running(results: Path) -> list[dict]:
     return ResultsStore(results).trial_rows() if (results / "sweep.json").exists() else []
 
 
-# slow (~108 s on the 2-core VM): SIGKILLs a real Ray sweep driver mid-grid, then reruns it to resume and finish
+# slow (~63 s, Intel 2-core VM): SIGKILLs a real Ray sweep driver mid-grid, then reruns it to resume and finish
 @pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, shared_ray):
     """Kill the driver (SIGKILL) while trials of the grid and of a tuned study are running; the
@@ -360,7 +360,7 @@ def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, shared_ray):
         assert list(curve.step[:len(rows_of(m_before, [row.trial_id]))]) == list(rows_of(m_before, [row.trial_id]).step)
 
 
-# slow (~66 s on the 2-core VM): kills a real Ray sweep driver after a checkpoint, reruns it to end the trial
+# slow (~27 s, Intel 2-core VM): kills a real Ray sweep driver after a checkpoint, reruns it to end the trial
 @pytest.mark.slow
 def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp, shared_ray):
     """After the driver dies, a trial whose record names a checkpoint continues from it, not from
@@ -490,7 +490,7 @@ def wandb_records(path):
     return out
 
 
-# slow (~103 s on the 2-core VM): fixture finished_sweep runs a real Ray sweep: 4 grid trials + 2 tuned studies
+# slow (~38 s, Intel 2-core VM): fixture finished_sweep, once per session: a real Ray sweep, 4 grid trials + 2 tuned studies
 @pytest.mark.slow
 def test_an_unreachable_cluster_address_fails_fast_in_one_line(tmp_path, ray_tmp, finished_sweep):
     """Nothing listens at the address: one line naming it and what to check, within 30 s, before
@@ -603,7 +603,7 @@ def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
     assert not leftovers, f"processes of the test cluster still running after stop: {leftovers}"
 
 
-# slow (~43 s on the 2-core VM): finished_sweep fixture, then a real Ray rerun of a study's missing trials
+# slow (~14 s once the fixture ran, Intel 2-core VM): finished_sweep fixture, then a real Ray rerun of a study's missing trials
 @pytest.mark.slow
 def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_folder(tmp_path, finished_sweep):
     """The store is the truth: with all but two of a bracketing study's trials gone from it and the
@@ -638,7 +638,7 @@ def test_a_study_half_in_the_store_runs_only_its_missing_trials_without_the_ray_
     assert len(saved.trials) == len(ours)  # one Optuna trial per LR, the kept ones told again
 
 
-# slow (~39 s on the 2-core VM): real Ray sweep of a 6-trial TPE study with ASHA over 9 epochs
+# slow (~13 s, Intel 2-core VM): real Ray sweep of a 6-trial TPE study with ASHA over 9 epochs
 @pytest.mark.slow
 def test_tuned_study_with_asha_counts_time_in_examples(tmp_path, shared_ray):
     """ASHA stops the worse trials of a tuned study at rungs measured in examples seen; stopped
@@ -767,7 +767,7 @@ def test_a_sweep_grows_along_its_axes_and_its_studies_and_never_shrinks():
             growth(tpe if "trials" in words else base, changed)
 
 
-# slow (~54 s on the 2-core VM): real Ray sweep: a pilot, then 4 trials run to the target, then a refused spec
+# slow (~11 s, Intel 2-core VM): real Ray sweep: a pilot, then 4 trials run to the target, then a refused spec
 @pytest.mark.slow
 def test_steps_to_result_sweep_pilots_budgets_stops_at_the_target_and_refuses_an_infeasible_budget(tmp_path, shared_ray):
     """The protocol end to end on the teacher: the pilot's estimates and the budget table in
@@ -828,7 +828,7 @@ def test_a_trial_checkpoints_at_its_first_evaluation_then_every_checkpoint_secon
     assert reports == [True] * 8 + [False]  # every evaluation, and the final report
 
 
-# slow (~68 s on the 2-core VM): real Ray sweep of 4 plugin-rule trials and its report, then a 2nd report run
+# slow (~22 s, Intel 2-core VM): real Ray sweep of 4 plugin-rule trials and its report, then a 2nd report run
 @pytest.mark.slow
 def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it_keeps_the_old_one(
         tmp_path, ray_tmp, shared_ray):
@@ -864,7 +864,7 @@ def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it
     assert not list(results.glob(".report.*"))  # no half-written report left beside it
 
 
-# slow (~110 s on the 2-core VM): a Ray declared with 8 CPUs starts 8 workers here, and the barrier holds
+# slow (~51 s, Intel 2-core VM): a Ray declared with 8 CPUs starts 8 workers here, and the barrier holds
 # them until all 8 have started (the proof that 8 ran at once, without timing luck)
 @pytest.mark.slow
 def test_trials_share_gpus_four_to_a_gpu_on_a_ray_with_declared_gpus(tmp_path, ray_tmp):

@@ -71,7 +71,7 @@ def test_excess_risk_metric_is_exact_and_the_student_starts_near_one():
     assert 0.3 < metric < 3  # about 1 at the start
 
 
-# slow (~73 s on the 2-core VM): 90 teacher-regression trials (6 batch sizes x 15 LRs) to fit B_crit
+# slow (~18 s, Intel 2-core VM): 90 teacher-regression trials (6 batch sizes x 15 LRs, each cut at the fewest steps so far) to fit B_crit
 @pytest.mark.slow
 def test_critical_batch_fitted_from_steps_to_result_is_within_2x_of_the_closed_form():
     """Isotropic teacher (B_noise = B_simple exactly): per batch size, the fewest steps to an excess
