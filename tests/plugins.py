@@ -114,7 +114,55 @@ class BarrierRegression(TeacherRegression):
         return super().build_model()
 
 
-WORKLOADS = (FlakyMnist1d, LinearRegression, BarrierRegression)
+from harness.workloads.mnist1d import Mnist1dOptions  # noqa: E402
+
+
+class GateOptions(Mnist1dOptions):
+    gate_dir: str = ""
+    gate_examples: int = 0
+
+
+def _in_a_ray_actor() -> bool:
+    import sys
+
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+class GatedMnist1d(Mnist1dMLP):
+    """MNIST-1D whose trials meet a gate once they have trained on ``gate_examples`` examples: the
+    first trial to reach it passes, every other one waits there until a file ``open`` is in
+    ``gate_dir``. A driver killed while they wait leaves one finished trial and the others running
+    past a checkpoint, whatever this machine's speed: a kill mid-sweep without timing luck. Only the
+    sweep's trials (Ray actors) meet it, not the steps the driver times for its estimate."""
+
+    name = "gated_mnist1d"
+    Options = GateOptions
+
+    def loss(self, model, batch):
+        import os
+        import time
+        from pathlib import Path
+
+        self._seen = getattr(self, "_seen", 0) + len(batch[0])
+        if (self.options.gate_dir and self._seen >= self.options.gate_examples and not getattr(self, "_met", False)
+                and _in_a_ray_actor()):
+            self._met, folder = True, Path(self.options.gate_dir)
+            try:
+                os.close(os.open(folder / "first", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                deadline = time.monotonic() + 300
+                while not (folder / "open").exists():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("gate: not opened in 300 s") from None
+                    time.sleep(0.05)
+        return super().loss(model, batch)
+
+
+WORKLOADS = (FlakyMnist1d, LinearRegression, BarrierRegression, GatedMnist1d)
 
 
 #: An LR rule and a warmup rule from a user's module (harness.plugins): ``pow75+legw``, ``sqrt+half``.
