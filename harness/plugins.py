@@ -31,6 +31,13 @@ PLUGINS_ENV = "BATCHSCALE_WORKLOAD_MODULES"
 PLUGIN_PATH_ENV = "BATCHSCALE_PLUGIN_PATH"
 
 
+def forwarded_env() -> dict[str, str]:
+    """This process's ``BATCHSCALE_`` variables (plugin modules and their folders, cache and data
+    folders, ...): what a sweep's trials and a data-parallel trial's Ray Train workers are given, so a
+    worker on any Ray sees what its driver saw."""
+    return {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
+
+
 def _import_plugin(name: str) -> ModuleType:
     """Import a plugin module from sys.path, else from the current folder (as ``python -m`` would;
     the ``batchscale`` script does not put it on sys.path), remembering that folder for workers."""

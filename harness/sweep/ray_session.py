@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from harness.plugins import forwarded_env
 from harness.sweep import leftovers
 from harness.sweep.console import declared_resources
 
@@ -26,9 +27,17 @@ from harness.sweep.console import declared_resources
 def trial_env(storage: str) -> dict[str, str]:
     """This process's ``BATCHSCALE_`` variables, and the folder of the data-parallel trials' Ray
     Train runs under the sweep's Tune ``storage``."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}
+    env = forwarded_env()
     env["BATCHSCALE_TRAIN_STORAGE"] = f"{storage.rstrip('/')}/data-parallel"
     return env
+
+
+def tune_defaults() -> None:
+    """How Tune behaves in a sweep's driver, unless this process's environment says otherwise."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store replaces Tune's CSV/JSON logs
+    # Ctrl-C raises KeyboardInterrupt in the driver; the store holds every checkpoint so far.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our view reports
 
 
 class RaySession:
@@ -38,10 +47,7 @@ class RaySession:
 
     def start(self) -> dict[str, Any]:
         """Start or join Ray; what the sweep's session record keeps about it."""
-        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # our store replaces Tune's CSV/JSON logs
-        # Ctrl-C raises KeyboardInterrupt in the driver; the store holds every checkpoint so far.
-        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables; our view reports
+        tune_defaults()
         import ray
 
         runtime_env = {"env_vars": trial_env(self.storage)}

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from harness.plugins import forwarded_env
+
 # --- Ray Train ------------------------------------------------------------------------------------
 
 
@@ -94,7 +96,7 @@ def trainer(trial_fields: dict[str, Any], workers: int, cpus: float, gpus: float
     return TorchTrainer(
         worker_loop,
         train_loop_config={"trial": trial_fields, "objective_steps_budget": steps_budget,
-                           "env": {k: v for k, v in os.environ.items() if k.startswith("BATCHSCALE_")}},
+                           "env": forwarded_env()},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus), resources_per_worker=per_worker),
         run_config=RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
