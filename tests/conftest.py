@@ -17,24 +17,6 @@ import pytest
 from harness.data.idx import write_idx
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
-def pytest_collection_modifyitems(config, items):
-    """Longest first: the tests marked slow run before the others, and the tests that read the one
-    finished sweep first of all, in one pytest-xdist group (``make test`` runs ``--dist loadgroup``),
-    so that one worker runs that sweep while the others start their own long tests, and the short
-    tests fill the gaps at the end. In one process only the order changes."""
-    for item in items:
-        if "finished_sweep" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("finished_sweep"))
-
-    def rank(item) -> int:
-        if item.get_closest_marker("slow") is None:
-            return 2
-        return 0 if "finished_sweep" in item.fixturenames else 1
-
-    items.sort(key=rank)  # stable: the collection order within each rank
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Generated data goes to a temporary cache, never the user's ~/.cache."""
