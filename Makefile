@@ -36,17 +36,18 @@ browser:
 	@scripts/install-debian-packages.sh chromium
 
 # The 20 slowest tests and the suite's wall time, every run: a suite that doubles is seen at once.
-# TEST_WORKERS pytest processes (pytest-xdist): on the 2-core VM two took 450 s and three 504 s,
-# with 23% more CPU (each worker runs its own Ray; docs/testing.md); TEST_WORKERS=0 runs it in one
-# process.
+# TEST_WORKERS pytest processes (pytest-xdist), an idle one taking queued tests from the others
+# (--dist worksteal). On the 2-core VM two workers took 450 s with the default distribution and
+# 436 s with worksteal; three took 504 s and 23% more CPU, with one more Ray and test process
+# (docs/testing.md). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: setup browser
-	@start=$$(date +%s); $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=20; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=20; rc=$$?; \
 	echo "make test: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # The inner loop: every test but those marked slow (over 20 s each, the comment beside each says why)
 test-fast: setup browser
-	@start=$$(date +%s); $(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=10; rc=$$?; \
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" --durations=10; rc=$$?; \
 	echo "make test-fast: pytest took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 sweep: setup

@@ -316,7 +316,7 @@ def wait_for(driver: subprocess.Popen, ready, what: str, seconds: float = 300) -
         time.sleep(0.5)  # the gate holds the trials: no hurry, and each look reads the store
 
 
-# slow (~45 s, Intel 2-core VM): SIGKILLs a real Ray sweep driver mid-grid, then reruns it to resume and finish
+# slow (~50 s, Intel 2-core VM): SIGKILLs a real Ray sweep driver mid-grid, then reruns it to resume and finish
 @pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver(tmp_path, ray_tmp, shared_ray):
     """Kill the driver (SIGKILL) while trials of the grid and of a tuned study are running; the
@@ -422,7 +422,7 @@ def test_an_unfinished_trial_continues_from_its_checkpoint(tmp_path, ray_tmp, sh
     assert not list((results / "ray").rglob("checkpoint_*")), "a finished trial's checkpoints are dropped"
 
 
-# slow (~59 s on the 2-core VM): real Ray sweep with a retried failing trial and TensorBoard/MLflow/W&B tracking
+# slow (~33 s, Intel 2-core VM): real Ray sweep with a retried failing trial and TensorBoard/MLflow/W&B tracking
 @pytest.mark.slow
 def test_a_trial_that_raises_is_retried_then_recorded_as_error(tmp_path, ray_tmp):
     spec = write_spec(tmp_path, {
@@ -551,7 +551,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# slow (~60 s, Intel 2-core VM): `ray start`s a 2-node token-auth cluster of a CPU each, sweeps 4 trials on it
+# slow (~63 s, Intel 2-core VM): `ray start`s a 2-node token-auth cluster of a CPU each, sweeps 4 trials on it
 # (2 at a time, one on each node), stops it
 @pytest.mark.slow
 def test_sweep_on_a_ray_cluster_by_address_with_token_auth(tmp_path):
@@ -889,7 +889,7 @@ def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it
     assert not list(results.glob(".report.*"))  # no half-written report left beside it
 
 
-# slow (~30 s, Intel 2-core VM): a Ray declared with 4 CPUs starts 4 trial actors here, and the barrier holds
+# slow (~25 s, Intel 2-core VM): a Ray declared with 4 CPUs starts 4 trial actors here, and the barrier holds
 # them until all 4 have started (the proof that 4 ran at once, without timing luck)
 @pytest.mark.slow
 def test_trials_share_gpus_on_a_ray_with_declared_gpus(tmp_path, ray_tmp):
