@@ -113,14 +113,14 @@ def test_ray_train_workers_exchanging_with_neighbours_match_the_simulation(tmp_p
     """4 Ray Train workers (gloo point-to-point on a ring) against 4 simulated workers: after 3
     steps the averaged model's evaluation, the training loss and the consensus distance agree
     within 1e-5."""
-    from harness.trial.distributed import trainer
+    from harness.trial.distributed import fit, trainer
 
     fields = trial_spec(data_parallel={"workers": 4, "algorithm": "decentlam"}, recipe={"peak_lr": 0.5},
                         budget={"examples": 256 * 3}).model_dump(mode="json")
     sim = Trial(TrialSpec.model_validate({**fields, "data_parallel": {**fields["data_parallel"], "simulate": True}}))
     expected = sim.run().measurements[-1]
     # the test process's Ray (2 CPUs on the 2-core VM): four workers of half a CPU each
-    result = trainer(fields, 4, 0.5, 0.0, "gossip", str(tmp_path)).fit()
+    result = fit(trainer(fields, 4, 0.5, 0.0, "gossip", str(tmp_path)))
     assert result.error is None
     got = json.loads(result.metrics["measurements"])[-1]
     checkpoint = sorted(p.name for p in __import__("pathlib").Path(result.checkpoint.path).iterdir())

@@ -7,6 +7,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import socket
 
 import pytest
@@ -90,8 +91,10 @@ def test_workers_must_divide_the_batch(data_dir):
 @pytest.mark.ray
 def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, shared_ray):
     """`batchscale train` with 2 CPU workers (Ray Train TorchTrainer, gloo) gives the measurements
-    of the same trial in one process, up to float rounding."""
+    of the same trial in one process, up to float rounding, and leaves Ctrl-C to this process (Ray
+    Train's fit installs its own SIGINT handler and leaves it)."""
     spec = write_spec(tmp_path, tiny_trial(data_dir, batch_size=128, micro_batch_size=32, threads=1))
+    ctrl_c = signal.getsignal(signal.SIGINT)
     outs = {}
     for workers in (1, 2):
         out = tmp_path / f"out{workers}"
@@ -99,6 +102,7 @@ def test_data_parallel_trial_through_ray_train(tmp_path, data_dir, shared_ray):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         outs[workers] = json.loads((out / "summary.json").read_text())
     assert "data-parallel: 2 workers (Ray Train, gloo), 64 examples each per step" in proc.stdout
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
     one, two = outs[1], outs[2]
     assert two["workers"] == 2 and one["workers"] == 1
     assert two["status"] == one["status"] == "complete" and two["steps"] == one["steps"]

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,20 @@ def trainer(trial_fields: dict[str, Any], workers: int, cpus: float, gpus: float
     )
 
 
+def fit(trainer):
+    """``trainer.fit()``, then this process's own SIGINT handler back: Ray Train's fit installs one
+    that aborts its run and leaves it installed (``DataParallelTrainer._register_sigint_handler``,
+    Ray 2.60), so a later Ctrl-C would call a finished run's controller (starting a Ray to do so)
+    instead of raising KeyboardInterrupt."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        return trainer.fit()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run_in_tune(trial_fields: dict[str, Any], trial_id: str, workers: int, cpus: int, gpus: float,
                 steps_budget: int | None = None) -> None:
     """Called by the sweep's Tune trial: run the workers, their reports go to Tune. The run is
@@ -111,7 +127,7 @@ def run_in_tune(trial_fields: dict[str, Any], trial_id: str, workers: int, cpus:
 
     storage = os.environ["BATCHSCALE_TRAIN_STORAGE"]  # set by the sweep for its Ray workers
     name = f"dp-{trial_id}"
-    result = trainer(trial_fields, workers, cpus, gpus, name, storage, [TuneReportCallback()], steps_budget).fit()
+    result = fit(trainer(trial_fields, workers, cpus, gpus, name, storage, [TuneReportCallback()], steps_budget))
     _drop_run(result)
 
 
@@ -123,7 +139,7 @@ def run_standalone(trial_fields: dict[str, Any], workers: int, cpus: int, gpus: 
     if started:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
     try:
-        result = trainer(trial_fields, workers, cpus, gpus, "train-dp", storage).fit()
+        result = fit(trainer(trial_fields, workers, cpus, gpus, "train-dp", storage))
         if result.error:
             raise result.error
         metrics = dict(result.metrics)
