@@ -48,6 +48,10 @@ SPEC = {
 }
 
 
+#: The test workloads and rules of tests/plugins.py, for a sweep's driver and its trials.
+PLUGINS = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
+
+
 def processes_matching(marker: str) -> list[int]:
     out = []
     for pid in os.listdir("/proc"):
@@ -302,9 +306,6 @@ def gated(tmp_path, spec: dict, epochs: int) -> tuple[dict, Path]:
     n = spec["workload_options"]["n_train"]
     options = {**spec["workload_options"], "gate_dir": str(gate), "gate_examples": 3 * n // 2}
     return {**spec, "workload": "gated_mnist1d", "workload_options": options, "budget": {"epochs": epochs}}, gate
-
-
-PLUGINS = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
 
 
 def wait_for(driver: subprocess.Popen, ready, what: str, seconds: float = 300) -> None:
@@ -865,8 +866,7 @@ def test_a_plugin_lr_rule_runs_in_a_sweep_and_its_report_and_a_report_without_it
         "workload_options": {"dim": 8, "condition": 1, "noise_std": 1.0, "n_train": 8192},
         "recipe": {"peak_lr": 0.1}, "budget": {"epochs": 1}, "noise_scale": False,
         "axes": {"batch_sizes": [256, 1024], "methods": ["pow75+legw", "sqrt+half"]}})
-    plugins = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
-    proc = here(["sweep", spec, "--results", tmp_path / "results", "--quiet"], plugins)
+    proc = here(["sweep", spec, "--results", tmp_path / "results", "--quiet"], PLUGINS)
     assert proc.returncode == 0, why(proc)
     results = tmp_path / "results" / "rules"
     meta, trials, _ = load(results)
@@ -907,17 +907,16 @@ def test_trials_share_gpus_on_a_ray_with_declared_gpus(tmp_path, ray_tmp):
               "resources": {"cpus": 1, "gpus": 0.5}}
     spec = write_spec(tmp_path, fields)
     quarter = write_spec(tmp_path, {**fields, "resources": {"cpus": 1, "gpus": 0.25}}, "quarter.yaml")
-    declared = {"BATCHSCALE_RAY_GPUS": "2", "BATCHSCALE_RAY_CPUS": "4", "BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
+    declared = {"BATCHSCALE_RAY_GPUS": "2", "BATCHSCALE_RAY_CPUS": "4", **PLUGINS}
     planned = here(["plan", spec, "--probe-seconds", "0.1"], declared)
     assert planned.returncode == 0, why(planned)
     assert ("GPUs: 2 trial(s) share each GPU (resources.gpus 0.5); 2 GPU(s) and 4 CPU(s) here, so 4 at once"
             in planned.stdout)
     planned = here(["plan", quarter, "--probe-seconds", "0.1"], {**declared, "BATCHSCALE_RAY_CPUS": "8"})
     assert "GPUs: 4 trial(s) share each GPU (resources.gpus 0.25); 2 GPU(s) and 8 CPU(s) here, so 8 at once" in planned.stdout
-    plugins = {"BATCHSCALE_WORKLOAD_MODULES": "tests.plugins"}
-    local = here(["plan", spec, "--probe-seconds", "0.1"], plugins)  # a plan for a cluster is fine
+    local = here(["plan", spec, "--probe-seconds", "0.1"], PLUGINS)  # a plan for a cluster is fine
     assert local.returncode == 0 and "no GPU here for torch or Ray: a sweep on this machine is refused" in local.stdout
-    refused = here(["sweep", spec, "--results", tmp_path / "none", "--quiet"], plugins)
+    refused = here(["sweep", spec, "--results", tmp_path / "none", "--quiet"], PLUGINS)
     assert refused.returncode == 1 and "resources.gpus 0.5: this machine has 0 GPU(s)" in refused.stderr, why(refused)
     assert len(refused.stderr.strip().splitlines()) == 1
     proc = cli(["sweep", str(spec), "--results", str(tmp_path / "r"), "--quiet", "--no-report"], ray_tmp, declared)
