@@ -38,7 +38,7 @@ browser:
 # The 20 slowest tests and the suite's wall time, every run: a suite that doubles is seen at once.
 # TEST_WORKERS pytest processes (pytest-xdist), an idle one taking queued tests from the others
 # (--dist worksteal). On the 2-core VM two workers took 450 and 452 s with the default
-# distribution, 409 to 466 s with worksteal; three took 504 s and 23% more machine CPU, with one
+# distribution, 409 to 516 s with worksteal; three took 504 s and 23% more machine CPU, with one
 # more Ray and test process (docs/testing.md). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: setup browser
