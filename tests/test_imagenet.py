@@ -196,3 +196,38 @@ def test_requests_off_the_plan_are_decoded_directly_without_disturbing_it(imagen
         assert column[torch.tensor([5, 1, 7])].shape == (3, 3, 32, 32)
     trial._train_step()
     assert column.restarts == 1 and column.served == {"loader": 24, "direct": 9}
+
+
+def test_a_trial_s_loader_workers_exit_when_it_ends_or_is_dropped(imagenet_dir):
+    """A DataLoader dropped with read-ahead batches unread cannot stop its workers at once: its
+    shutdown waits 5 s for each (10 s here, whenever the garbage collector reaches it: stalls of
+    46 and 79 s were seen in this file's tests). A trial closes its loaders when it ends (the workers
+    have exited when ``run`` returns), and a trial dropped mid-epoch has them closed with it."""
+    import gc
+
+    from harness.data import loader
+
+    def loaders_of(trial):
+        columns = [c for c in trial.data.train + trial.data.eval if isinstance(c, loader.StreamedColumn)]
+        return [lo for lo in loader._OPEN if any(lo in (c._batches, c._eval) for c in columns)]
+
+    trial, seen = Trial(spec(imagenet_dir)), []
+    trial.run(on_eval=lambda t, row: seen.extend(w for lo in loaders_of(t) for w in lo._batches._workers))
+    assert len(seen) >= 2 and not loaders_of(trial)
+    assert [w.is_alive() for w in seen] == [False] * len(seen) and {w.exitcode for w in seen} == {0}
+    column = trial.data.train[0]  # closed, it serves a further step from a new plan, augmented
+    served, restarts = dict(column.served), column.restarts
+    trial._train_step()
+    assert column.restarts == restarts + 1 and column.served["loader"] == served["loader"] + 12
+    assert column.served["direct"] == served["direct"]
+    column.close()
+    dropped = Trial(spec(imagenet_dir))
+    for _ in range(2):  # mid-epoch: the endless training plan has batches read ahead
+        dropped._train_step()
+    opened = loaders_of(dropped)
+    workers = [w for lo in opened for w in lo._batches._workers]
+    assert len(opened) == 1 and len(workers) == 2 and all(w.is_alive() for w in workers)
+    del dropped
+    gc.collect()
+    assert not set(opened) & loader._OPEN  # closed by the column, not left to the collector
+    assert [w.is_alive() for w in workers] == [False, False] and {w.exitcode for w in workers} == {0}

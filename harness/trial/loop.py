@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness.data.loader import bind as bind_loader, streamed_workers
+from harness.data.loader import bind as bind_loader, close as close_loaders, streamed_workers
 from harness.data.stream import make_stream
 from harness.results.store import Status
 from harness.rules.optimizers import build_optimizer
@@ -287,6 +287,7 @@ class Trial:
             with self.workers.averaged() if self.workers is not None else contextlib.nullcontext():
                 self.sharpness = trial_sharpness(self, self.spec.sharpness.examples, self.spec.sharpness.iterations)
         self.wall_seconds = time.perf_counter() - wall_start
+        close_loaders(self.data)  # their workers exit now, not when the trial is collected (docs: _Loader)
         return TrialResult(self.status, self.recipe, list(self.measurements), self.summary())
 
     def summary(self) -> dict[str, Any]:
