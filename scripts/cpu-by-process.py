@@ -2,9 +2,11 @@
 """Run a command and print the CPU time of every process that ran meanwhile, by kind: the command
 itself, Ray's trial actors and workers, Ray's own services, CLI subprocesses, Chromium. Linux only
 (/proc, polled every 0.2 s, so a process shorter than that may be missed); run it with nothing else
-busy. The breakdown in docs/testing.md was taken this way:
+busy. For example, the whole suite in one process:
 
     scripts/cpu-by-process.py .venv/bin/python -m pytest -q -n 0
+
+(The breakdown in docs/testing.md came from a first version of this script, sorted by these kinds.)
 """
 
 from __future__ import annotations
