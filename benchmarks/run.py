@@ -14,9 +14,11 @@
    ConAdv against DisAdv in one process: target <= 1.1.
 9. The LEGW MNIST-LSTM study's per-trial waste: an epoch of its B0 trial past the target as it runs
    now against as it ran before (noise measured, dense evaluation throughout): target <= 0.8.
+10. An ImageNet trial's loader workers gone after ``close`` against after the cyclic garbage
+   collector freed the DataLoader iterator (as before): target <= 0.1.
 
 Usage: python benchmarks/run.py [--only loop,memory,sweep,noise,pilot,store,packing,calibration,augment,resnet_memory,
-default_sweep,fixed_epoch_eval] [--repeats N]
+default_sweep,fixed_epoch_eval,loader_close] [--repeats N]
 Numbers vary +-15% from run to run on shared machines; the medians of a few repeats are printed.
 """
 
@@ -497,11 +499,53 @@ def bench_fixed_epoch_eval(repeats: int) -> list[dict]:
              "note": "no noise measurement, per-epoch evaluation past the target, vs both as before"}]
 
 
+def bench_loader_close(repeats: int) -> list[dict]:
+    """An ImageNet trial's training loader (2 worker processes) after two steps of its endless plan,
+    on the tests' generated JPEG tree: closed as a trial closes it now (``StreamedColumn.close``,
+    harness.data.loader) against its DataLoader iterator left to the cyclic garbage collector, as
+    before (the column's plan referred back to the column). Wall seconds from the close or drop until
+    the collector is done and the workers are gone."""
+    import gc
+
+    from harness.data import loader
+    from harness.trial.loop import Trial
+    from tests.test_imagenet import make_imagefolder, spec
+
+    tree = make_imagefolder(Path(tempfile.mkdtemp(prefix="bench-imagenet-")))
+
+    def ended(close: bool) -> float:
+        trial = Trial(spec(tree))
+        for _ in range(2):
+            trial._train_step()
+        column = trial.data.train[0]
+        opened = column._batches
+        workers = list(opened._batches._workers)
+        start = time.perf_counter()
+        if close:
+            column.close()
+        else:  # the iterator alone, dropped with its read-ahead, as the column held it before
+            loader._OPEN.discard(opened)
+            opened._keys.stopped, column._batches = True, None  # so no close drains it
+            cycle = [opened._batches]
+            cycle.append(cycle)  # as the column's plan referred back to the column
+            del cycle
+        del trial, column, opened
+        gc.collect()
+        for w in workers:
+            w.join()
+        return time.perf_counter() - start
+
+    new, old, ratio = median_ratio(lambda: ended(True), lambda: ended(False), repeats)
+    return [{"benchmark": "ImageNet trial's 2 loader workers gone: closed vs collected in a cycle (wall s)",
+             "ours": new, "baseline": old, "ratio": ratio, "target": "<= 0.1", "ok": ratio <= 0.1,
+             "note": "collected in a cycle, the DataLoader's shutdown waits about 5 s for each worker"}]
+
+
 BENCHES = {"loop": bench_loop, "memory": bench_memory, "sweep": bench_sweep, "noise": bench_noise,
            "pilot": bench_pilot, "store": bench_store, "packing": bench_packing,
            "calibration": bench_calibration, "augment": bench_augment,
            "resnet_memory": bench_resnet_memory, "default_sweep": bench_default_sweep,
-           "fixed_epoch_eval": bench_fixed_epoch_eval}
+           "fixed_epoch_eval": bench_fixed_epoch_eval, "loader_close": bench_loader_close}
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Workloads for the sweep tests, registered through BATCHSCALE_WORKLOAD_MODULES=tests.plugins."""
 
-from harness.workloads.mnist1d import Mnist1dMLP
+from harness.workloads.mnist1d import Mnist1dMLP, Mnist1dOptions
 
 
 class FlakyMnist1d(Mnist1dMLP):
@@ -112,9 +112,6 @@ class BarrierRegression(TeacherRegression):
                 raise RuntimeError(f"barrier: {len(list(folder.iterdir()))} of {self.options.parties} trials started")
             time.sleep(0.05)
         return super().build_model()
-
-
-from harness.workloads.mnist1d import Mnist1dOptions  # noqa: E402
 
 
 class GateOptions(Mnist1dOptions):

@@ -199,10 +199,10 @@ def test_requests_off_the_plan_are_decoded_directly_without_disturbing_it(imagen
 
 
 def test_a_trial_s_loader_workers_exit_when_it_ends_or_is_dropped(imagenet_dir):
-    """A DataLoader dropped with read-ahead batches unread cannot stop its workers at once: its
-    shutdown waits 5 s for each (10 s here, whenever the garbage collector reaches it: a 2 s test of
-    this file took 48 s, and a set-up 79 s). A trial closes its loaders when it ends (the workers
-    have exited when ``run`` returns), and a trial dropped mid-epoch has them closed with it."""
+    """A DataLoader iterator freed by the cyclic garbage collector stops its workers slowly, about
+    5 s each (10 s here, whenever the collector comes: a 2 s test of this file took 48 s, and a
+    set-up 79 s). A trial closes its loaders when it ends (the workers have exited when ``run``
+    returns), and a trial dropped mid-epoch has them closed by the column, before the collector."""
     import gc
 
     from harness.data import loader
