@@ -2,7 +2,7 @@
 #   make sweep                      the default study (experiments/default.yaml), then its report
 #   make sweep SPEC=... ADDRESS=... another spec, optionally on a Ray cluster (ray://... or host:port)
 #   make test                       the test suite (make test-fast: without the tests marked slow)
-#   make bench                      benchmarks (trial loop vs bare PyTorch, memory at 32K, sweep overhead)
+#   make bench [ARGS="--only loop"]  benchmarks (trial loop vs bare PyTorch, memory at 32K, sweep overhead)
 #   make report RESULTS=results/x   rebuild a sweep's report
 PYTHON ?= python3
 VENV   ?= .venv
@@ -60,7 +60,7 @@ reproduce: setup
 	$(BIN)/batchscale reproduce $(or $(STUDY),mnist_lstm)
 
 bench: setup
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
